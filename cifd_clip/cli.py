@@ -1,0 +1,64 @@
+"""The `cifd-clip` entry point: one subcommand per pipeline stage.
+
+Each stage lives in `cifd_clip/commands/<stage>.py` and exposes `Config` (a dataclass,
+see config.py), `run(cfg)` and a module docstring used as its help. Command modules keep
+their top-level imports light so that `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from . import config as config_lib
+from .errors import UserError
+
+# (subcommand, module) in pipeline order; a stage is listed only once it is built.
+STAGES = [
+    # ("stage-name", "cifd_clip.commands.stage_module"),
+]
+
+
+def _load_stage(module_name: str):
+    module = importlib.import_module(module_name)
+    doc = (module.__doc__ or "").strip()
+    return module, doc.splitlines()[0] if doc else "", doc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cifd-clip",
+        description="CIFD distillation for open_clip models: embed a teacher once, train rate-distortion "
+                    "modules on its embeddings, distill a small student, evaluate and export it.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="STAGE")
+    sub.required = True
+    for name, module_name in STAGES:
+        module, summary, doc = _load_stage(module_name)
+        stage_parser = sub.add_parser(name, help=summary, description=doc,
+                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+        config_lib.build_parser(module.Config, stage_parser)
+        stage_parser.set_defaults(_run=(module, name))
+    return parser
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module, name = args._run
+    try:
+        cfg = config_lib.from_namespace(module.Config, args)
+        result = module.run(cfg)
+    except UserError as e:
+        print(f"cifd-clip {name}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"cifd-clip {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(result) if isinstance(result, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

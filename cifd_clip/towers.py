@@ -1,0 +1,295 @@
+"""Load open_clip models from any spec a user has, and wrap a frozen teacher.
+
+Model specs (wherever a model is named):
+  - `NAME`                 an open_clip config name (built in, or ours in model_configs/), random init
+  - `NAME@TAG`             open_clip pretrained tag (downloads: fails fast offline)
+  - `NAME@FILE`, or NAME with `pretrained=FILE`: a local checkpoint (open_clip training checkpoint
+                           dict or bare state_dict, .pt/.pth/.bin/.safetensors)
+  - `FILE.pt`              one of our checkpoints, which carry their model config
+  - `local-dir:PATH`       open_clip's folder format (open_clip_config.json + weights)
+  - `PATH.json`            the user's own model config (registered with open_clip under the file's stem)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import socket
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import open_clip
+import torch
+from torch import nn
+
+from .errors import UserError
+
+MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
+WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def register_model_configs() -> None:
+    """Make our small configs (model_configs/*.json) known to open_clip by name."""
+    if str(MODEL_CONFIG_DIR) not in {str(p) for p in open_clip.factory._MODEL_CONFIG_PATHS}:
+        open_clip.add_model_config(MODEL_CONFIG_DIR)
+
+
+@dataclass
+class Tower:
+    """An open_clip model with everything needed to feed it raw images and strings."""
+
+    model: nn.Module
+    preprocess_train: Callable
+    preprocess_val: Callable
+    tokenizer: Callable
+    model_name: str
+    model_cfg: dict
+    preprocess_cfg: dict
+    spec: str
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.model_cfg["embed_dim"])
+
+
+def strip_prefixes(state_dict: dict) -> dict:
+    """Drop DDP's `module.` and torch.compile's `_orig_mod.` wherever they lead a key."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for p in PREFIXES:
+                if key.startswith(p):
+                    key, changed = key[len(p):], True
+        out[key] = value
+    return out
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    """Read a checkpoint file safely (weights_only); returns the raw object as a dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            return {"state_dict": load_file(str(path))}
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for bad files
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not read checkpoint {path}: it is corrupt or not a PyTorch checkpoint ({reason})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict or checkpoint dict")
+    return obj
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """The model weights of a checkpoint file: unwraps `state_dict`, strips DDP/compile prefixes."""
+    obj = read_checkpoint(path)
+    sd = obj.get("state_dict", obj)
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise UserError(f"checkpoint {path} has no tensor state_dict")
+    return strip_prefixes(sd)
+
+
+def _network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _register_cfg(model_cfg: dict, hint: str) -> str:
+    """Register a config dict with open_clip under a name derived from its content; returns the name."""
+    digest = hashlib.sha1(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:10]
+    name = f"{hint}-{digest}" if hint else f"cfg-{digest}"
+    if open_clip.get_model_config(name) is None:
+        folder = Path(tempfile.mkdtemp(prefix="cifd_cfg_"))
+        (folder / f"{name}.json").write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(folder / f"{name}.json")
+    return name
+
+
+def _known_names_hint(name: str) -> str:
+    close = [m for m in open_clip.list_models() if name.lower()[:4] in m.lower()][:6]
+    return f" (similar: {', '.join(close)})" if close else " (see `open_clip.list_models()`)"
+
+
+def _load_weights_into(model: nn.Module, path: str, spec: str) -> None:
+    sd = read_state_dict(path)
+    result = model.load_state_dict(sd, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        parts = []
+        if result.missing_keys:
+            parts.append(f"{len(result.missing_keys)} missing keys (e.g. {result.missing_keys[0]})")
+        if result.unexpected_keys:
+            parts.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[0]})")
+        raise UserError(f"checkpoint {path} does not fit model {spec}: " + " and ".join(parts))
+
+
+def _create(name: str, device, precision: str, aug_cfg, **kwargs):
+    try:
+        return open_clip.create_model_and_transforms(name, device=device, precision=precision, aug_cfg=aug_cfg,
+                                                     **kwargs)
+    except (RuntimeError, ValueError, FileNotFoundError, KeyError, OSError) as e:
+        raise UserError(f"open_clip could not build model {name}: {str(e).splitlines()[0][:300]}") from None
+
+
+def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
+               precision: str = "fp32", aug_cfg: Optional[dict] = None) -> Tower:
+    """Build an open_clip model from any spec (see module doc) and its transforms and tokenizer."""
+    register_model_configs()
+    spec = str(spec).strip()
+    if not spec:
+        raise UserError("empty model spec")
+    extra: dict[str, Any] = {}
+
+    if spec.startswith("local-dir:"):
+        folder = Path(spec[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise UserError(f"{folder} is not an open_clip model folder (no open_clip_config.json in it)")
+        model, pp_train, pp_val = _create(spec, device, precision, aug_cfg)
+        model_cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+        tokenizer = open_clip.get_tokenizer(spec)
+        name = spec
+        if pretrained:
+            _load_weights_into(model, pretrained, spec)
+        return Tower(model, pp_train, pp_val, tokenizer, name, model_cfg, dict(model.visual.preprocess_cfg), spec)
+
+    name, tag = spec, pretrained
+    if "@" in spec:
+        name, tag = spec.split("@", 1)
+        if pretrained:
+            raise UserError(f"model spec {spec} names its weights already; drop --pretrained {pretrained}")
+
+    path = Path(name)
+    if path.is_dir():
+        raise UserError(f"{name} is a directory; to load an open_clip model folder write local-dir:{name}")
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise UserError(f"model config file {name} does not exist")
+        try:
+            cfg = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"model config file {name} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        cfg = cfg.get("model_cfg", cfg)
+        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise UserError(f"model config file {name} needs the keys embed_dim, vision_cfg and text_cfg")
+        name = _register_cfg(cfg, path.stem)
+    elif path.suffix in WEIGHT_SUFFIXES:
+        ckpt = read_checkpoint(path)
+        if "model_cfg" not in ckpt:
+            raise UserError(f"checkpoint {path} does not record its model config; name the model too: NAME@{path}")
+        name = ckpt.get("model_name") if open_clip.get_model_config(ckpt.get("model_name") or "") == ckpt["model_cfg"] \
+            else _register_cfg(ckpt["model_cfg"], "ckpt")
+        tag = str(path)
+    elif open_clip.get_model_config(name) is None:
+        if os.sep in name or name.startswith("."):
+            raise UserError(f"model {name} does not exist (no such file)")
+        raise UserError(f"unknown model name {name}{_known_names_hint(name)}")
+
+    weights_file = None
+    if tag:
+        if Path(tag).is_file():
+            weights_file = tag
+        elif tag in open_clip.list_pretrained_tags_by_model(name):
+            extra["pretrained_tag"] = tag
+        elif os.sep in tag or Path(tag).suffix in WEIGHT_SUFFIXES:
+            raise UserError(f"checkpoint file {tag} does not exist")
+        else:
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise UserError(f"{tag} is neither a file nor a pretrained tag of {name}"
+                            + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags)"))
+
+    if "pretrained_tag" in extra:
+        model, pp_train, pp_val = _create_pretrained(name, extra["pretrained_tag"], device, precision, aug_cfg)
+    else:
+        model, pp_train, pp_val = _create(name, device, precision, aug_cfg)
+        if weights_file:
+            _load_weights_into(model, weights_file, f"{name}")
+            extra["weights_file"] = weights_file
+    tokenizer = open_clip.get_tokenizer(name)
+    return Tower(model, pp_train, pp_val, tokenizer, name, open_clip.get_model_config(name),
+                 dict(model.visual.preprocess_cfg), spec, extra)
+
+
+def _create_pretrained(name, tag, device, precision, aug_cfg):
+    # Try the local HF cache first without touching the network, then check reachability so
+    # that an offline machine gets a sentence within seconds instead of a long retry loop.
+    previous = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        return open_clip.create_model_and_transforms(name, pretrained=tag, device=device, precision=precision,
+                                                     aug_cfg=aug_cfg)
+    except Exception:
+        pass
+    finally:
+        if previous is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = previous
+    if previous == "1" or not _network_reachable():
+        raise UserError(f"{name}@{tag} needs to download its weights and there is no network here; download them "
+                        f"on a connected machine and pass the file instead ({name}@/path/to/weights)")
+    return _create(name, device, precision, aug_cfg, pretrained=tag)
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """A short hash of a model's weights: caches record it so another teacher can't reuse them."""
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        h.update(key.encode())
+        h.update(value.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class Teacher(nn.Module):
+    """A frozen open_clip model: no gradients, always in eval mode, with its own preprocess and tokenizer.
+
+    Like mdistiller's distillers, it ignores `.train()` from an enclosing module so that dropout
+    and batch-norm statistics of the teacher never change during distillation.
+    """
+
+    def __init__(self, tower: Tower, normalize: bool = True):
+        super().__init__()
+        self.tower = tower
+        self.model = tower.model
+        self.normalize = normalize
+        self.model.requires_grad_(False)
+        self.model.eval()
+
+    def train(self, mode: bool = True):
+        super().train(False)
+        return self
+
+    @property
+    def preprocess(self):
+        return self.tower.preprocess_val
+
+    @property
+    def tokenizer(self):
+        return self.tower.tokenizer
+
+    @property
+    def embed_dim(self) -> int:
+        return self.tower.embed_dim
+
+    @torch.no_grad()
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_image(images, normalize=self.normalize)
+
+    @torch.no_grad()
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_text(tokens, normalize=self.normalize)
+
+
+def load_teacher(spec: str, pretrained: Optional[str] = None, device="cpu", precision="fp32",
+                 normalize: bool = True) -> Teacher:
+    return Teacher(load_model(spec, pretrained, device=device, precision=precision), normalize=normalize)
