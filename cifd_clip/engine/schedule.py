@@ -1,0 +1,81 @@
+"""AdamW with open_clip's parameter groups and its cosine schedule with linear warm-up.
+
+Defaults follow open_clip_train (lr 5e-4, wd 0.2, betas 0.9/0.98, eps 1e-6, warm-up 10000
+steps); small runs should lower --warmup to a fraction of their steps.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _no_weight_decay(module_name: str, param_name: str, p: torch.Tensor, density_params: set) -> bool:
+    full = f"{module_name}.{param_name}" if module_name else param_name
+    # open_clip's rule: gains, biases, norms and the logit scale are not decayed
+    return (p.ndim < 2 or "bn" in full or "ln" in full or "bias" in full or "logit_scale" in full
+            or id(p) in density_params)
+
+
+def _density_param_ids(model: nn.Module) -> set:
+    """Parameters of CompressAI entropy models: a learned density, not weights to shrink."""
+    try:
+        from compressai.entropy_models import EntropyModel
+    except ImportError:  # pragma: no cover - compressai is a dependency
+        return set()
+    return {id(p) for m in model.modules() if isinstance(m, EntropyModel) for p in m.parameters()}
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed weights and the rest; frozen parameters are left out."""
+    density = _density_param_ids(model)
+    decay, no_decay, seen = [], [], set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (no_decay if _no_weight_decay("", name, p, density) else decay).append(p)
+    return [{"params": no_decay, "weight_decay": 0.0}, {"params": decay, "weight_decay": weight_decay}]
+
+
+def make_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.2, beta1: float = 0.9,
+                   beta2: float = 0.98, eps: float = 1e-6) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(beta1, beta2), eps=eps)
+
+
+class WarmupCosine:
+    """lr(step) = base·(step+1)/warmup during warm-up, then half a cosine down to 0 at total_steps.
+
+    Like open_clip's `cosine_lr`, it is called with the step index before each optimizer
+    step; its state is only that index, so resuming restores it exactly.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+        self.optimizer = optimizer
+        self.warmup = max(0, int(warmup_steps))
+        self.total = max(1, int(total_steps))
+        self.base_lrs = [g.get("initial_lr", g["lr"]) for g in optimizer.param_groups]
+        for g, lr in zip(optimizer.param_groups, self.base_lrs):
+            g["initial_lr"] = lr
+        self.last_step = -1
+
+    def lr_at(self, base_lr: float, step: int) -> float:
+        if step < self.warmup:
+            return base_lr * (step + 1) / self.warmup
+        e = step - self.warmup
+        es = max(1, self.total - self.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(e, es) / es)) * base_lr
+
+    def step(self, step: int) -> float:
+        self.last_step = step
+        for g, base in zip(self.optimizer.param_groups, self.base_lrs):
+            g["lr"] = self.lr_at(base, step)
+        return self.optimizer.param_groups[0]["lr"]
+
+    def state_dict(self) -> dict:
+        return {"last_step": self.last_step, "warmup": self.warmup, "total": self.total,
+                "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last_step = int(state["last_step"])
