@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -191,7 +190,3 @@ def save(cfg, path: str | Path) -> Path:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return path
 
-
-def fail(message: str, code: int = 2):  # pragma: no cover - used by entry points only
-    print(message, file=sys.stderr)
-    raise SystemExit(code)

@@ -124,7 +124,11 @@ def _known_names_hint(name: str) -> str:
 
 def _load_weights_into(model: nn.Module, path: str, spec: str) -> None:
     sd = read_state_dict(path)
-    result = model.load_state_dict(sd, strict=False)
+    try:
+        result = model.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # shape mismatches raise instead of being reported
+        detail = next((line.strip() for line in str(e).splitlines() if "size mismatch" in line), "shapes differ")
+        raise UserError(f"checkpoint {path} does not fit model {spec}: {detail}") from None
     if result.missing_keys or result.unexpected_keys:
         parts = []
         if result.missing_keys:

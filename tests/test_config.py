@@ -1,0 +1,83 @@
+"""Stage configs: YAML + command line, and errors that name the offending key (exit code 2)."""
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import List, Optional
+
+import pytest
+import yaml
+
+from cifd_clip import config
+from cifd_clip.errors import ConfigError
+
+
+@dataclass
+class ToyConfig:
+    train_data: str = config.required("shards")
+    batch_size: int = config.option(32, "batch size")
+    lr: float = config.option(5e-4, "learning rate")
+    local_loss: bool = config.option(False, "local loss")
+    rates: List[float] = config.option([1.0, 0.5], "RDM rates")
+    name: Optional[str] = config.option(None, "run name")
+    precision: str = config.option("fp32", "precision", choices=["fp32", "amp", "bf16"])
+
+
+def test_defaults_yaml_and_cli_layer_in_that_order(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"train-data": "a.tar", "batch_size": 8, "lr": 1}))
+    cfg = config.parse(ToyConfig, ["--config", str(path), "--batch-size", "16", "--rates", "3,2", "1",
+                                   "--local-loss"])
+    assert cfg.train_data == "a.tar" and cfg.batch_size == 16 and cfg.lr == 1.0
+    assert cfg.rates == [3.0, 2.0, 1.0] and cfg.local_loss is True and cfg.name is None
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = config.parse(ToyConfig, ["--train-data", "x.tar", "--name", "run1"])
+    saved = config.save(cfg, tmp_path / "out" / "config.yaml")
+    assert config.parse(ToyConfig, ["--config", str(saved)]) == cfg
+
+
+@pytest.mark.parametrize("content, key", [
+    ({"train_data": "a", "batch_sise": 3}, "batch_sise"),
+    ({"train_data": "a", "batch_size": "many"}, "batch_size"),
+    ({"train_data": "a", "lr": [1, 2]}, "lr"),
+    ({"train_data": "a", "local_loss": "perhaps"}, "local_loss"),
+    ({"train_data": "a", "precision": "fp8"}, "precision"),
+    ({"batch_size": 3}, "train_data"),
+])
+def test_yaml_errors_name_the_key(tmp_path, content, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(content))
+    with pytest.raises(ConfigError, match=f"'{key}'") as info:
+        config.parse(ToyConfig, ["--config", str(path)])
+    assert info.value.exit_code == 2
+
+
+def test_missing_required_on_command_line_names_the_option():
+    with pytest.raises(ConfigError, match="--train-data"):
+        config.parse(ToyConfig, [])
+
+
+def test_cli_config_error_is_one_sentence_and_exit_2(tmp_path):
+    from cifd_clip.cli import STAGES
+    if not STAGES:
+        pytest.skip("no stage registered yet")
+    stage = STAGES[0][0]
+    path = tmp_path / "bad.yaml"
+    path.write_text("no_such_option: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "cifd_clip", stage, "--config", str(path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "unknown config key 'no_such_option'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_every_stage_has_help_with_defaults():
+    from cifd_clip.cli import STAGES
+    proc = subprocess.run([sys.executable, "-m", "cifd_clip", "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0
+    for stage, _ in STAGES:
+        assert stage in proc.stdout
+        sub = subprocess.run([sys.executable, "-m", "cifd_clip", stage, "--help"], capture_output=True, text=True,
+                             timeout=120)
+        assert sub.returncode == 0 and "--config" in sub.stdout and "default:" in sub.stdout
