@@ -1,0 +1,316 @@
+"""Rate-Distortion Modules (RDMs): small autoencoders that squeeze a frozen teacher's embedding through a
+rate-constrained bottleneck, so that one teacher yields "weaker teachers" at several rates (METHOD.md).
+
+    Y = enc(X);  Ŷ = Y + U(-0.5, 0.5) while training, Ŷ = round(Y) when teaching / evaluating;  X̂ = dec(Ŷ)
+    L_R = mean_b[ R · D(X, X̂) + rate(Ŷ) ]      rate(Ŷ) = -log2 q(Ŷ) in bits per sample
+
+`q` is the factorised density of Ballé et al. as implemented by CompressAI's `EntropyBottleneck`, whose
+auxiliary quantile loss is part of `RateDistortionModule.loss`. Units and normalisation: the rate is in
+**bits per sample** (summed over bottleneck channels); the distortion D is **summed over embedding
+dimensions** and averaged over the batch (‖X − X̂‖² for "mse"), so R is "bits per unit of squared error".
+
+The "rate measured with rounding" (`rate` in eval mode / from `teach`) is -log2 of the bottleneck's
+likelihood of the rounded values, i.e. the ideal code length under q. We do not run CompressAI's range
+coder (that would need `EntropyBottleneck.update()` and adds at most a few bytes of overhead per sample).
+
+The module knows nothing about CLIP: the classification variant adds a linear head on X̂ and the
+CE + λ_KL·KL(v̂_T ‖ v̂_RDM) terms of METHOD.md.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from torch import nn
+
+from .errors import UserError
+
+ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
+DISTORTIONS = ("mse", "smooth_l1")
+FAMILY_FORMAT = "cifd_clip.rdm_family"
+FAMILY_VERSION = 1
+
+
+@dataclass
+class RateDistortionConfig:
+    """Everything needed to rebuild one RDM (plain types only: stored as a dict in checkpoints).
+
+    Defaults are for CLIP embeddings (see docs/method.md): a 2+2-layer MLP of width 1024 around a
+    256-channel bottleneck, activation after layers 1 and 3 (the paper's ImageNet layout), MSE on
+    L2-normalised teacher embeddings.
+    """
+
+    input_dim: int
+    rate_weight: float = 1000.0  # R: multiplies the distortion; larger R -> higher rate, stronger RDM
+    hidden_dim: int = 1024
+    bottleneck_dim: int = 256
+    encoder_layers: int = 2  # linear layers before the bottleneck (the last one outputs bottleneck_dim)
+    decoder_layers: int = 2  # linear layers after it (the last one outputs input_dim)
+    # 1-based indices of the linear layers followed by an activation; None: every hidden layer except the
+    # one feeding the bottleneck and the output layer (= [1, 3] for 2 + 2 layers).
+    activation_after: Optional[list] = None
+    activation: str = "gelu"
+    distortion: str = "mse"
+    normalize_input: bool = True  # L2-normalise X before encoding; the reconstruction targets that X
+    num_classes: int = 0  # > 0: classification variant with a linear head X̂ -> logits
+    reconstruction_weight: float = 1.0  # 0 trains without the reconstruction term (the paper's simple CNN)
+    kl_weight: float = 1.0  # λ_KL on KL(v̂_T ‖ v̂_RDM) (classification only)
+    temperature: float = 2.0  # τ of that KL (classification only)
+    aux_weight: float = 1.0  # weight of the entropy bottleneck's quantile loss (it touches only the quantiles)
+
+    def validate(self) -> "RateDistortionConfig":
+        if self.input_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1:
+            raise UserError("RDM input_dim, hidden_dim and bottleneck_dim must be positive integers")
+        if self.encoder_layers < 1 or self.decoder_layers < 1:
+            raise UserError("an RDM needs at least one encoder layer and one decoder layer")
+        if self.activation not in ACTIVATIONS:
+            raise UserError(f"RDM activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.distortion not in DISTORTIONS:
+            raise UserError(f"RDM distortion must be one of {list(DISTORTIONS)}, got {self.distortion!r}")
+        if not (self.rate_weight > 0 and math.isfinite(self.rate_weight)):
+            raise UserError(f"RDM rate weight R must be a positive number, got {self.rate_weight!r}")
+        if self.temperature <= 0:
+            raise UserError(f"RDM temperature must be positive, got {self.temperature!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RateDistortionConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise UserError(f"RDM config has unknown keys {sorted(unknown)} (written by a newer cifd_clip?)")
+        return cls(**data).validate()
+
+
+def _mlp(dims: list[int], activation_after: set[int], first_index: int, activation: str) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i, (d_in, d_out) in enumerate(zip(dims[:-1], dims[1:])):
+        layers.append(nn.Linear(d_in, d_out))
+        if first_index + i in activation_after:
+            layers.append(ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
+
+
+def distortion_per_sample(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "mse") -> torch.Tensor:
+    """D(x, x̂) summed over the last dimension: ‖x − x̂‖² ("mse") or Σ smooth-L1 (β = 1)."""
+    if kind == "mse":
+        return (x - x_hat).pow(2).sum(-1)
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(x_hat, x, reduction="none", beta=1.0).sum(-1)
+    raise UserError(f"distortion must be one of {list(DISTORTIONS)}, got {kind!r}")
+
+
+class RateDistortionModule(nn.Module):
+    """MLP encoder → entropy bottleneck → MLP decoder (→ optional linear head)."""
+
+    def __init__(self, config: RateDistortionConfig):
+        super().__init__()
+        self.config = config.validate()
+        c = config
+        n_enc, n_dec = c.encoder_layers, c.decoder_layers
+        if c.activation_after is None:
+            act = set(range(1, n_enc)) | set(range(n_enc + 1, n_enc + n_dec))
+        else:
+            act = {int(i) for i in c.activation_after}
+        enc_dims = [c.input_dim] + [c.hidden_dim] * (n_enc - 1) + [c.bottleneck_dim]
+        dec_dims = [c.bottleneck_dim] + [c.hidden_dim] * (n_dec - 1) + [c.input_dim]
+        self.encoder = _mlp(enc_dims, act, 1, c.activation)
+        self.bottleneck = EntropyBottleneck(c.bottleneck_dim)
+        self.decoder = _mlp(dec_dims, act, n_enc + 1, c.activation)
+        self.head = nn.Linear(c.input_dim, c.num_classes) if c.num_classes > 0 else None
+
+    @property
+    def rate_weight(self) -> float:
+        return self.config.rate_weight
+
+    def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return F.normalize(x, dim=-1) if self.config.normalize_input else x
+
+    def forward(self, x: torch.Tensor) -> dict:
+        """Noise in train mode, rounding in eval mode. Returns reconstruction [B,D], likelihoods [B,C],
+        rate [B] (bits), distortion [B] (against the prepared input), target [B,D] and logits if a head."""
+        target = self.prepare_input(x)
+        y = self.encoder(target)
+        y_hat, likelihoods = self.bottleneck(y)
+        x_hat = self.decoder(y_hat)
+        out = {
+            "reconstruction": x_hat,
+            "likelihoods": likelihoods,
+            "rate": -torch.log2(likelihoods).sum(-1),
+            "distortion": distortion_per_sample(target, x_hat, self.config.distortion),
+            "target": target,
+        }
+        if self.head is not None:
+            out["logits"] = self.head(x_hat)
+        return out
+
+    def aux_loss(self) -> torch.Tensor:
+        """CompressAI's quantile loss; only the bottleneck's `quantiles` receive its gradient."""
+        return self.bottleneck.loss()
+
+    def loss(self, out: dict, labels: Optional[torch.Tensor] = None,
+             teacher_logits: Optional[torch.Tensor] = None) -> dict:
+        """Named, already weighted terms of L_R (+ L'_R for classification); the trainer sums the values.
+
+        rdm_distortion = R · w_rec · mean_b D(X, X̂);  rdm_rate = mean_b -log2 q(Ŷ);  rdm_aux = quantile loss;
+        rdm_ce = CE(y, v̂_RDM);  rdm_kl = λ_KL · τ² · KL(softmax(v̂_T/τ) ‖ softmax(v̂_RDM/τ)).
+        """
+        c = self.config
+        terms = {
+            "rdm_distortion": c.rate_weight * c.reconstruction_weight * out["distortion"].mean(),
+            "rdm_rate": out["rate"].mean(),
+            "rdm_aux": c.aux_weight * self.aux_loss(),
+        }
+        if labels is not None or teacher_logits is not None:
+            if "logits" not in out:
+                raise UserError("this RDM has no classification head (num_classes = 0) but labels were given")
+            logits = out["logits"]
+            if labels is not None:
+                terms["rdm_ce"] = F.cross_entropy(logits, labels)
+            if teacher_logits is not None:
+                tau = c.temperature
+                kl = F.kl_div(F.log_softmax(logits / tau, -1), F.log_softmax(teacher_logits / tau, -1),
+                              reduction="batchmean", log_target=True)
+                terms["rdm_kl"] = c.kl_weight * tau * tau * kl
+        return terms
+
+    @torch.no_grad()
+    def finalize(self) -> None:
+        """After training: settle the bottleneck's quantiles exactly (bisection) and build its CDF tables,
+        so that rounding is centred on the learned medians and `bottleneck.compress` works."""
+        self.bottleneck.update(force=True, update_quantiles=True)
+
+    @torch.no_grad()
+    def teach(self, x: torch.Tensor) -> torch.Tensor:
+        """X̂ with rounding (eval mode, no grad), whatever mode the module is in; the mode is restored."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self(x)["reconstruction"]
+        finally:
+            self.train(was_training)
+
+
+class RDMFamily(nn.Module):
+    """Every RDM of a distillation run: one list per modality, ordered by increasing rate weight R."""
+
+    def __init__(self, rdms: dict[str, list[RateDistortionModule]], meta: Optional[dict] = None):
+        super().__init__()
+        self.family = nn.ModuleDict({
+            modality: nn.ModuleList(sorted(modules, key=lambda m: m.rate_weight))
+            for modality, modules in rdms.items()
+        })
+        self.meta = dict(meta or {})
+
+    @classmethod
+    def build(cls, dims: dict[str, int], rates: list[float], meta: Optional[dict] = None,
+              **config_overrides) -> "RDMFamily":
+        """One RDM per (modality, rate), e.g. `build({"image": 768, "text": 768}, [1e3, 3e3, 1e4])`."""
+        if not rates:
+            raise UserError("give at least one rate R for the RDMs")
+        if len(set(rates)) != len(rates):
+            raise UserError(f"the rates must be distinct, got {list(rates)}")
+        rdms = {
+            modality: [RateDistortionModule(RateDistortionConfig(input_dim=int(dim), rate_weight=float(r),
+                                                                 **config_overrides)) for r in rates]
+            for modality, dim in dims.items()
+        }
+        return cls(rdms, meta)
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.family.keys())
+
+    def rdms(self, modality: str) -> list[RateDistortionModule]:
+        if modality not in self.family:
+            raise UserError(f"the RDM family has no {modality!r} RDMs (it has: {', '.join(self.modalities)})")
+        return list(self.family[modality])
+
+    def rates(self, modality: str) -> list[float]:
+        return [m.rate_weight for m in self.rdms(modality)]
+
+    def teach(self, modality: str, x: torch.Tensor) -> list[torch.Tensor]:
+        """One rounded reconstruction per RDM of `modality`, ordered by rate."""
+        return [m.teach(x) for m in self.rdms(modality)]
+
+    def to_checkpoint(self) -> dict:
+        """Plain dict of tensors, lists, strings and numbers (loadable with weights_only=True)."""
+        return {
+            "format": FAMILY_FORMAT,
+            "version": FAMILY_VERSION,
+            "meta": self.meta,
+            "modalities": {
+                modality: [{"config": m.config.to_dict(),
+                            "state_dict": {k: v.detach().cpu().clone() for k, v in m.state_dict().items()}}
+                           for m in modules]
+                for modality, modules in self.family.items()
+            },
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the whole family to ONE file, atomically (temp file in the same folder + os.replace)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=path.parent)
+        os.close(fd)
+        try:
+            torch.save(self.to_checkpoint(), tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        return path
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> "RDMFamily":
+        if not isinstance(ckpt, dict) or ckpt.get("format") != FAMILY_FORMAT:
+            raise UserError(f"{source} is not an RDM checkpoint written by `cifd-clip train-rdm`")
+        if int(ckpt.get("version", 0)) > FAMILY_VERSION:
+            raise UserError(f"{source} was written by a newer cifd_clip (RDM format version {ckpt['version']})")
+        rdms = {}
+        for modality, entries in ckpt["modalities"].items():
+            modules = []
+            for entry in entries:
+                module = RateDistortionModule(RateDistortionConfig.from_dict(entry["config"]))
+                _load_rdm_state(module, entry["state_dict"], source)
+                modules.append(module)
+            rdms[modality] = modules
+        return cls(rdms, ckpt.get("meta"))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, map_location="cpu") -> "RDMFamily":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"RDM checkpoint {path} does not exist")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # torch raises many types for bad files
+            raise UserError(f"could not read RDM checkpoint {path}: it is corrupt or not a PyTorch file "
+                            f"({type(e).__name__})") from None
+        family = cls.from_checkpoint(ckpt, str(path))
+        family.eval()
+        return family
+
+
+def _load_rdm_state(module: RateDistortionModule, state_dict: dict, source: str) -> None:
+    # EntropyBottleneck.update() fills the CDF buffers with data-dependent sizes; resize ours to match.
+    for name in ("_offset", "_quantized_cdf", "_cdf_length"):
+        key = f"bottleneck.{name}"
+        if key in state_dict:
+            getattr(module.bottleneck, name).resize_(state_dict[key].shape)
+    result = module.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise UserError(f"{source} does not match its RDM config ({len(result.missing_keys)} missing, "
+                        f"{len(result.unexpected_keys)} unexpected weights)")
