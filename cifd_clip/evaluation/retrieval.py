@@ -1,0 +1,75 @@
+"""Zero-shot image<->text retrieval with several captions per image.
+
+Metric definitions follow CLIP_benchmark 1.6.2 (`metrics/zeroshot_retrieval.py`):
+- `image_retrieval_recall@K` (text -> image): the share of captions whose own image is among the K
+  images most similar to the caption;
+- `text_retrieval_recall@K` (image -> text): the share of images for which at least one of their
+  captions is among the K captions most similar to the image.
+A K at least as large as the number of candidates counts every query as a hit (CLIP_benchmark
+crashes there instead).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .zeroshot import autocast
+
+# rows of the similarity matrix handled at once, so COCO's 25k x 5k matrix never needs topk in one piece
+CHUNK = 4096
+
+
+def _hits_at_k(scores: torch.Tensor, is_positive, k: int) -> torch.Tensor:
+    """For each row of `scores` [Q, N]: does any of its top-k columns satisfy is_positive(rows, cols)?"""
+    k = min(k, scores.shape[1])
+    hits = []
+    for start in range(0, scores.shape[0], CHUNK):
+        rows = torch.arange(start, min(start + CHUNK, scores.shape[0]))
+        top = scores[rows].topk(k, dim=1).indices
+        hits.append(is_positive(rows[:, None], top).any(dim=1))
+    return torch.cat(hits)
+
+
+def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
+                      recall_k: Sequence[int] = (1, 5, 10)) -> dict:
+    """Recall@K both ways from normalised embeddings; text i describes image text_to_image[i]."""
+    scores = text_emb @ image_emb.T  # [texts, images]
+    metrics = {}
+    for k in recall_k:
+        text_to_image_hits = _hits_at_k(scores, lambda t, i: text_to_image[t] == i, k)
+        image_to_text_hits = _hits_at_k(scores.T, lambda i, t: text_to_image[t] == i, k)
+        metrics[f"image_retrieval_recall@{k}"] = text_to_image_hits.float().mean().item()
+        metrics[f"text_retrieval_recall@{k}"] = image_to_text_hits.float().mean().item()
+    return metrics
+
+
+def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[int] = (1, 5, 10),
+                       *, amp: bool = False) -> dict:
+    """Image->text and text->image recall@K of a CLIP model.
+
+    `dataloader` yields (images [B,3,H,W], captions) where captions[b] is the list of strings that
+    describe image b (any number per image).
+    """
+    if any(int(k) < 1 for k in recall_k):
+        raise ValueError(f"recall@K needs K >= 1, got {list(recall_k)}")
+    model.eval()
+    image_embs, text_embs, text_to_image = [], [], []
+    offset = 0
+    with torch.no_grad():
+        for images, captions in dataloader:
+            texts = [c for per_image in captions for c in per_image]
+            text_to_image.extend(offset + b for b, per_image in enumerate(captions) for _ in per_image)
+            with autocast(device, amp):
+                image_embs.append(F.normalize(model.encode_image(images.to(device)), dim=-1).float().cpu())
+                if texts:
+                    tokens = tokenizer(texts).to(device)
+                    text_embs.append(F.normalize(model.encode_text(tokens), dim=-1).float().cpu())
+            offset += len(images)
+    if not image_embs:
+        raise ValueError("the dataloader yielded no images")
+    if not text_embs:
+        raise ValueError("the dataset has no captions")
+    return retrieval_metrics(torch.cat(image_embs), torch.cat(text_embs), torch.tensor(text_to_image),
+                             [int(k) for k in recall_k])

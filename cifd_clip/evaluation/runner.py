@@ -1,0 +1,81 @@
+"""Evaluate one model on one dataset and return CLIP_benchmark's result dict (plus throughput).
+
+The dict has CLIP_benchmark's keys ("dataset", "model", "pretrained", "task", "metrics", "language")
+and ours: "status" ("ok" or "missing"), "num_images", "images_per_second", "seconds",
+"dataset_root"; a missing dataset gives status "missing" and "looked_in" instead of metrics.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .datasets import RETRIEVAL, DatasetMissing, build_dataset, canonical_name, default_task, make_loader
+
+
+class ThroughputMeter:
+    """Wraps a dataloader: counts images, shows a progress bar and times the pass (data + forward)."""
+
+    def __init__(self, loader, desc: str, total: Optional[int], show_progress: bool):
+        self.loader, self.desc, self.total, self.show_progress = loader, desc, total, show_progress
+        self.images, self.seconds = 0, 0.0
+
+    def __iter__(self):
+        from tqdm import tqdm
+        bar = tqdm(total=self.total, desc=self.desc, unit="img", disable=not self.show_progress, leave=False)
+        start = time.perf_counter()
+        try:
+            for batch in self.loader:
+                n = len(batch[0])
+                self.images += n
+                bar.update(n)
+                yield batch
+        finally:
+            self.seconds = time.perf_counter() - start
+            bar.close()
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def weights_label(tower) -> str:
+    """What CLIP_benchmark would call `pretrained` for this model."""
+    return str(tower.extra.get("weights_file") or tower.extra.get("pretrained_tag") or "")
+
+
+def result_header(dataset: str, model: str, pretrained: str, task: str) -> dict:
+    return {"dataset": dataset, "model": model, "pretrained": pretrained, "task": task}
+
+
+def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[str] = None, *, batch_size: int = 64,
+                              workers: int = 4, recall_k: Sequence[int] = (1, 5, 10), device="cpu",
+                              amp: bool = False, options: Optional[dict] = None, pretrained: Optional[str] = None,
+                              show_progress: bool = True) -> dict:
+    """Zero-shot classification or retrieval of `tower` (a cifd_clip.towers.Tower) on one dataset.
+
+    `task` None means the dataset's own task. `options` go to build_dataset (classnames_file,
+    templates_file, annotation_file, captions_per_image, border_crop, split). A dataset root that
+    does not exist gives a "missing" result; other bad data raises a UserError.
+    """
+    from .retrieval import evaluate_retrieval
+    from .zeroshot import evaluate_zeroshot_classification
+
+    name = canonical_name(dataset)
+    label = weights_label(tower) if pretrained is None else pretrained
+    try:
+        data, info = build_dataset(name, dataset_root, tower.preprocess_val, task, **(options or {}))
+    except DatasetMissing as e:
+        header = result_header(name, tower.spec, label, task or default_task(name) or "unknown")
+        return {**header, "status": "missing", "looked_in": str(e.path), "message": str(e)}
+
+    meter = ThroughputMeter(make_loader(data, info, batch_size, workers), name, info.num_samples, show_progress)
+    model = tower.model.to(device)
+    if info.task == RETRIEVAL:
+        metrics = evaluate_retrieval(model, meter, tower.tokenizer, device, recall_k, amp=amp)
+    else:
+        metrics = evaluate_zeroshot_classification(model, meter, tower.tokenizer, info.classnames, info.templates,
+                                                   device, class_mask=info.class_mask, amp=amp)
+    return {**result_header(name, tower.spec, label, info.task), "metrics": metrics, "language": "en",
+            "status": "ok", "num_images": meter.images, "images_per_second": meter.images_per_second,
+            "seconds": meter.seconds, "dataset_root": str(Path(dataset_root))}

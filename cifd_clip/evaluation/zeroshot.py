@@ -1,0 +1,90 @@
+"""Zero-shot classification: a text classifier from class names x templates, then top-k accuracy.
+
+Metric definitions follow CLIP_benchmark 1.6.2 (`metrics/zeroshot_classification.py`): logits are
+100 * normalised image features @ the normalised classifier, `acc1`/`acc5` are top-k accuracies
+over all images and `mean_per_class_recall` is the recall averaged over the classes that occur in
+the targets (sklearn's balanced accuracy). The classifier itself is open_clip's
+`build_zero_shot_classifier`.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+Template = Union[str, Callable[[str], str]]
+
+
+def as_template_functions(templates: Sequence[Template]) -> list[Callable[[str], str]]:
+    """CLIP_benchmark's text templates use `{c}`; open_clip's builder wants callables for that."""
+    return [t if callable(t) else (lambda c, t=t: t.format(c=c)) for t in templates]
+
+
+def autocast(device: Union[str, torch.device], enabled: bool):
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type)
+
+
+def build_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[Template],
+                     device, amp: bool = False) -> torch.Tensor:
+    """The [D, C] zero-shot classifier (one normalised mean text embedding per class)."""
+    from open_clip import build_zero_shot_classifier
+    with torch.no_grad(), autocast(device, amp):
+        weights = build_zero_shot_classifier(model, tokenizer, list(classnames), as_template_functions(templates),
+                                             num_classes_per_batch=10, device=device)
+    return weights.float()
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, k: int) -> float:
+    topk = logits.topk(k, dim=1).indices
+    return (topk == targets[:, None]).any(dim=1).float().mean().item()
+
+
+def mean_per_class_recall(predictions: torch.Tensor, targets: torch.Tensor) -> float:
+    """Recall averaged over the classes present in `targets` (= sklearn's balanced_accuracy_score)."""
+    recalls = [(predictions[targets == c] == c).float().mean() for c in targets.unique()]
+    return torch.stack(recalls).mean().item()
+
+
+def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict:
+    """acc1, acc5 (None with fewer than 5 classes) and mean_per_class_recall from [N, C] logits."""
+    num_classes = logits.shape[1]
+    return {
+        "acc1": topk_accuracy(logits, targets, 1),
+        "acc5": topk_accuracy(logits, targets, 5) if num_classes >= 5 else None,
+        "mean_per_class_recall": mean_per_class_recall(logits.argmax(dim=1), targets),
+    }
+
+
+def evaluate_zeroshot_classification(model, dataloader, tokenizer, classnames: Sequence[str],
+                                     templates: Sequence[Template], device, *,
+                                     class_mask: Optional[Sequence[bool]] = None, amp: bool = False) -> dict:
+    """Zero-shot top-1/top-5 accuracy and mean per-class recall of a CLIP model.
+
+    `dataloader` yields (images [B,3,H,W], targets [B]). With `class_mask` (one bool per entry of
+    `classnames`, e.g. the 200 ImageNet-R classes among the 1000 ImageNet ones) only the masked
+    classes compete, and targets index into that subset.
+    """
+    if class_mask is not None:
+        if len(class_mask) != len(classnames):
+            raise ValueError(f"class_mask has {len(class_mask)} entries for {len(classnames)} class names")
+        classnames = [c for c, keep in zip(classnames, class_mask) if keep]
+    model.eval()
+    classifier = build_classifier(model, tokenizer, classnames, templates, device, amp)
+    all_logits, all_targets = [], []
+    with torch.no_grad():
+        for images, targets in dataloader:
+            with autocast(device, amp):
+                features = F.normalize(model.encode_image(images.to(device)), dim=-1)
+            all_logits.append((100.0 * features.float() @ classifier).cpu())
+            all_targets.append(torch.as_tensor(targets).long().cpu())
+    if not all_logits:
+        raise ValueError("the dataloader yielded no images")
+    logits, targets = torch.cat(all_logits), torch.cat(all_targets)
+    if targets.min() < 0 or targets.max() >= len(classnames):
+        raise ValueError(f"labels run from {targets.min().item()} to {targets.max().item()} "
+                         f"but there are {len(classnames)} classes")
+    return classification_metrics(logits, targets)
