@@ -17,6 +17,7 @@ from .errors import UserError
 # (subcommand, module) in pipeline order; a stage is listed only once it is built.
 STAGES = [
     # ("stage-name", "cifd_clip.commands.stage_module"),
+    ("embed", "cifd_clip.commands.embed"),
     ("export", "cifd_clip.commands.export"),
 ]
 
