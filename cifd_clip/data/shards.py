@@ -136,6 +136,12 @@ class BadSampleStats:
         return {"good": self.good, "bad": self.bad, "counts": dict(self.counts),
                 "examples": {r: list(e) for r, e in self.examples.items()}}
 
+    def take(self) -> dict:
+        """The counts so far as a dict, leaving this object empty (for sending deltas)."""
+        d = self.to_dict()
+        self.good, self.counts, self.examples = 0, {}, {}
+        return d
+
     @classmethod
     def from_dict(cls, d: dict) -> "BadSampleStats":
         return cls(good=int(d.get("good", 0)), counts=dict(d.get("counts", {})),

@@ -1,0 +1,284 @@
+"""The training stream: shards → decoded samples → sample stages → preprocess → batches, split over
+ranks and dataloader workers so that every rank yields exactly the same number of batches.
+
+What an epoch is
+----------------
+Let N be the number of samples (`num_samples`, else counted from sizes.json/__len__), B the per-rank
+batch size, R the world size and K = max(workers, 1) the workers per rank. Every rank yields exactly
+`num_batches = N // (B·R)` full batches per epoch, in every mode; worker k of a rank produces the
+rank's batches k, k+K, k+2K, ... so the rank's batch order does not depend on worker timing.
+The R·K workers of the job are "readers"; reader g = rank·K + k.
+
+- Default (not resampled): at each epoch the shard list is shuffled with (seed, epoch) and dealt
+  round-robin to the readers (reader g reads shards g, g+R·K, ...; there must be at least R·K shards).
+  Each reader reads its shards once, shuffling samples in a buffer, and stops at its batch quota.
+  If its shards hold more good samples than its quota the rest wait for a later epoch (another
+  shuffle); if they hold fewer, it starts its shards again in a new order, so a few samples repeat.
+  With equally sized shards and N divisible by B·R·K, every sample is seen exactly once per epoch.
+- Resampled: each reader draws shards with replacement (seeded by seed, epoch, reader); an epoch is
+  just `num_batches` batches per rank (N samples in all), so samples may repeat or be missed.
+
+Bad samples are skipped in the workers and counted by reason; the counts travel back to the main
+process inside each batch (key `__stats__`) and `DataInfo` adds them up and stops the run with a
+DataError when more than `max_bad_fraction` of the samples read are bad.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..errors import DataError
+from .shards import (DEFAULT_IMAGE_KEY, DEFAULT_TEXT_KEY, BadSampleStats, count_samples, decode_sample,
+                     expand_urls, iter_raw_samples)
+
+logger = logging.getLogger(__name__)
+
+STATS_KEY = "__stats__"
+BASE_FIELDS = ("key", "url", "image", "text")
+# Before this many samples a few bad ones early on must not stop a run; the check is exact at epoch end.
+MIN_SAMPLES_BEFORE_BAD_CHECK = 1000
+
+
+def reader_quota(num_batches: int, workers_per_rank: int, role: int) -> int:
+    """Batches that worker `role` of a rank produces: the rank's batches role, role+K, ..."""
+    return num_batches // workers_per_rank + (1 if role < num_batches % workers_per_rank else 0)
+
+
+def batches_before(skip_batches: int, workers_per_rank: int, role: int) -> int:
+    """How many of the rank's first `skip_batches` batches belong to worker `role`."""
+    return max(0, (skip_batches - role + workers_per_rank - 1) // workers_per_rank)
+
+
+def collate(samples: list[dict], tokenizer: Callable, teacher_tokenizer: Optional[Callable] = None) -> dict:
+    """Stack preprocessed samples into a batch; extra array/number fields become float tensors."""
+    batch: dict[str, Any] = {
+        "image": torch.stack([s["image"] for s in samples]),
+        "text": torch.as_tensor(tokenizer([s["text"] for s in samples])).long(),
+        "key": [s["key"] for s in samples],
+        "url": [s["url"] for s in samples],
+    }
+    if teacher_tokenizer is not None:
+        batch["teacher_text"] = torch.as_tensor(teacher_tokenizer([s["text"] for s in samples])).long()
+    for name in samples[0]:
+        if name in BASE_FIELDS or name in batch:
+            continue
+        values = [s[name] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            batch[name] = torch.stack(values).float()
+        elif isinstance(values[0], (np.ndarray, np.generic, float, int)):
+            batch[name] = torch.as_tensor(np.stack([np.asarray(v, dtype=np.float32) for v in values]))
+        else:
+            batch[name] = values
+    return batch
+
+
+class ShardStream(IterableDataset):
+    """One rank's share of the shards, as batches; see the module docstring for what an epoch is."""
+
+    def __init__(self, urls: list[str], *, preprocess: Callable, tokenizer: Callable, batch_size: int,
+                 num_batches: int, seed: int, rank: int, world_size: int, resampled: bool,
+                 teacher_preprocess: Optional[Callable] = None, teacher_tokenizer: Optional[Callable] = None,
+                 sample_stages: Sequence[Callable] = (), image_key: str = DEFAULT_IMAGE_KEY,
+                 text_key: str = DEFAULT_TEXT_KEY, caption_json_field: Optional[str] = None,
+                 shuffle_buffer: int = 1000):
+        self.urls = list(urls)
+        self.preprocess, self.tokenizer = preprocess, tokenizer
+        self.teacher_preprocess, self.teacher_tokenizer = teacher_preprocess, teacher_tokenizer
+        self.sample_stages = list(sample_stages)
+        self.batch_size, self.num_batches = batch_size, num_batches
+        self.seed, self.rank, self.world_size, self.resampled = seed, rank, world_size, resampled
+        self.image_key, self.text_key, self.caption_json_field = image_key, text_key, caption_json_field
+        self.shuffle_buffer = shuffle_buffer
+        self.epoch = 0
+        self.skip_batches = 0  # set by DataInfo.iterate before the workers start
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    # -- which raw samples a reader reads --------------------------------------------------------
+    def _reader_passes(self, reader: int, readers: int, rng: random.Random) -> Iterator[list[str]]:
+        """Lists of shards, one per pass; samples are shuffled within a pass, never across passes."""
+        if self.resampled:
+            while True:
+                yield [rng.choice(self.urls) for _ in range(len(self.urls))]
+        order = list(self.urls)
+        random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(order)
+        mine = order[reader::readers]
+        if not mine:
+            raise DataError(f"reader {reader} of {readers} got no shard: use at least {readers} shards or --dataset-resampled")
+        yield mine
+        while True:
+            mine = list(mine)
+            rng.shuffle(mine)
+            yield mine
+
+    def _shuffled(self, urls: list[str], rng: random.Random, stats: BadSampleStats) -> Iterator[dict]:
+        buffer: list[dict] = []
+        for url in urls:
+            for raw in iter_raw_samples(url, stats):
+                buffer.append(raw)
+                if len(buffer) > self.shuffle_buffer:
+                    i = rng.randrange(len(buffer))
+                    buffer[i], buffer[-1] = buffer[-1], buffer[i]
+                    yield buffer.pop()
+        rng.shuffle(buffer)
+        yield from buffer
+
+    def _decoded(self, reader: int, readers: int, stats: BadSampleStats) -> Iterator[dict]:
+        rng = random.Random(f"reader:{self.seed}:{self.epoch}:{reader}")
+        for shards in self._reader_passes(reader, readers, rng):
+            usable = 0
+            for raw in self._shuffled(shards, rng, stats):
+                sample = decode_sample(raw, image_key=self.image_key, text_key=self.text_key,
+                                       caption_json_field=self.caption_json_field, stats=stats)
+                if sample is not None:
+                    usable += 1
+                    yield sample
+            if not usable:
+                raise DataError(f"shards {shards[0]} ... ({len(shards)} shards) hold no usable sample: "
+                                f"{stats.summary()}")
+
+    def _prepare(self, sample: dict) -> dict:
+        for stage in self.sample_stages:
+            sample = stage(sample)
+        image = sample["image"]
+        if self.teacher_preprocess is not None:
+            sample["teacher_image"] = self.teacher_preprocess(image)
+        sample["image"] = self.preprocess(image)
+        return sample
+
+    def __iter__(self) -> Iterator[dict]:
+        info = get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        # Rotate worker roles so that after skipping k batches, the first worker asked holds batch k.
+        role = (worker + self.skip_batches) % workers
+        reader, readers = self.rank * workers + role, self.world_size * workers
+        quota = reader_quota(self.num_batches, workers, role)
+        skip = batches_before(self.skip_batches, workers, role) * self.batch_size
+        stats = BadSampleStats()
+        produced, pending = 0, []
+        if produced >= quota:
+            return
+        for sample in self._decoded(reader, readers, stats):
+            if skip:
+                skip -= 1
+                continue
+            pending.append(self._prepare(sample))
+            if len(pending) == self.batch_size:
+                batch = collate(pending, self.tokenizer, self.teacher_tokenizer)
+                batch[STATS_KEY] = stats.take()
+                pending = []
+                yield batch
+                produced += 1
+                if produced >= quota:
+                    return
+
+
+def _limit_worker_threads(_worker_id: int) -> None:
+    torch.set_num_threads(1)  # workers decode and resize; intra-op threads would only fight the trainer
+
+
+def _clean_worker_error(e: DataError) -> DataError:
+    """A DataError re-raised from a worker carries the worker's traceback; keep its sentence only."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    last = lines[-1] if lines else str(e)
+    return DataError(last.split("DataError: ", 1)[1] if "DataError: " in last else last)
+
+
+@dataclass
+class DataInfo:
+    """A rank's training stream. Iterate with `iterate(epoch, skip_batches)`; see loader module docs."""
+
+    dataloader: DataLoader
+    dataset: ShardStream
+    num_samples: int
+    num_batches: int
+    max_bad_fraction: float = 0.05
+    bad_samples: BadSampleStats = field(default_factory=BadSampleStats)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.epoch = int(epoch)
+
+    def absorb(self, batch: dict) -> dict:
+        """Take the bad-sample counts out of a batch, add them up and stop if there are too many."""
+        stats = batch.pop(STATS_KEY, None)
+        if stats is not None:
+            self.bad_samples.merge(stats)
+            if self.bad_samples.good + self.bad_samples.bad >= MIN_SAMPLES_BEFORE_BAD_CHECK:
+                self.check_bad_fraction()
+        return batch
+
+    def check_bad_fraction(self) -> None:
+        if self.bad_samples.bad_fraction > self.max_bad_fraction:
+            raise DataError(f"too much bad data, more than the allowed {100 * self.max_bad_fraction:g}% "
+                            f"(--max-bad-fraction): {self.bad_samples.summary()}")
+
+    def bad_report(self) -> dict:
+        """Counts so far: {"good", "bad", "counts": {reason: n}, "examples": {reason: [{shard, key}]}}."""
+        return self.bad_samples.to_dict()
+
+    def iterate(self, epoch: Optional[int] = None, skip_batches: int = 0) -> Iterator[dict]:
+        """The batches of one epoch, after the first `skip_batches` (exact-step resume)."""
+        if epoch is not None:
+            self.set_epoch(epoch)
+        if not 0 <= skip_batches <= self.num_batches:
+            raise DataError(f"cannot skip {skip_batches} batches of an epoch of {self.num_batches}")
+        self.dataset.skip_batches = int(skip_batches)
+        try:
+            for batch in self.dataloader:
+                yield self.absorb(batch)
+        except DataError as e:
+            raise _clean_worker_error(e) from None
+        finally:
+            self.dataset.skip_batches = 0
+        if self.bad_samples.bad:
+            logger.warning("bad samples skipped so far: %s", self.bad_samples.summary())
+        self.check_bad_fraction()
+
+    def __iter__(self) -> Iterator[dict]:
+        return self.iterate()
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+
+def make_train_loader(train_data: str, *, preprocess: Callable, tokenizer: Callable, batch_size: int,
+                      workers: int, seed: int, rank: int = 0, world_size: int = 1,
+                      num_samples: Optional[int] = None, resampled: bool = False,
+                      teacher_preprocess: Optional[Callable] = None, teacher_tokenizer: Optional[Callable] = None,
+                      sample_stages: Sequence[Callable] = (), image_key: str = DEFAULT_IMAGE_KEY,
+                      text_key: str = DEFAULT_TEXT_KEY, caption_json_field: Optional[str] = None,
+                      max_bad_fraction: float = 0.05, shuffle_buffer: int = 1000,
+                      pin_memory: bool = False) -> DataInfo:
+    """Build rank `rank`'s training stream over the shards of `train_data` (see module docstring)."""
+    urls = expand_urls(train_data)
+    if batch_size < 1 or workers < 0 or world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"invalid loader sizes: batch_size={batch_size}, workers={workers}, rank={rank}, world_size={world_size}")
+    readers = world_size * max(workers, 1)
+    if not resampled and len(urls) < readers:
+        raise DataError(f"{train_data} has {len(urls)} shards but {world_size} rank(s) × {max(workers, 1)} worker(s) "
+                        f"need at least {readers}: use fewer --workers, more shards, or --dataset-resampled")
+    if num_samples is None:
+        num_samples = count_samples(urls)
+        if num_samples is None:
+            raise DataError(f"cannot count the samples of {train_data} (no sizes.json or __len__ beside the shards): "
+                            f"give --train-num-samples")
+    num_batches = num_samples // (batch_size * world_size)
+    if num_batches < 1:
+        raise DataError(f"{num_samples} samples are fewer than one global batch of {batch_size} × {world_size} ranks")
+    dataset = ShardStream(urls, preprocess=preprocess, tokenizer=tokenizer, batch_size=batch_size,
+                          num_batches=num_batches, seed=seed, rank=rank, world_size=world_size, resampled=resampled,
+                          teacher_preprocess=teacher_preprocess, teacher_tokenizer=teacher_tokenizer,
+                          sample_stages=sample_stages, image_key=image_key, text_key=text_key,
+                          caption_json_field=caption_json_field, shuffle_buffer=shuffle_buffer)
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
+                        persistent_workers=False, worker_init_fn=_limit_worker_threads if workers else None)
+    return DataInfo(dataloader=loader, dataset=dataset, num_samples=num_samples, num_batches=num_batches,
+                    max_bad_fraction=max_bad_fraction)
