@@ -161,9 +161,10 @@ class ShardStream(IterableDataset):
         role = (worker + self.skip_batches) % workers
         reader, readers = self.rank * workers + role, self.world_size * workers
         quota = reader_quota(self.num_batches, workers, role)
-        skip = batches_before(self.skip_batches, workers, role) * self.batch_size
+        produced = batches_before(self.skip_batches, workers, role)  # skipped batches count toward the quota
+        skip = produced * self.batch_size
         stats = BadSampleStats()
-        produced, pending = 0, []
+        pending = []
         if produced >= quota:
             return
         for sample in self._decoded(reader, readers, stats):

@@ -1,0 +1,113 @@
+"""The training stream: counts, rank/worker splitting, determinism, resume and collation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cifd_clip.data.loader import make_train_loader
+from cifd_clip.data.shards import count_samples, expand_urls, iter_samples
+from cifd_clip.errors import DataError
+
+
+def _loader(spec, transforms, **kw):
+    preprocess, tokenizer = transforms
+    args = dict(batch_size=3, workers=2, seed=7)
+    args.update(kw)
+    return make_train_loader(spec, preprocess=preprocess, tokenizer=tokenizer, **args)
+
+
+def _keys(info, epoch=0, skip=0):
+    return [k for batch in info.iterate(epoch, skip_batches=skip) for k in batch["key"]]
+
+
+def test_spec_expansion_joins_sources_and_counts_from_sizes_json(demo_data_dir, demo_train_spec):
+    spec = demo_train_spec + "::" + str(demo_data_dir / "val" / "{00000..00003}.tar")
+    urls = expand_urls(spec)
+    assert len(urls) == 12 and urls[0].endswith("train/00000.tar") and urls[-1].endswith("val/00003.tar")
+    assert count_samples(urls) == 48 + 12
+    assert count_samples(["pipe:cat " + urls[0]]) is None
+
+
+def test_iter_samples_reads_shards_in_order_and_pipe_urls(demo_data_dir):
+    shard = str(demo_data_dir / "train" / "00001.tar")
+    samples = list(iter_samples([shard]))
+    assert [s["key"] for s in samples] == [f"{i:09d}" for i in range(6, 12)]
+    assert samples[0]["image"].mode == "RGB" and samples[0]["text"].endswith(".")
+    assert [s["key"] for s in iter_samples([f"pipe:cat {shard}"])] == [s["key"] for s in samples]
+
+
+def test_two_ranks_two_workers_see_every_sample_exactly_once(demo_train_spec, student_transforms):
+    seen = []
+    for rank in range(2):
+        info = _loader(demo_train_spec, student_transforms, rank=rank, world_size=2)
+        batches = list(info.iterate(0))
+        assert len(batches) == info.num_batches == 8
+        assert all(b["image"].shape == (3, 3, 48, 48) and b["text"].dtype == torch.long for b in batches)
+        assert all(b["text"].shape == (3, 24) for b in batches)
+        seen += [k for b in batches for k in b["key"]]
+    assert sorted(seen) == [f"{i:09d}" for i in range(48)]
+
+
+def test_shuffling_is_deterministic_per_epoch_and_changes_between_epochs(demo_train_spec, student_transforms):
+    first = _keys(_loader(demo_train_spec, student_transforms), epoch=0)
+    again = _keys(_loader(demo_train_spec, student_transforms), epoch=0)
+    other_epoch = _keys(_loader(demo_train_spec, student_transforms), epoch=1)
+    other_seed = _keys(_loader(demo_train_spec, student_transforms, seed=8), epoch=0)
+    assert first == again
+    assert first != other_epoch and sorted(first) == sorted(other_epoch)
+    assert first != other_seed
+
+
+def test_skip_batches_resumes_at_the_exact_batch(demo_train_spec, student_transforms):
+    info = _loader(demo_train_spec, student_transforms, workers=2)
+    full = [b["key"] for b in info.iterate(3)]
+    for skip in (1, 3, 16):
+        assert [b["key"] for b in info.iterate(3, skip_batches=skip)] == full[skip:]
+
+
+def test_every_rank_yields_the_same_number_of_batches_when_shards_are_uneven(demo_data_dir, student_transforms):
+    # 8 train shards of 6 + 4 val shards of 3 = 60 samples over 2 ranks x 2 workers: readers hold 15..18.
+    spec = str(demo_data_dir / "train" / "{00000..00007}.tar") + "::" + str(demo_data_dir / "val" / "{00000..00003}.tar")
+    counts = [len(list(_loader(spec, student_transforms, rank=r, world_size=2, batch_size=4).iterate(0)))
+              for r in range(2)]
+    assert counts == [60 // 8, 60 // 8]
+
+
+def test_resampled_mode_yields_the_requested_epoch_length(demo_train_spec, student_transforms):
+    info = _loader(demo_train_spec, student_transforms, resampled=True, num_samples=30, workers=1)
+    assert info.num_batches == 10 and len(list(info.iterate(0))) == 10
+
+
+def test_resampled_mode_accepts_fewer_shards_than_readers(demo_data_dir, student_transforms):
+    one_shard = str(demo_data_dir / "train" / "00000.tar")
+    with pytest.raises(DataError, match="at least 2"):
+        _loader(one_shard, student_transforms, workers=2)
+    info = _loader(one_shard, student_transforms, workers=2, resampled=True, num_samples=12)
+    assert len(list(info.iterate(0))) == 4
+
+
+def test_sample_stages_add_fields_that_are_batched_as_float_tensors(demo_train_spec, student_transforms):
+    def add_embeddings(sample):  # stands in for the embedding cache's stage
+        sample["t_image_emb"] = np.full(5, int(sample["key"]), dtype=np.float16)
+        sample["t_text_emb"] = torch.ones(4, dtype=torch.float64)
+        return sample
+
+    preprocess, tokenizer = student_transforms
+    info = _loader(demo_train_spec, student_transforms, workers=1, sample_stages=[add_embeddings],
+                   teacher_preprocess=preprocess, teacher_tokenizer=tokenizer)
+    batch = next(iter(info.iterate(0)))
+    assert batch["t_image_emb"].dtype == torch.float32 and batch["t_image_emb"].shape == (3, 5)
+    assert batch["t_image_emb"][:, 0].tolist() == [float(int(k)) for k in batch["key"]]
+    assert batch["t_text_emb"].dtype == torch.float32 and batch["t_text_emb"].shape == (3, 4)
+    assert batch["teacher_image"].shape == batch["image"].shape
+    assert torch.equal(batch["teacher_text"], batch["text"])
+    assert "__stats__" not in batch
+
+
+def test_uncountable_shards_need_an_explicit_sample_count(demo_data_dir, student_transforms):
+    spec = "pipe:cat " + str(demo_data_dir / "train" / "{00000..00003}.tar")
+    with pytest.raises(DataError, match="--train-num-samples"):
+        _loader(spec, student_transforms, workers=0)
+    info = _loader(spec, student_transforms, workers=0, num_samples=24)
+    assert len(_keys(info)) == 24
