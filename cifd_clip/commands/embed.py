@@ -212,6 +212,7 @@ def embed_shards(cfg: Config) -> Optional[str]:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     precision = cfg.precision if cfg.precision != "auto" else ("amp" if env.device.type == "cuda" else "fp32")
+    torch.manual_seed(0)  # a teacher without weights (tests, demo) is then the same on every rank and restart
     teacher = load_teacher(cfg.teacher, cfg.pretrained, device=env.device, normalize=cfg.normalize)
     augment = AugmentSettings(views=cfg.augmentations, scale=tuple(cfg.aug_scale), seed=cfg.aug_seed)
     settings = _teacher_settings(cfg, teacher, augment)
