@@ -18,6 +18,8 @@ from .errors import UserError
 STAGES = [
     # ("stage-name", "cifd_clip.commands.stage_module"),
     ("embed", "cifd_clip.commands.embed"),
+    ("train", "cifd_clip.commands.train"),
+    ("distill", "cifd_clip.commands.distill"),
     ("export", "cifd_clip.commands.export"),
 ]
 

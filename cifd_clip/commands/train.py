@@ -1,0 +1,45 @@
+"""Train an open_clip model contrastively, without a teacher (the "no distillation" baseline).
+
+Plain CLIP training on image-text shards with open_clip's ClipLoss, in the same loop as
+`cifd-clip distill`: torchrun DDP, accumulation, clipping, exact-step resume, metrics JSONL.
+Outputs: <logs>/<name>/{config.yaml, checkpoints/, metrics.jsonl, summary.json}.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine.options import TrainingOptions
+
+
+@dataclass
+class Config(TrainingOptions):
+    pass
+
+
+def run(cfg: Config) -> int:
+    import logging
+
+    from ..distiller import Distiller
+    from ..engine import session
+    from ..engine.distributed import cleanup
+    from ..engine.loop import fit, seed_everything
+    from ..towers import load_model
+
+    env, run_dir = session.start_run(cfg)
+    try:
+        session.preflight(cfg, env)
+        seed_everything(cfg.seed)  # same initial weights on every rank
+        tower = load_model(cfg.model, cfg.pretrained, device="cpu")
+        data = session.build_loader(cfg, tower, env)
+        module = Distiller(tower.model, loss="contrastive", student_dim=tower.embed_dim, seed=cfg.seed,
+                           local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
+                           rank=env.rank, world_size=env.world_size)
+        summary = fit(module, data, cfg, env, run_dir, describe=session.describe(tower, cfg),
+                      evaluate=session.make_evaluator(cfg, tower, env))
+        if env.is_main:
+            logging.getLogger(__name__).info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"],
+                                             summary["samples_per_s"], run_dir)
+    finally:
+        cleanup(env)
+    return 0
+

@@ -1,0 +1,61 @@
+"""Options shared by `cifd-clip train` and `cifd-clip distill` (names follow open_clip_train)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import option, required
+from ..errors import ConfigError
+
+
+@dataclass
+class TrainingOptions:
+    train_data: str = required("training shards: brace-expanded tar list, `::` joins sources (img2dataset layout)")
+    model: str = required("student model spec: open_clip name, NAME@FILE, local-dir:PATH or a JSON config")
+    pretrained: Optional[str] = option(None, "initialise the student from this checkpoint file (or open_clip tag)")
+    train_num_samples: Optional[int] = option(None, "samples per epoch (default: the shards' sizes.json/__len__)")
+    dataset_resampled: bool = option(False, "draw shards with replacement (open_clip's --dataset-resampled)")
+    logs: str = option("./logs", "folder holding one sub-folder per run")
+    name: Optional[str] = option(None, "run name: outputs go to <logs>/<name>/ (default: date-model)")
+    epochs: int = option(1, "number of epochs")
+    batch_size: int = option(64, "batch size per process (global batch = batch size × processes × accum-freq)")
+    lr: float = option(5e-4, "peak learning rate (AdamW)")
+    wd: float = option(0.2, "weight decay (not applied to gains, biases, logit scale, densities)")
+    beta1: float = option(0.9, "AdamW beta1")
+    beta2: float = option(0.98, "AdamW beta2")
+    eps: float = option(1e-6, "AdamW epsilon")
+    warmup: int = option(10000, "linear warm-up steps before the cosine decay (lower it for short runs)")
+    workers: int = option(1, "data-loading worker processes per training process")
+    precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto (open_clip's amp is ~10x slower on CPU)",
+                            choices=["auto", "fp32", "amp", "amp_bf16"])
+    accum_freq: int = option(1, "micro-batches per optimizer step (losses are summed, see docs/training.md)")
+    grad_clip_norm: Optional[float] = option(None, "clip the gradient norm to this value")
+    local_loss: bool = option(False, "contrastive loss on local rows only against all gathered features")
+    gather_with_grad: bool = option(False, "all-gather features with gradients (exact full-batch gradients under DDP)")
+    resume: Optional[str] = option(None, "`latest` (this run's newest checkpoint, if any) or a checkpoint file")
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    save_every_steps: int = option(0, "also write checkpoints/step_N.pt every N optimizer steps (0: epoch ends only)")
+    log_every_steps: int = option(1, "write a metrics.jsonl line every N optimizer steps")
+    skip_nonfinite: bool = option(False, "skip an optimizer step whose loss or gradient is NaN/inf instead of stopping")
+    stop_after_steps: Optional[int] = option(None, "stop once this many optimizer steps are done in total, "
+                                                   "with a checkpoint (time-boxed jobs; resume later)")
+    eval_every_epochs: int = option(0, "zero-shot evaluation every N epochs on --eval-datasets (0: never)")
+    eval_datasets: list[str] = option([], "CLIP_benchmark-layout datasets under --eval-dataset-root to evaluate")
+    eval_dataset_root: Optional[str] = option(None, "folder holding the eval datasets (DATASET/ sub-folders)")
+
+    def validate(self) -> None:
+        for key in ("epochs", "batch_size", "accum_freq"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        for key in ("warmup", "workers", "save_every_steps", "eval_every_epochs"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
+        if self.log_every_steps < 1:
+            raise ConfigError(f"--log-every-steps must be at least 1, got {self.log_every_steps}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
+            raise ConfigError(f"--grad-clip-norm must be positive, got {self.grad_clip_norm}")
+        if self.eval_every_epochs and not (self.eval_datasets and self.eval_dataset_root):
+            raise ConfigError("--eval-every-epochs needs --eval-datasets and --eval-dataset-root")

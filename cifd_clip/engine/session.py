@@ -1,0 +1,100 @@
+"""What `train` and `distill` do before and after the loop: run folder, config, student, loader, eval."""
+from __future__ import annotations
+
+import logging
+import re
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+
+from .. import config as config_lib
+from ..errors import UserError
+from .distributed import DistEnv, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+def _broadcast_str(env: DistEnv, value: str) -> str:
+    if not env.distributed:
+        return value
+    import torch.distributed as dist
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def default_run_name(model: str) -> str:
+    tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(model).stem if model.endswith((".json", ".pt")) else model)
+    return f"{time.strftime('%Y_%m_%d-%H_%M_%S')}-{tag}"
+
+
+def start_run(cfg) -> tuple[DistEnv, Path]:
+    """Join the process group, pick <logs>/<name>/ (refusing to overwrite a run) and save config.yaml there."""
+    env = init_distributed(cfg.device)
+    name = _broadcast_str(env, cfg.name or default_run_name(cfg.model))
+    cfg.name = name
+    run_dir = Path(cfg.logs) / name
+    has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
+    if has_checkpoints and not cfg.resume:
+        raise UserError(f"run folder {run_dir} already holds checkpoints: pass --resume latest to continue it "
+                        f"or choose another --name")
+    if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        config_lib.save(cfg, run_dir / "config.yaml")
+        if torch.get_num_threads() > 1 and env.device.type == "cpu" and env.world_size > 1:
+            log.info("%d CPU threads per process", torch.get_num_threads())
+    return env, run_dir
+
+
+def describe(tower, cfg) -> dict:
+    return {"model_name": tower.model_name, "model_cfg": tower.model_cfg, "preprocess_cfg": tower.preprocess_cfg,
+            "config": config_lib.to_dict(cfg)}
+
+
+def make_evaluator(cfg, tower, env: DistEnv) -> Optional[Callable]:
+    """evaluate(student, epoch) -> {dataset: metrics} with the evaluation runner, or None when not asked for."""
+    if not cfg.eval_every_epochs:
+        return None
+    try:
+        from ..evaluation.runner import evaluate_model_on_dataset
+    except ImportError:
+        raise UserError("--eval-every-epochs needs cifd_clip.evaluation.runner, which this install lacks") from None
+    root = Path(cfg.eval_dataset_root)
+
+    def evaluate(student, epoch: int) -> dict:
+        results = {}
+        for dataset in cfg.eval_datasets:
+            folder = root / dataset
+            if not folder.is_dir():
+                raise UserError(f"eval dataset {dataset} is not a folder under {root}")
+            is_retrieval = (folder / "dataset_type.txt").is_file() and \
+                (folder / "dataset_type.txt").read_text().strip() == "retrieval"
+            task = "zeroshot_retrieval" if is_retrieval else "zeroshot_classification"
+            view = type(tower)(student, tower.preprocess_train, tower.preprocess_val, tower.tokenizer,
+                               tower.model_name, tower.model_cfg, tower.preprocess_cfg, tower.spec, tower.extra)
+            results[dataset] = evaluate_model_on_dataset(view, f"wds/{dataset}", str(folder), task,
+                                                         batch_size=cfg.batch_size, workers=0,
+                                                         recall_k=[1, 5], device=env.device)
+            log.info("epoch %d eval %s: %s", epoch, dataset, results[dataset])
+        return results
+
+    return evaluate
+
+
+def build_loader(cfg, tower, env: DistEnv, *, teacher=None, sample_stages: Sequence[Callable] = ()):
+    from ..data.loader import make_train_loader
+    return make_train_loader(
+        cfg.train_data, preprocess=tower.preprocess_train, tokenizer=tower.tokenizer, batch_size=cfg.batch_size,
+        workers=cfg.workers, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
+        num_samples=cfg.train_num_samples, resampled=cfg.dataset_resampled,
+        teacher_preprocess=teacher.preprocess if teacher is not None else None,
+        teacher_tokenizer=teacher.tokenizer if teacher is not None else None, sample_stages=sample_stages)
+
+
+def preflight(cfg, env: DistEnv, needed_keys: Sequence[str] = ()) -> None:
+    """Check the shards can feed this job before any model is built (one sentence if not)."""
+    from ..data.preflight import preflight as check_shards
+    check_shards(cfg.train_data, workers=cfg.workers, world_size=env.world_size, resampled=cfg.dataset_resampled,
+                 needed_keys=needed_keys)
