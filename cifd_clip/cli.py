@@ -20,6 +20,7 @@ STAGES = [
     ("embed", "cifd_clip.commands.embed"),
     ("train", "cifd_clip.commands.train"),
     ("distill", "cifd_clip.commands.distill"),
+    ("eval", "cifd_clip.commands.eval"), ("bench", "cifd_clip.commands.bench"),
     ("export", "cifd_clip.commands.export"),
 ]
 
