@@ -163,3 +163,12 @@ def test_cached_batches_shuffle_per_epoch_and_are_reproducible(tmp_path):
     assert keys(seed=0, epoch=0) != keys(seed=0, epoch=1)
     assert sorted(keys(seed=0, epoch=1)) == keys(shuffle=False)
     assert len(keys(drop_last=True)) == 24
+
+
+def test_cache_join_keeps_shards_within_its_memory_budget(tmp_path):
+    write_synthetic_cache(tmp_path, [4, 4, 4])
+    one_shard = cache_lib.read_cached_shard(tmp_path, "00000.tar").nbytes
+    join = cache_lib.CacheJoin(tmp_path, max_bytes_in_memory=2 * one_shard)
+    for k in (0, 4, 8, 1):
+        join({"key": f"{k:06d}", "url": f"{k // 4:05d}.tar", "image": None, "text": ""})
+    assert list(join._loaded) == ["00002.tar", "00000.tar"]

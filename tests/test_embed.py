@@ -208,3 +208,29 @@ def test_two_torchrun_processes_with_loader_workers_give_the_same_cache_as_one(d
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1: embedded" in result.stdout
     assert_same_cache(out, reference)
+
+
+def test_training_loader_joins_cached_embeddings_by_key(demo_train_spec, student_transforms, tmp_path):
+    from cifd_clip.data.loader import make_train_loader
+
+    out = tmp_path / "cache"
+    argv = ["embed", "--teacher", "tiny-vit-teacher", "--train-data", demo_train_spec, "--out", str(out),
+            "--batch-size", "16", "--workers", "0", "--threads", "1", "--augmentations", "2"]
+    assert cli.main(argv) == 0
+    stored = {}
+    for s in cache_lib.read_cache_meta(out)["shards"]:
+        shard = cache_lib.read_cached_shard(out, s["name"])
+        stored.update({k: (shard.image_emb[i], shard.text_emb[i]) for i, k in enumerate(shard.keys)})
+    preprocess, tokenizer = student_transforms
+    info = make_train_loader(demo_train_spec, preprocess=preprocess, tokenizer=tokenizer, batch_size=4, workers=2,
+                             seed=0, sample_stages=[cache_lib.CacheJoin(out, view="random", seed=1)])
+    views = set()
+    for batch in info:
+        assert batch["t_image_emb"].shape == (4, 128) and batch["t_text_emb"].dtype == torch.float32
+        assert batch["paug"].shape == (4, 5) and batch["image"].shape == (4, 3, 48, 48)
+        for j, key in enumerate(batch["key"]):
+            img, txt = stored[key]
+            v = next(v for v in range(2) if np.allclose(img[v], batch["t_image_emb"][j].numpy()))
+            views.add(v)
+            np.testing.assert_array_equal(txt.astype(np.float32), batch["t_text_emb"][j].numpy())
+    assert views == {0, 1}

@@ -231,6 +231,10 @@ class CachedShard:
     def __post_init__(self):
         self.index = {k: i for i, k in enumerate(self.keys)}
 
+    @property
+    def nbytes(self) -> int:
+        return self.image_emb.nbytes + self.text_emb.nbytes + (self.paug.nbytes if self.paug is not None else 0)
+
 
 def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count: Optional[int] = None,
                       views: Optional[int] = None) -> CachedShard:
@@ -289,20 +293,21 @@ class CacheJoin:
     (seed, epoch, key) — call `set_epoch` between epochs — and, when `replay=True`, the sample's PIL image
     is replaced by that view (crop + flip) so the student sees what the teacher saw.
 
-    The sibling shard of the sample's source shard is loaded on first use; the two most recent are kept.
+    The sibling shard of the sample's source shard is loaded on first use; recently used shards are kept
+    while they fit in `max_bytes_in_memory` (the loader's shuffle buffer interleaves several shards).
     A sample whose key is not in its cache shard is refused (the cache was made from other data).
     Picklable: loaded shards are not sent to worker processes.
     """
 
     def __init__(self, cache_dir: str | os.PathLike, view: str = "first", seed: int = 0, replay: bool = True,
-                 max_shards_in_memory: int = 2):
+                 max_bytes_in_memory: int = 256 << 20):
         if view not in ("first", "random"):
             raise UserError(f"cache view must be 'first' or 'random', got {view!r}")
         self.cache_dir = str(cache_dir)
         self.meta = read_cache_meta(cache_dir)
         self.view, self.seed, self.replay, self.epoch = view, int(seed), bool(replay), 0
         self.views = int(self.meta["augmentation"]["views"])
-        self.max_shards = max(1, int(max_shards_in_memory))
+        self.max_bytes = int(max_bytes_in_memory)
         self._counts = {s["name"]: s["count"] for s in self.meta["shards"]}
         self._loaded: "OrderedDict[str, CachedShard]" = OrderedDict()
 
@@ -324,7 +329,7 @@ class CacheJoin:
                             f"(the cache was made from other shards)")
         shard = read_cached_shard(self.cache_dir, name, expected_count=self._counts[name], views=self.views)
         self._loaded[name] = shard
-        while len(self._loaded) > self.max_shards:
+        while len(self._loaded) > 1 and sum(s.nbytes for s in self._loaded.values()) > self.max_bytes:
             self._loaded.popitem(last=False)
         return shard
 
