@@ -171,7 +171,7 @@ def iter_raw_samples(url: str, stats: Optional[BadSampleStats] = None) -> Iterat
     """Group the members of one shard into raw samples `{"__key__", "__url__", ext: bytes, ...}`.
 
     A missing, unreadable or truncated shard is counted once as `unreadable_shard` (the samples read
-    before the damage are kept). A key seen twice in the shard keeps its first sample only.
+    before the damage are kept). A key seen twice in a shard keeps its first copy only (counted as `duplicate_key`).
     """
     import webdataset as wds
 
@@ -184,9 +184,11 @@ def iter_raw_samples(url: str, stats: Optional[BadSampleStats] = None) -> Iterat
     def finish(sample):
         if sample is None:
             return None
-        if duplicate or sample["__key__"] in seen:
+        if sample["__key__"] in seen:
             stats.record(DUPLICATE_KEY, url, sample["__key__"])
             return None
+        if duplicate:  # the key repeated right away: keep the first copy's members
+            stats.record(DUPLICATE_KEY, url, sample["__key__"])
         seen.add(sample["__key__"])
         return sample
 
@@ -208,6 +210,7 @@ def iter_raw_samples(url: str, stats: Optional[BadSampleStats] = None) -> Iterat
                     current, duplicate = {"__key__": key, "__url__": url}, False
                 if ext in current:
                     duplicate = True
+                    continue
                 current[ext] = data
     except Exception as e:  # a broken shard must never stop the run: count it and move on
         current = None
