@@ -300,8 +300,9 @@ def write_demo_data(out: str | Path, *, seed: int = 0, train_samples: int = 6000
     (out / "zeroshot" / "dataset_type.txt").write_text("classification\n")
     (out / "retrieval" / "dataset_type.txt").write_text("retrieval\n")
     info = {"seed": seed, "image_size": image_size, "samples_per_shard": samples_per_shard, "splits": counts,
-            "train_data": str(out / "train" / f"{{00000..{counts['train']['shards'] - 1:05d}}}.tar"),
-            "val_data": str(out / "val" / f"{{00000..{counts['val']['shards'] - 1:05d}}}.tar"),
+            # relative to `out`, so that the same seed gives the same files wherever they are written
+            "train_data": f"train/{{00000..{counts['train']['shards'] - 1:05d}}}.tar",
+            "val_data": f"val/{{00000..{counts['val']['shards'] - 1:05d}}}.tar",
             "classes": len(CLASSNAMES)}
     (out / INFO_FILE).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
     return info
