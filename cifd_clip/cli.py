@@ -17,6 +17,7 @@ from .errors import UserError
 # (subcommand, module) in pipeline order; a stage is listed only once it is built.
 STAGES = [
     # ("stage-name", "cifd_clip.commands.stage_module"),
+    ("make-demo-data", "cifd_clip.commands.make_demo_data"),
     ("embed", "cifd_clip.commands.embed"),
     ("train", "cifd_clip.commands.train"),
     ("distill", "cifd_clip.commands.distill"),
