@@ -1,0 +1,269 @@
+"""Train and evaluate a family of RDMs on teacher embeddings (no teacher model involved).
+
+One batch of cached embeddings feeds every RDM of both modalities: the losses of the independent RDMs
+are summed, so one backward pass gives each RDM exactly its own gradient. Under torchrun each rank
+reads its own part of the data and gradients are averaged with one all-reduce per step (the RDMs are
+tiny, so a flat all-reduce is simpler than DDP and just as fast).
+
+Batches are dicts with `t_image_emb` / `t_text_emb` (what `cifd_clip.data.cache.iter_cached_embeddings`
+yields); any iterable of such dicts works, which is how the tests train on in-memory tensors.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .errors import DataError
+from .rdm import RDMFamily
+
+log = logging.getLogger(__name__)
+
+MODALITY_KEYS = {"image": "t_image_emb", "text": "t_text_emb"}
+
+
+def is_held_out(key: str, fraction: float) -> bool:
+    """A stable per-sample split by key: the same samples are held out on every rank and every epoch."""
+    if fraction <= 0:
+        return False
+    return (zlib.crc32(str(key).encode()) % 100_000) < fraction * 100_000
+
+
+def split_batch(batch: dict, fraction: float, held_out: bool) -> dict:
+    """The part of a batch on one side of the key split (the whole batch when there is no key or split)."""
+    keys = batch.get("key")
+    if fraction <= 0 or keys is None:
+        return batch if not held_out else {}
+    mask = torch.tensor([is_held_out(k, fraction) == held_out for k in keys], dtype=torch.bool)
+    out = {name: batch[name][mask] for name in MODALITY_KEYS.values() if name in batch}
+    out["key"] = [k for k, m in zip(keys, mask.tolist()) if m]
+    return out
+
+
+@dataclass
+class TrainStats:
+    steps: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    last_terms: dict = field(default_factory=dict)
+
+    @property
+    def embeddings_per_second(self) -> float:
+        return self.samples / self.seconds if self.seconds > 0 else 0.0
+
+
+def family_loss(family: RDMFamily, batch: dict) -> tuple[torch.Tensor, dict]:
+    """Sum of every RDM's L_R on this batch, and the terms per (modality, R) for logging."""
+    total, terms = None, {}
+    for modality in family.modalities:
+        x = batch[MODALITY_KEYS[modality]]
+        for rdm in family.rdms(modality):
+            parts = rdm.loss(rdm(x))
+            loss = sum(parts.values())
+            total = loss if total is None else total + loss
+            terms.update({f"{modality}/R={rdm.rate_weight:g}/{k}": v.detach() for k, v in parts.items()})
+    return total, terms
+
+
+def _average_gradients(params: Sequence[torch.nn.Parameter], world_size: int) -> None:
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def _broadcast_parameters(family: RDMFamily) -> None:
+    import torch.distributed as dist
+
+    for tensor in list(family.parameters()) + list(family.buffers()):
+        dist.broadcast(tensor.data, src=0)
+
+
+def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict]], *, epochs: int,
+                 lr: float = 1e-3, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 steps_per_epoch: Optional[int] = None, holdout_fraction: float = 0.0, log_every: int = 50,
+                 on_step: Optional[Callable[[int, dict], None]] = None) -> TrainStats:
+    """Train every RDM of `family` in one pass per epoch over `epoch_batches(epoch)`.
+
+    Adam on all parameters (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known.
+    Samples with `is_held_out(key, holdout_fraction)` are skipped (the evaluation reads them). After
+    training each bottleneck is finalised (exact quantiles, CDF tables) and the family is in eval mode.
+    """
+    device = torch.device(device)
+    family.to(device).train()
+    distributed = world_size > 1
+    if distributed:
+        _broadcast_parameters(family)
+    params = [p for p in family.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=lr)
+    total_steps = steps_per_epoch * epochs if steps_per_epoch else None
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=lr / 100)
+                 if total_steps else None)
+    stats = TrainStats()
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        seen_this_epoch = 0
+        for batch in epoch_batches(epoch):
+            batch = split_batch(batch, holdout_fraction, held_out=False)
+            n = len(batch.get("key", ())) if "key" in batch else len(next(iter(batch.values())))
+            optimizer.zero_grad(set_to_none=False)
+            if n > 0:
+                batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+                loss, terms = family_loss(family, batch)
+                if not torch.isfinite(loss):
+                    bad = [k for k, v in terms.items() if not torch.isfinite(v)]
+                    raise DataError(f"RDM training diverged at step {stats.steps} (non-finite {bad[0] if bad else 'loss'}); "
+                                    f"lower --lr or check the cache for non-finite embeddings")
+                loss.backward()
+                stats.last_terms = terms
+            if distributed:  # every rank calls this once per step, even with an empty batch
+                _average_gradients(params, world_size)
+            optimizer.step()
+            if scheduler is not None and scheduler.last_epoch < total_steps:
+                scheduler.step()
+            stats.steps += 1
+            stats.samples += n
+            seen_this_epoch += n
+            if on_step is not None:
+                on_step(stats.steps, stats.last_terms)
+            if log_every and stats.steps % log_every == 0 and rank == 0 and stats.last_terms:
+                log.info("step %d epoch %d: %s", stats.steps, epoch, _summarise(stats.last_terms))
+        if seen_this_epoch == 0 and rank == 0:
+            raise DataError("the embedding cache yielded no training samples this epoch")
+    stats.seconds = time.perf_counter() - start
+    for modality in family.modalities:
+        for rdm in family.rdms(modality):
+            rdm.finalize()
+    family.eval()
+    return stats
+
+
+def _summarise(terms: dict) -> str:
+    per_rdm: dict = {}
+    for name, value in terms.items():
+        modality, r, term = name.split("/")
+        per_rdm.setdefault(f"{modality} {r}", {})[term] = float(value)
+    return "; ".join(f"{k}: rate {v['rdm_rate']:.1f} b, R·D {v['rdm_distortion']:.3f}" for k, v in per_rdm.items())
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def collect_embeddings(batches: Iterable[dict], *, holdout_fraction: float = 0.0, max_samples: Optional[int] = None
+                       ) -> dict:
+    """Concatenate (the held-out part of) batches into {"t_image_emb": [N, D], "t_text_emb": [N, D], "key": [...]}."""
+    parts: dict = {k: [] for k in MODALITY_KEYS.values()}
+    keys: list = []
+    count = 0
+    for batch in batches:
+        if holdout_fraction > 0:
+            batch = split_batch(batch, holdout_fraction, held_out=True)
+            if not batch.get("key"):
+                continue
+        for k in parts:
+            if k in batch:
+                parts[k].append(batch[k].float().cpu())
+        keys.extend(batch.get("key", []))
+        count += len(next(iter(v for v in batch.values() if torch.is_tensor(v))))
+        if max_samples and count >= max_samples:
+            break
+    out = {k: torch.cat(v)[:max_samples] if max_samples else torch.cat(v) for k, v in parts.items() if v}
+    out["key"] = keys[:max_samples] if max_samples else keys
+    return out
+
+
+@torch.no_grad()
+def evaluate_rdm(rdm, x: torch.Tensor, batch_size: int = 4096) -> dict:
+    """Held-out metrics of one RDM on embeddings x [N, D]: rate with rounding (bits/sample, the ideal code
+    length under its density), the noisy-training estimate of the rate, distortion (the trained D, summed
+    over dims), MSE per element and cosine similarity, all against the RDM's (normalised) target."""
+    was_training = rdm.training
+    sums = {"rate_bits": 0.0, "noisy_rate_bits": 0.0, "distortion": 0.0, "mse": 0.0, "cosine": 0.0}
+    device = next(rdm.parameters()).device
+    for start in range(0, len(x), batch_size):
+        chunk = x[start:start + batch_size].to(device)
+        rdm.eval()
+        out = rdm(chunk)
+        target, recon = out["target"], out["reconstruction"]
+        sums["rate_bits"] += out["rate"].sum().item()
+        sums["distortion"] += out["distortion"].sum().item()
+        sums["mse"] += (target - recon).pow(2).mean(-1).sum().item()
+        sums["cosine"] += F.cosine_similarity(target, recon, dim=-1).sum().item()
+        rdm.train()
+        sums["noisy_rate_bits"] += rdm(chunk)["rate"].sum().item()
+    rdm.train(was_training)
+    return {k: v / len(x) for k, v in sums.items()}
+
+
+@torch.no_grad()
+def retrieval_recall(queries: torch.Tensor, gallery: torch.Tensor, ks: Sequence[int] = (1, 5),
+                     chunk: int = 1024) -> dict:
+    """Recall@K of query i finding gallery item i (one positive per query), cosine similarity."""
+    q, g = F.normalize(queries.float(), dim=-1), F.normalize(gallery.float(), dim=-1)
+    hits = {k: 0 for k in ks}
+    for start in range(0, len(q), chunk):
+        sims = q[start:start + chunk] @ g.T
+        positive = sims[torch.arange(len(sims)), torch.arange(start, start + len(sims))]
+        rank = (sims > positive[:, None]).sum(-1)  # items scoring strictly higher than the positive
+        for k in ks:
+            hits[k] += int((rank < k).sum())
+    return {k: hits[k] / len(q) for k in ks}
+
+
+def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, ks: Sequence[int] = (1, 5)) -> dict:
+    """Per-RDM metrics (list ordered by modality, then R) and, with `retrieval`, the teacher's own recall.
+
+    Retrieval pairs the RDM's reconstruction of one modality with the teacher's embeddings of the other:
+    an image RDM gives text retrieval (image → text, CLIP_benchmark's `text_retrieval_recall@K`), a text
+    RDM gives image retrieval (`image_retrieval_recall@K`). One caption per image.
+    """
+    results = []
+    for modality in family.modalities:
+        x = data[MODALITY_KEYS[modality]]
+        for rdm in family.rdms(modality):
+            row = {"modality": modality, "rate_weight": rdm.rate_weight, **evaluate_rdm(rdm, x)}
+            if retrieval:
+                recon = rdm.teach(x.to(next(rdm.parameters()).device)).cpu()
+                other = data[MODALITY_KEYS["text" if modality == "image" else "image"]]
+                metric = "text_retrieval_recall" if modality == "image" else "image_retrieval_recall"
+                row.update({f"{metric}@{k}": v for k, v in retrieval_recall(recon, other, ks).items()})
+            results.append(row)
+    out = {"num_samples": len(next(iter(v for v in data.values() if torch.is_tensor(v)))), "rdms": results,
+           "warnings": ordering_warnings(results)}
+    if retrieval:
+        img, txt = data["t_image_emb"], data["t_text_emb"]
+        out["teacher"] = {**{f"text_retrieval_recall@{k}": v for k, v in retrieval_recall(img, txt, ks).items()},
+                          **{f"image_retrieval_recall@{k}": v for k, v in retrieval_recall(txt, img, ks).items()}}
+    return out
+
+
+def ordering_warnings(results: list[dict]) -> list[str]:
+    """Sentences for every pair of neighbouring R where a higher R did not give a higher held-out rate and
+    a lower distortion (the family should behave like teacher assistants of increasing size)."""
+    warnings = []
+    for modality in dict.fromkeys(r["modality"] for r in results):
+        rows = sorted((r for r in results if r["modality"] == modality), key=lambda r: r["rate_weight"])
+        for lo, hi in zip(rows, rows[1:]):
+            problems = []
+            if not hi["rate_bits"] > lo["rate_bits"]:
+                problems.append(f"rate {hi['rate_bits']:.2f} <= {lo['rate_bits']:.2f} bits")
+            if not hi["mse"] < lo["mse"]:
+                problems.append(f"MSE {hi['mse']:.3g} >= {lo['mse']:.3g}")
+            if problems:
+                warnings.append(f"{modality} RDMs are not ordered by R: R={hi['rate_weight']:g} vs "
+                                f"R={lo['rate_weight']:g} gives {' and '.join(problems)}; train longer or spread the "
+                                f"rates further apart")
+    return warnings
+

@@ -1,0 +1,167 @@
+"""Rate-Distortion Modules: architecture, rate/distortion behaviour, checkpoint round trip."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cifd_clip.errors import UserError
+from cifd_clip.rdm import RateDistortionConfig, RateDistortionModule, RDMFamily
+from cifd_clip.rdm_training import evaluate_family, ordering_warnings, train_family
+
+torch.set_num_threads(1)
+DIM = 32
+
+
+def synthetic_embeddings(n=1536, dim=DIM, latent=8, seed=0):
+    """Unit vectors near a low-dimensional subspace, like CLIP embeddings (paired image/text views);
+    `seed` draws new samples from the same distribution."""
+    basis = torch.randn(latent, dim, generator=torch.Generator().manual_seed(1234))
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, latent, generator=g) * torch.linspace(2.0, 0.3, latent)
+    img = F.normalize(z @ basis + 0.05 * torch.randn(n, dim, generator=g), dim=-1)
+    txt = F.normalize(z @ basis + 0.05 * torch.randn(n, dim, generator=g), dim=-1)
+    return {"t_image_emb": img, "t_text_emb": txt, "key": [f"{i:06d}" for i in range(n)]}
+
+
+def batches_of(data, batch_size=128, seed=0):
+    def epoch_batches(epoch):
+        perm = torch.randperm(len(data["key"]), generator=torch.Generator().manual_seed(seed + epoch))
+        for s in range(0, len(perm), batch_size):
+            idx = perm[s:s + batch_size]
+            yield {"t_image_emb": data["t_image_emb"][idx], "t_text_emb": data["t_text_emb"][idx],
+                   "key": [data["key"][i] for i in idx]}
+    return epoch_batches
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """3 rates x 2 modalities of tiny RDMs, trained together for ~400 steps (a few seconds)."""
+    torch.manual_seed(0)
+    data = synthetic_embeddings()
+    family = RDMFamily.build({"image": DIM, "text": DIM}, [10.0, 100.0, 1000.0], hidden_dim=64, bottleneck_dim=16)
+    stats = train_family(family, batches_of(data), epochs=25, lr=3e-3, steps_per_epoch=12, holdout_fraction=0.1)
+    held_out = synthetic_embeddings(n=512, seed=1)
+    return family, stats, evaluate_family(family, held_out, retrieval=True), held_out
+
+
+def test_default_layout_is_two_plus_two_layers_with_activation_after_1_and_3():
+    rdm = RateDistortionModule(RateDistortionConfig(input_dim=12, hidden_dim=20, bottleneck_dim=4))
+    kinds = [type(m).__name__ for m in rdm.encoder] + ["|"] + [type(m).__name__ for m in rdm.decoder]
+    assert kinds == ["Linear", "GELU", "Linear", "|", "Linear", "GELU", "Linear"]
+    assert rdm.encoder[-1].out_features == 4 and rdm.decoder[-1].out_features == 12
+    deep = RateDistortionModule(RateDistortionConfig(input_dim=12, encoder_layers=3, decoder_layers=1,
+                                                     activation_after=[1], activation="relu"))
+    assert [type(m).__name__ for m in deep.encoder] == ["Linear", "ReLU", "Linear", "Linear"]
+    assert [type(m).__name__ for m in deep.decoder] == ["Linear"]
+
+
+def test_noise_in_training_rounding_when_teaching():
+    rdm = RateDistortionModule(RateDistortionConfig(input_dim=8, hidden_dim=16, bottleneck_dim=4))
+    x = torch.randn(5, 8)
+    rdm.train()
+    assert not torch.equal(rdm(x)["reconstruction"], rdm(x)["reconstruction"])  # fresh noise each call
+    first = rdm.teach(x)
+    assert rdm.training  # teach restores the mode
+    assert torch.equal(first, rdm.teach(x))
+    rdm.eval()
+    y = rdm.encoder(rdm.prepare_input(x))
+    medians = rdm.bottleneck.quantiles[:, 0, 1]
+    assert torch.allclose(rdm.decoder(torch.round(y - medians) + medians), first)
+
+
+def test_loss_is_r_times_distortion_plus_bits():
+    rdm = RateDistortionModule(RateDistortionConfig(input_dim=8, rate_weight=7.0, hidden_dim=16, bottleneck_dim=4))
+    x = torch.randn(6, 8)
+    out = rdm(x)
+    terms = rdm.loss(out)
+    xn = x / x.norm(dim=-1, keepdim=True)
+    expected_d = sum(((xn[i] - out["reconstruction"][i]) ** 2).sum().item() for i in range(6)) / 6
+    expected_bits = sum(-math.log2(p) for p in out["likelihoods"].flatten().tolist()) / 6
+    assert terms["rdm_distortion"].item() == pytest.approx(7.0 * expected_d, rel=1e-5)
+    assert terms["rdm_rate"].item() == pytest.approx(expected_bits, rel=1e-5)
+    assert terms["rdm_aux"].item() == pytest.approx(rdm.bottleneck.loss().item())
+
+
+def test_classification_head_adds_ce_and_tempered_kl():
+    cfg = RateDistortionConfig(input_dim=8, hidden_dim=16, bottleneck_dim=4, num_classes=3, normalize_input=False,
+                               distortion="smooth_l1", kl_weight=0.5, temperature=2.0)
+    rdm = RateDistortionModule(cfg)
+    x, y, t = torch.randn(4, 8), torch.tensor([0, 2, 1, 1]), torch.randn(4, 3)
+    out = rdm(x)
+    terms = rdm.loss(out, labels=y, teacher_logits=t)
+    v = out["logits"]
+    ce = sum(-torch.log_softmax(v[i], -1)[y[i]].item() for i in range(4)) / 4
+    p, logq = torch.softmax(t / 2, -1), torch.log_softmax(v / 2, -1)
+    kl = sum((p[i] * (torch.log(p[i]) - logq[i])).sum().item() for i in range(4)) / 4
+    assert terms["rdm_ce"].item() == pytest.approx(ce, rel=1e-5)
+    assert terms["rdm_kl"].item() == pytest.approx(0.5 * 4 * kl, rel=1e-4)
+    diff = (x - out["reconstruction"]).abs()
+    sl1 = torch.where(diff < 1, 0.5 * diff ** 2, diff - 0.5).sum(-1).mean().item()
+    assert out["distortion"].mean().item() == pytest.approx(sl1, rel=1e-5)
+    headless = RateDistortionModule(RateDistortionConfig(input_dim=8, hidden_dim=16, bottleneck_dim=4))
+    with pytest.raises(UserError, match="no classification head"):
+        headless.loss(headless(x), labels=y)
+
+
+def test_rate_rises_and_distortion_falls_with_r(trained):
+    family, stats, report, _ = trained
+    assert report["warnings"] == []
+    for modality in ("image", "text"):
+        rows = [r for r in report["rdms"] if r["modality"] == modality]
+        assert [r["rate_weight"] for r in rows] == [10.0, 100.0, 1000.0]
+        rates, mses = [r["rate_bits"] for r in rows], [r["mse"] for r in rows]
+        assert rates[0] < rates[1] < rates[2], rates
+        assert mses[0] > mses[1] > mses[2], mses
+        assert rows[-1]["cosine"] > 0.95
+        # a stronger RDM also retrieves better against the teacher's other modality
+        metric = "text_retrieval_recall@1" if modality == "image" else "image_retrieval_recall@1"
+        assert rows[-1][metric] > rows[0][metric]
+
+
+def test_rounded_rate_is_close_to_the_noisy_estimate(trained):
+    _, _, report, _ = trained
+    for row in report["rdms"]:
+        if row["rate_weight"] >= 100:  # at a few bits per sample rounding can only get cheaper than noise
+            assert row["rate_bits"] == pytest.approx(row["noisy_rate_bits"], rel=0.2), row
+        assert row["rate_bits"] <= row["noisy_rate_bits"] + 1.0
+
+
+def test_checkpoint_reload_gives_identical_outputs(trained, tmp_path):
+    family, _, _, held_out = trained
+    family.meta["teacher"] = "synthetic"
+    path = family.save(tmp_path / "rdm.pt")
+    assert [p.name for p in tmp_path.iterdir()] == ["rdm.pt"]  # no temp file left behind
+    raw = torch.load(path, weights_only=True)
+    assert set(raw["modalities"]) == {"image", "text"}
+    loaded = RDMFamily.load(path)
+    assert loaded.rates("text") == [10.0, 100.0, 1000.0] and loaded.meta["teacher"] == "synthetic"
+    for modality, key in (("image", "t_image_emb"), ("text", "t_text_emb")):
+        for a, b in zip(family.teach(modality, held_out[key]), loaded.teach(modality, held_out[key])):
+            assert torch.equal(a, b)
+        for a, b in zip(family.rdms(modality), loaded.rdms(modality)):
+            assert torch.equal(a.eval()(held_out[key])["rate"], b(held_out[key])["rate"])
+
+
+def test_bad_checkpoints_and_configs_are_one_sentence(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        RDMFamily.load(tmp_path / "missing.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="corrupt"):
+        RDMFamily.load(tmp_path / "junk.pt")
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(UserError, match="not an RDM checkpoint"):
+        RDMFamily.load(tmp_path / "other.pt")
+    with pytest.raises(UserError, match="distortion"):
+        RateDistortionConfig(input_dim=4, distortion="l3").validate()
+    with pytest.raises(UserError, match="distinct"):
+        RDMFamily.build({"image": 4}, [1.0, 1.0])
+    with pytest.raises(UserError, match="no 'audio'"):
+        RDMFamily.build({"image": 4}, [1.0], hidden_dim=8, bottleneck_dim=2).teach("audio", torch.zeros(1, 4))
+
+
+def test_ordering_warning_names_the_offending_rates():
+    rows = [{"modality": "image", "rate_weight": 1.0, "rate_bits": 5.0, "mse": 0.1},
+            {"modality": "image", "rate_weight": 2.0, "rate_bits": 4.0, "mse": 0.05}]
+    (warning,) = ordering_warnings(rows)
+    assert "R=2" in warning and "rate 4.00 <= 5.00" in warning
