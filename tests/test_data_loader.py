@@ -111,3 +111,22 @@ def test_uncountable_shards_need_an_explicit_sample_count(demo_data_dir, student
         _loader(spec, student_transforms, workers=0)
     info = _loader(spec, student_transforms, workers=0, num_samples=24)
     assert len(_keys(info)) == 24
+
+
+def test_random_augmentations_repeat_exactly_across_runs_and_resume(demo_train_spec):
+    import open_clip
+
+    from cifd_clip.towers import register_model_configs
+
+    register_model_configs()
+    augment = open_clip.image_transform(48, is_train=True)  # RandomResizedCrop
+    tokenizer = open_clip.get_tokenizer("tiny-vit-student")
+    images = lambda skip: [b["image"] for b in _loader(demo_train_spec, (augment, tokenizer)).iterate(0, skip_batches=skip)]
+    torch.manual_seed(1)
+    first = images(0)
+    torch.manual_seed(2)
+    again = images(0)
+    resumed = images(5)
+    assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(first) == len(again) == 16
+    assert all(torch.equal(a, b) for a, b in zip(first[5:], resumed)) and len(resumed) == 11
+    assert not torch.equal(first[0][0], first[0][1])

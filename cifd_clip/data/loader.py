@@ -145,13 +145,21 @@ class ShardStream(IterableDataset):
                 raise DataError(f"shards {shards[0]} ... ({len(shards)} shards) hold no usable sample: "
                                 f"{stats.summary()}")
 
-    def _prepare(self, sample: dict) -> dict:
-        for stage in self.sample_stages:
-            sample = stage(sample)
-        image = sample["image"]
-        if self.teacher_preprocess is not None:
-            sample["teacher_image"] = self.teacher_preprocess(image)
-        sample["image"] = self.preprocess(image)
+    def _prepare(self, sample: dict, reader: int, index: int) -> dict:
+        # Random augmentations draw from RNGs seeded per sample, so a run (and a resumed run, which
+        # skips samples without preprocessing them) sees the same crops; the caller's RNG state is kept.
+        sample_seed = hash((self.seed, self.epoch, reader, index)) & 0x7FFF_FFFF_FFFF_FFFF
+        python_state = random.getstate()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            random.seed(sample_seed)
+            for stage in self.sample_stages:
+                sample = stage(sample)
+            image = sample["image"]
+            if self.teacher_preprocess is not None:
+                sample["teacher_image"] = self.teacher_preprocess(image)
+            sample["image"] = self.preprocess(image)
+        random.setstate(python_state)
         return sample
 
     def __iter__(self) -> Iterator[dict]:
@@ -167,11 +175,10 @@ class ShardStream(IterableDataset):
         pending = []
         if produced >= quota:
             return
-        for sample in self._decoded(reader, readers, stats):
-            if skip:
-                skip -= 1
+        for index, sample in enumerate(self._decoded(reader, readers, stats)):
+            if index < skip:
                 continue
-            pending.append(self._prepare(sample))
+            pending.append(self._prepare(sample, reader, index))
             if len(pending) == self.batch_size:
                 batch = collate(pending, self.tokenizer, self.teacher_tokenizer)
                 batch[STATS_KEY] = stats.take()
