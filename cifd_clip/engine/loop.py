@@ -118,6 +118,14 @@ def _first_bad_term(terms: dict) -> Optional[str]:
     return None
 
 
+def _seed_loader(data, seed: int, rank: int, epoch: int) -> None:
+    """Give the DataLoader its own generator: starting its iterator then draws the worker seeds from
+    (seed, rank, epoch) instead of the global RNG, which would shift every later draw after a resume."""
+    loader = getattr(data, "dataloader", None)
+    if loader is not None:
+        loader.generator = torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + epoch) % (2 ** 63))
+
+
 def _check_resume_fits(ckpt: dict, steps_per_epoch: int, world_size: int, path) -> None:
     saved = ckpt.get("steps_per_epoch")
     if saved is not None and int(saved) != steps_per_epoch:
@@ -194,6 +202,7 @@ def fit(module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, *, describe: 
             epoch, local_step = divmod(step, steps_per_epoch)
             if hasattr(data, "set_epoch"):
                 data.set_epoch(epoch)
+            _seed_loader(data, cfg.seed, env.rank, epoch)
             batches = iter(data.iterate(epoch, skip_batches=local_step * accum))
             while local_step < steps_per_epoch:
                 seed_everything(cfg.seed, env.rank, step)
