@@ -112,10 +112,11 @@ class MetricsLog:
 
 
 def _first_bad_term(terms: dict) -> Optional[str]:
+    """The first named term that is NaN/inf (the total `loss` only if no single term is)."""
     for name, value in terms.items():
-        if not math.isfinite(value):
+        if name != "loss" and not math.isfinite(value):
             return name
-    return None
+    return "loss" if not math.isfinite(terms.get("loss", 0.0)) else None
 
 
 def _seed_loader(data, seed: int, rank: int, epoch: int) -> None:

@@ -1,0 +1,63 @@
+"""An interrupted-and-resumed run ends with the same weights as an uninterrupted one; NaN handling."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cifd_clip.cli import main
+from cifd_clip.engine.loop import POISON_ENV
+
+
+def _train(spec, logs, name, *extra):
+    return main(["train", "--model", "tiny-vit-student", "--train-data", spec, "--batch-size", "4",
+                 "--workers", "0", "--warmup", "2", "--epochs", "2", "--logs", str(logs), "--name", name, *extra])
+
+
+def _weights(run_dir, file="epoch_2.pt"):
+    return torch.load(run_dir / "checkpoints" / file, weights_only=True)["state_dict"]
+
+
+def test_stop_mid_epoch_and_resume_reaches_the_same_weights(demo_train_spec, tmp_path):
+    # accum-freq 2 and 6 steps per epoch: the stop at step 9 lies mid-epoch and mid-data
+    assert _train(demo_train_spec, tmp_path, "full", "--accum-freq", "2") == 0
+    assert _train(demo_train_spec, tmp_path, "cut", "--accum-freq", "2", "--stop-after-steps", "9") == 0
+    summary = json.loads((tmp_path / "cut" / "summary.json").read_text())
+    assert summary["stopped_early"] and summary["steps"] == 9
+    assert not (tmp_path / "cut" / "checkpoints" / "epoch_2.pt").exists()
+    assert _train(demo_train_spec, tmp_path, "cut", "--accum-freq", "2", "--resume", "latest") == 0
+    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+
+
+def test_rerunning_into_a_finished_run_needs_resume(demo_train_spec, tmp_path, capsys):
+    assert _train(demo_train_spec, tmp_path, "r", "--epochs", "1") == 0
+    assert _train(demo_train_spec, tmp_path, "r", "--epochs", "1") == 1
+    assert "--resume latest" in capsys.readouterr().err
+
+
+def test_nan_loss_stops_the_run_naming_step_and_term(demo_train_spec, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(POISON_ENV, "3")
+    code = _train(demo_train_spec, tmp_path, "nan", "--save-every-steps", "1")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "step 3" in err and "'contrastive'" in err and "Traceback" not in err
+    saved = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").glob("step_*.pt"))
+    assert saved == ["step_1.pt", "step_2.pt", "step_3.pt"]  # step_3 = state after 3 good steps
+    for p in (tmp_path / "nan" / "checkpoints").glob("*.pt"):
+        sd = torch.load(p, weights_only=True)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+def test_skip_nonfinite_skips_only_the_bad_step(demo_train_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv(POISON_ENV, "3")
+    assert _train(demo_train_spec, tmp_path, "skip", "--skip-nonfinite", "--epochs", "1") == 0
+    summary = json.loads((tmp_path / "skip" / "summary.json").read_text())
+    assert summary["skipped_nonfinite_steps"] == 1 and summary["steps"] == 12
+    lines = [json.loads(line) for line in (tmp_path / "skip" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "skipped_nonfinite" in r] == [3]
+    sd = _weights(tmp_path / "skip", "epoch_1.pt")
+    assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
