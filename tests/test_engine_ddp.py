@@ -1,0 +1,76 @@
+"""Two gloo processes under torchrun and one process give the same gradients for the same global batch.
+
+Run by pytest; torchrun also runs this file as a script (the worker below).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+GLOBAL_BATCH = 8
+LOSSES = ("contrastive", "cifd", "clipkd")
+
+
+def _global_batch() -> dict:
+    g = torch.Generator().manual_seed(1)
+    return {"image": torch.randn(GLOBAL_BATCH, 3, 48, 48, generator=g),
+            "text": torch.randint(1, 49000, (GLOBAL_BATCH, 24), generator=g),
+            "t_image_emb": torch.nn.functional.normalize(torch.randn(GLOBAL_BATCH, 128, generator=g), dim=-1),
+            "t_text_emb": torch.nn.functional.normalize(torch.randn(GLOBAL_BATCH, 128, generator=g), dim=-1)}
+
+
+def gradients(loss: str, env) -> dict:
+    """Gradients of every trainable parameter after one DDP backward pass on this rank's share."""
+    from cifd_clip.distiller import Distiller
+    from cifd_clip.engine.loop import wrap_ddp
+    from cifd_clip.rdm import RDMFamily
+    from cifd_clip.towers import load_model
+
+    torch.manual_seed(0)
+    student = load_model("tiny-vit-student").model
+    rdm = RDMFamily.build({"image": 128, "text": 128}, [10.0, 100.0], hidden_dim=32, bottleneck_dim=8) \
+        if loss == "cifd" else None
+    module = Distiller(student, loss=loss, student_dim=64, teacher_dims=None if loss == "contrastive" else (128, 128),
+                       rdm=rdm, ibm=False, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
+    share = GLOBAL_BATCH // env.world_size
+    batch = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in _global_batch().items()}
+    model = wrap_ddp(module, env)
+    sum(model(batch).values()).backward()
+    return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
+def _worker(out_dir: str) -> None:
+    from cifd_clip.engine.distributed import cleanup, init_distributed
+    torch.set_num_threads(1)
+    env = init_distributed("cpu")
+    assert env.world_size == 2 and env.backend == "gloo"
+    result = {loss: gradients(loss, env) for loss in LOSSES}
+    if env.is_main:
+        torch.save(result, Path(out_dir) / "ddp_grads.pt")
+    cleanup(env)
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_match_one_process(tmp_path):
+    from cifd_clip.engine.distributed import init_distributed
+    env = init_distributed("cpu")
+    single = {loss: gradients(loss, env) for loss in LOSSES}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           __file__, str(tmp_path)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).parent.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = torch.load(tmp_path / "ddp_grads.pt", weights_only=True)
+    for loss in LOSSES:
+        assert ddp[loss].keys() == single[loss].keys(), loss
+        for name, grad in single[loss].items():
+            torch.testing.assert_close(ddp[loss][name], grad, rtol=1e-4, atol=1e-6, msg=f"{loss}: {name}")
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])
