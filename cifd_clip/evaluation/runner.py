@@ -6,10 +6,13 @@ and ours: "status" ("ok" or "missing"), "num_images", "images_per_second", "seco
 """
 from __future__ import annotations
 
+import re
+import tarfile
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..errors import ConfigError, DataError, UserError
 from .datasets import RETRIEVAL, DatasetMissing, build_dataset, canonical_name, default_task, make_loader
 
 
@@ -37,6 +40,16 @@ class ThroughputMeter:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def one_line(error: BaseException) -> str:
+    """The gist of an error, also when a DataLoader worker wrapped it in a traceback."""
+    text = str(error).strip()
+    if "Original Traceback" in text:  # torch re-raises worker errors with the traceback in the message
+        text = re.sub(r"^[\w.]+(Error|Exception): ", "", text.splitlines()[-1].strip())
+    elif isinstance(error, tarfile.TarError) and error.args:
+        text = f"{error.args[-1] if len(error.args) > 1 else ''} is not a readable tar file ({error.args[0]})".strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def weights_label(tower) -> str:
@@ -71,11 +84,15 @@ def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[
 
     meter = ThroughputMeter(make_loader(data, info, batch_size, workers), name, info.num_samples, show_progress)
     model = tower.model.to(device)
-    if info.task == RETRIEVAL:
-        metrics = evaluate_retrieval(model, meter, tower.tokenizer, device, recall_k, amp=amp)
-    else:
-        metrics = evaluate_zeroshot_classification(model, meter, tower.tokenizer, info.classnames, info.templates,
-                                                   device, class_mask=info.class_mask, amp=amp)
+    try:
+        if info.task == RETRIEVAL:
+            metrics = evaluate_retrieval(model, meter, tower.tokenizer, device, recall_k, amp=amp)
+        else:
+            metrics = evaluate_zeroshot_classification(model, meter, tower.tokenizer, info.classnames, info.templates,
+                                                       device, class_mask=info.class_mask, amp=amp)
+    except (UserError, OSError, ValueError, KeyError, tarfile.TarError) as e:
+        error_type = type(e) if type(e) in (UserError, ConfigError, DataError) else DataError
+        raise error_type(f"evaluating {name} at {dataset_root} failed: {one_line(e)}") from None
     return {**result_header(name, tower.spec, label, info.task), "metrics": metrics, "language": "en",
             "status": "ok", "num_images": meter.images, "images_per_second": meter.images_per_second,
             "seconds": meter.seconds, "dataset_root": str(Path(dataset_root))}
