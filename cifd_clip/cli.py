@@ -19,6 +19,7 @@ STAGES = [
     # ("stage-name", "cifd_clip.commands.stage_module"),
     ("make-demo-data", "cifd_clip.commands.make_demo_data"),
     ("embed", "cifd_clip.commands.embed"),
+    ("train-rdm", "cifd_clip.commands.train_rdm"),
     ("train", "cifd_clip.commands.train"),
     ("distill", "cifd_clip.commands.distill"),
     ("eval", "cifd_clip.commands.eval"), ("bench", "cifd_clip.commands.bench"),

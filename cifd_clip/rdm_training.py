@@ -227,8 +227,10 @@ def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, k
 
     Retrieval pairs the RDM's reconstruction of one modality with the teacher's embeddings of the other:
     an image RDM gives text retrieval (image → text, CLIP_benchmark's `text_retrieval_recall@K`), a text
-    RDM gives image retrieval (`image_retrieval_recall@K`). One caption per image.
+    RDM gives image retrieval (`image_retrieval_recall@K`). One caption per image. Skipped when the two
+    modalities have different widths (not a shared embedding space).
     """
+    retrieval = retrieval and data["t_image_emb"].shape[-1] == data["t_text_emb"].shape[-1]
     results = []
     for modality in family.modalities:
         x = data[MODALITY_KEYS[modality]]

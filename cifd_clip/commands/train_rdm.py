@@ -1,0 +1,159 @@
+"""Train image and text Rate-Distortion Modules at several rates on cached teacher embeddings.
+
+One pass over the embedding cache per epoch feeds every RDM of both modalities; the teacher model is
+never loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
+Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.RDMFamily.load`) and a held-out
+evaluation per RDM — rate in bits/sample measured with rounding, MSE and cosine similarity to the
+teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality —
+as a markdown table, JSON and a rate-distortion plot. It warns when a higher R does not give a higher
+rate and a lower distortion.
+
+Outputs: `--out FILE.pt` puts FILE_eval.{md,json,png} and FILE_config.yaml beside it; `--out DIR` (default
+<logs>/<name>) writes DIR/rdm.pt, DIR/rdm_eval.*, DIR/config.yaml.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import option, required
+from ..errors import ConfigError
+
+
+@dataclass
+class Config:
+    cache: str = required("embedding cache folder written by `cifd-clip embed` (holds cache.json)")
+    rates: list[float] = option([100.0, 300.0, 1000.0], "rate weights R, one RDM per modality and R "
+                                                        "(larger R: higher rate, stronger RDM)")
+    epochs: int = option(10, "passes over the cache")
+    batch_size: int = option(1024, "embeddings per step per process")
+    lr: float = option(1e-3, "Adam learning rate (cosine decay to lr/100)")
+    out: Optional[str] = option(None, "checkpoint FILE.pt or an output folder (default: <logs>/<name>)")
+    logs: str = option("./logs", "folder for run outputs when --out is not given")
+    name: Optional[str] = option(None, "run name under --logs (default: rdm-<cache folder name>)")
+    eval_cache: Optional[str] = option(None, "embedding cache of an eval set made by the same teacher; by "
+                                             "default a --holdout-fraction of --cache is held out instead")
+    holdout_fraction: float = option(0.05, "fraction of --cache held out for evaluation (by key) when there is no "
+                                           "--eval-cache")
+    max_eval_samples: int = option(10000, "evaluate on at most this many samples")
+    hidden_dim: int = option(1024, "width of the RDMs' hidden layers")
+    bottleneck_dim: int = option(256, "channels of the entropy bottleneck")
+    encoder_layers: int = option(2, "linear layers before the bottleneck")
+    decoder_layers: int = option(2, "linear layers after the bottleneck")
+    activation: str = option("gelu", "activation after hidden layers", choices=["gelu", "relu", "silu"])
+    distortion: str = option("mse", "distortion D(X, X̂)", choices=["mse", "smooth_l1"])
+    normalize_input: bool = option(True, "L2-normalise teacher embeddings before the RDM (they are its targets)")
+    seed: int = option(0, "random seed")
+    device: str = option("auto", "auto, cpu, cuda or cuda:N")
+    log_every: int = option(50, "log the loss terms every N steps")
+
+    def validate(self):
+        if not self.rates or any(not r > 0 for r in self.rates):
+            raise ConfigError(f"--rates must be positive numbers, got {self.rates}")
+        if len(set(self.rates)) != len(self.rates):
+            raise ConfigError(f"--rates must be distinct, got {self.rates}")
+        for key in ("epochs", "batch_size", "hidden_dim", "bottleneck_dim", "encoder_layers", "decoder_layers",
+                    "max_eval_samples"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        if not self.lr > 0:
+            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.holdout_fraction < 0.5:
+            raise ConfigError(f"--holdout-fraction must be in [0, 0.5), got {self.holdout_fraction}")
+        if self.eval_cache is None and self.holdout_fraction == 0:
+            raise ConfigError("give --eval-cache or a --holdout-fraction above 0: the RDMs must be evaluated on "
+                              "held-out embeddings")
+
+
+def output_paths(cfg: Config) -> dict:
+    from pathlib import Path
+
+    if cfg.out and cfg.out.endswith((".pt", ".pth")):
+        ckpt = Path(cfg.out)
+        return {"checkpoint": ckpt, "dir": ckpt.parent, "stem": f"{ckpt.stem}_eval",
+                "config": ckpt.parent / f"{ckpt.stem}_config.yaml"}
+    folder = Path(cfg.out) if cfg.out else Path(cfg.logs) / (cfg.name or f"rdm-{Path(cfg.cache).resolve().name}")
+    return {"checkpoint": folder / "rdm.pt", "dir": folder, "stem": "rdm_eval", "config": folder / "config.yaml"}
+
+
+def run(cfg: Config) -> int:
+    import logging
+
+    import torch
+
+    from .. import config as config_lib
+    from ..data.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
+    from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
+    from ..errors import DataError
+    from ..rdm import RDMFamily
+    from ..rdm_report import write_report
+    from ..rdm_training import collect_embeddings, evaluate_family, train_family
+
+    log = logging.getLogger("cifd_clip.train_rdm")
+    meta = read_cache_meta(cfg.cache)
+    eval_meta = None
+    if cfg.eval_cache:
+        eval_meta = read_cache_meta(cfg.eval_cache)
+        check_cache_compatible(eval_meta, teacher_fingerprint=meta["teacher_fingerprint"],
+                               image_dim=meta["image_dim"], text_dim=meta["text_dim"], normalized=meta["normalized"])
+    if meta["num_samples"] < 1:
+        raise DataError(f"embedding cache {cfg.cache} holds no samples")
+    paths = output_paths(cfg)
+    env = init_distributed(cfg.device)
+    try:
+        if env.world_size > meta["num_samples"]:
+            raise DataError(f"the cache has {meta['num_samples']} samples, fewer than the {env.world_size} processes")
+        holdout = 0.0 if cfg.eval_cache else cfg.holdout_fraction
+        # Read the evaluation set first, on every rank, so that a missing one stops all ranks before training.
+        source = cfg.eval_cache or cfg.cache
+        data = collect_embeddings(iter_cached_embeddings(source, batch_size=4096, shuffle=False),
+                                  holdout_fraction=holdout, max_samples=cfg.max_eval_samples)
+        if not data.get("key"):
+            raise DataError(f"no held-out samples in {cfg.cache} at --holdout-fraction {cfg.holdout_fraction}; "
+                            f"raise it or give --eval-cache")
+        torch.manual_seed(cfg.seed)  # same initial RDMs on every rank
+        family = RDMFamily.build(
+            {"image": meta["image_dim"], "text": meta["text_dim"]}, cfg.rates,
+            meta={"teacher": meta.get("teacher"), "teacher_fingerprint": meta.get("teacher_fingerprint"),
+                  "image_dim": meta["image_dim"], "text_dim": meta["text_dim"], "normalized": meta.get("normalized"),
+                  "cache": str(cfg.cache), "holdout_fraction": holdout, "epochs": cfg.epochs},
+            hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, encoder_layers=cfg.encoder_layers,
+            decoder_layers=cfg.decoder_layers, activation=cfg.activation, distortion=cfg.distortion,
+            normalize_input=cfg.normalize_input)
+        torch.manual_seed(cfg.seed + 1 + env.rank)  # each rank draws its own quantisation noise
+        steps = num_cached_batches(meta, batch_size=cfg.batch_size, world_size=env.world_size)
+        if env.is_main:
+            log.info("training %d RDMs (%s x R=%s) on %d cached samples, %d processes, %d steps/epoch on %s",
+                     len(cfg.rates) * 2, "image+text", ",".join(f"{r:g}" for r in cfg.rates), meta["num_samples"],
+                     env.world_size, steps, env.device)
+        stats = train_family(
+            family,
+            lambda epoch: iter_cached_embeddings(cfg.cache, batch_size=cfg.batch_size, rank=env.rank,
+                                                 world_size=env.world_size, seed=cfg.seed, epoch=epoch),
+            epochs=cfg.epochs, lr=cfg.lr, device=env.device, rank=env.rank, world_size=env.world_size,
+            steps_per_epoch=steps, holdout_fraction=holdout, log_every=cfg.log_every)
+        # ranks skip different numbers of held-out samples: count the ones really trained on
+        trained = int(round(all_reduce_mean(env, torch.tensor(float(stats.samples))).item() * env.world_size))
+        if env.is_main:
+            family.to("cpu")
+            family.meta["trained_samples"] = trained
+            family.save(paths["checkpoint"])
+            config_lib.save(cfg, paths["config"])
+            report = evaluate_family(family, data, retrieval=len(data["key"]) > 1)
+            report.update({
+                "eval_source": ("eval cache " if cfg.eval_cache else f"{holdout:g} held out of ") + str(source),
+                "checkpoint": str(paths["checkpoint"]),
+                "train": {"epochs": cfg.epochs, "steps": stats.steps, "samples": trained,
+                          "seconds": stats.seconds, "world_size": env.world_size, "device": str(env.device),
+                          "embeddings_per_second": trained / max(stats.seconds, 1e-9),
+                          "num_rdms": 2 * len(cfg.rates)},
+            })
+            files = write_report(report, paths["dir"], paths["stem"])
+            for warning in report["warnings"]:
+                log.warning(warning)
+            print(f"wrote {len(cfg.rates) * 2} RDMs to {paths['checkpoint']}; evaluation in {files['markdown']} "
+                  f"and {files['plot']}")
+        barrier(env)
+    finally:
+        cleanup(env)
+    return 0
