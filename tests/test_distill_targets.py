@@ -1,0 +1,103 @@
+"""cifd-clip distill: cached and online teacher targets agree; outputs and compatibility checks."""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from cifd_clip.cli import main
+
+
+@pytest.fixture(scope="module")
+def teacher_and_cache(demo_train_spec, tmp_path_factory):
+    """A briefly trained tiny teacher checkpoint, its float32 embedding cache and an RDM family file."""
+    from cifd_clip.rdm import RDMFamily
+    root = tmp_path_factory.mktemp("distill")
+    assert main(["train", "--model", "tiny-vit-teacher", "--train-data", demo_train_spec, "--batch-size", "8",
+                 "--workers", "0", "--warmup", "2", "--logs", str(root), "--name", "teacher"]) == 0
+    teacher = root / "teacher" / "checkpoints" / "epoch_1.pt"
+    assert main(["embed", "--teacher", str(teacher), "--train-data", demo_train_spec, "--out", str(root / "cache"),
+                 "--dtype", "float32", "--workers", "0", "--batch-size", "16", "--device", "cpu"]) == 0
+    torch.manual_seed(0)
+    RDMFamily.build({"image": 128, "text": 128}, [10.0, 100.0], hidden_dim=32, bottleneck_dim=8).save(root / "rdm.pt")
+    RDMFamily.build({"image": 96, "text": 96}, [10.0], hidden_dim=32, bottleneck_dim=8).save(root / "rdm96.pt")
+    return root, teacher
+
+
+def test_cached_and_online_targets_give_the_same_loss(teacher_and_cache, demo_train_spec):
+    from cifd_clip.data.cache import CacheJoin
+    from cifd_clip.data.loader import make_train_loader
+    from cifd_clip.distiller import Distiller
+    from cifd_clip.rdm import RDMFamily
+    from cifd_clip.towers import load_model, load_teacher
+
+    root, teacher_file = teacher_and_cache
+    teacher = load_teacher(str(teacher_file))
+    student = load_model("tiny-vit-student")
+    data = make_train_loader(demo_train_spec, preprocess=student.preprocess_val, tokenizer=student.tokenizer,
+                             batch_size=8, workers=0, seed=0, teacher_preprocess=teacher.preprocess,
+                             teacher_tokenizer=teacher.tokenizer, sample_stages=[CacheJoin(root / "cache")])
+    batch = next(iter(data.iterate(0)))
+    rdm = RDMFamily.load(root / "rdm.pt")
+    torch.manual_seed(0)
+    cached = Distiller(student.model, loss="cifd", student_dim=64, teacher_dims=(128, 128), rdm=rdm)
+    online = Distiller(copy.deepcopy(student.model), loss="cifd", student_dim=64, teacher_dims=(128, 128),
+                       rdm=rdm, teacher=teacher)
+    online.load_states(cached.student_state_dict(), cached.distill_state_dict())
+    results = []
+    for module in (cached, online):
+        module.train()
+        module.begin_step(0)
+        torch.manual_seed(7)  # same IBM noise
+        results.append({k: float(v) for k, v in module(batch).items()})
+    assert results[0].keys() == results[1].keys()
+    assert {"contrastive", "image_teacher", "image_rdm1", "image_rdm2", "image_rate", "text_teacher"} <= set(results[0])
+    for k in results[0]:
+        assert results[0][k] == pytest.approx(results[1][k], rel=1e-4, abs=1e-6), k
+    # the online teacher is not part of what DDP syncs or what is checkpointed
+    assert not any(k.startswith(("teacher", "_frozen")) for k in online.state_dict())
+    assert sum(p.numel() for p in online.parameters()) == sum(p.numel() for p in cached.parameters())
+
+
+def test_distill_run_writes_all_terms_and_a_loadable_student(teacher_and_cache, demo_train_spec, tmp_path):
+    import open_clip
+    root, _ = teacher_and_cache
+    assert main(["distill", "--model", "tiny-vit-student", "--train-data", demo_train_spec, "--cache",
+                 str(root / "cache"), "--rdm", str(root / "rdm.pt"), "--batch-size", "8", "--workers", "0",
+                 "--warmup", "2", "--logs", str(tmp_path), "--name", "d"]) == 0
+    run = tmp_path / "d"
+    assert (run / "config.yaml").is_file() and (run / "summary.json").is_file()
+    last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    for term in ("contrastive", "image_teacher", "image_rdm1", "image_rdm2", "image_rate", "text_teacher",
+                 "text_rdm1", "text_rdm2", "text_rate"):
+        assert term in last
+    ckpt = torch.load(run / "checkpoints" / "epoch_1.pt", weights_only=True)
+    assert any(k.startswith("ibm_image.") for k in ckpt["distill_state_dict"])
+    open_clip.create_model_and_transforms("tiny-vit-student", pretrained=str(run / "checkpoints" / "epoch_1.pt"))
+
+
+def test_online_teacher_run_and_baseline_losses(teacher_and_cache, demo_train_spec, tmp_path):
+    root, teacher = teacher_and_cache
+    common = ["--model", "tiny-vit-student", "--train-data", demo_train_spec, "--batch-size", "8", "--workers", "0",
+              "--warmup", "2", "--logs", str(tmp_path), "--train-num-samples", "16"]
+    assert main(["distill", *common, "--name", "online", "--teacher", str(teacher), "--teacher-online",
+                 "--rdm", str(root / "rdm.pt")]) == 0
+    for loss, term in (("distill_clip", "distill"), ("clipkd", "crd"), ("tinyclip", "affinity")):
+        assert main(["distill", *common, "--name", loss, "--cache", str(root / "cache"), "--loss", loss]) == 0
+        assert term in json.loads((tmp_path / loss / "metrics.jsonl").read_text().splitlines()[-1])
+
+
+def test_rdm_of_another_width_than_the_cache_is_refused(teacher_and_cache, demo_train_spec, tmp_path, capsys):
+    root, _ = teacher_and_cache
+    code = main(["distill", "--model", "tiny-vit-student", "--train-data", demo_train_spec, "--cache",
+                 str(root / "cache"), "--rdm", str(root / "rdm96.pt"), "--logs", str(tmp_path), "--workers", "0"])
+    assert code == 1
+    assert "image dim" in capsys.readouterr().err
+
+
+def test_distill_without_targets_is_a_config_error(demo_train_spec, tmp_path, capsys):
+    assert main(["distill", "--model", "tiny-vit-student", "--train-data", demo_train_spec,
+                 "--logs", str(tmp_path)]) == 2
+    assert "--cache" in capsys.readouterr().err
