@@ -299,7 +299,9 @@ def fit(module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, *, describe: 
         "bad_samples": _bad_samples(data), "last_checkpoint": str(last_saved) if last_saved else None,
         "precision": precision, "world_size": env.world_size,
     }
-    if env.is_main:
+    if env.is_main and steps_this_run == 0 and (run_dir / "summary.json").is_file():
+        log.info("the run in %s had already finished; its summary.json is kept", run_dir)
+    elif env.is_main:
         (run_dir / "summary.json").write_text(json.dumps(ckpt_lib.to_plain(summary), indent=2))
     return summary
 
