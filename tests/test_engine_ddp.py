@@ -13,7 +13,7 @@ import pytest
 import torch
 
 GLOBAL_BATCH = 8
-LOSSES = ("contrastive", "cifd", "clipkd")
+LOSSES = ("contrastive", "cifd", "cifd_ibm", "clipkd")
 
 
 def _global_batch() -> dict:
@@ -33,10 +33,15 @@ def gradients(loss: str, env) -> dict:
 
     torch.manual_seed(0)
     student = load_model("tiny-vit-student").model
+    with_ibm = loss == "cifd_ibm"
+    loss = "cifd" if with_ibm else loss
     rdm = RDMFamily.build({"image": 128, "text": 128}, [10.0, 100.0], hidden_dim=32, bottleneck_dim=8) \
         if loss == "cifd" else None
     module = Distiller(student, loss=loss, student_dim=64, teacher_dims=None if loss == "contrastive" else (128, 128),
-                       rdm=rdm, ibm=False, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
+                       rdm=rdm, ibm=with_ibm, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
+    if with_ibm:  # no IBM noise, so that 1 and 2 processes draw the same; the rate still has gradients
+        module.ibm_image.eval()
+        module.ibm_text.eval()
     share = GLOBAL_BATCH // env.world_size
     batch = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in _global_batch().items()}
     model = wrap_ddp(module, env)
