@@ -28,7 +28,7 @@ VARIANTS = ("floor", "cifd_cached", "cifd_online", "openclip_online")
 RESULTS = Path(__file__).parent / "results"
 
 
-def _batch(student, teacher, batch_size: int, online: bool, device):
+def _batch(student, teacher, d: int, batch_size: int, online: bool, device):
     import torch
     import torch.nn.functional as F
     g = torch.Generator().manual_seed(0)
@@ -44,7 +44,6 @@ def _batch(student, teacher, batch_size: int, online: bool, device):
         batch["teacher_text"] = torch.randint(1, 49000, (batch_size, teacher.model_cfg["text_cfg"]["context_length"]),
                                               generator=g)
     else:
-        d = teacher.embed_dim
         batch["t_image_emb"] = F.normalize(torch.randn(batch_size, d, generator=g), dim=-1)
         batch["t_text_emb"] = F.normalize(torch.randn(batch_size, d, generator=g), dim=-1)
     return {k: v.to(device) for k, v in batch.items()}
@@ -52,28 +51,29 @@ def _batch(student, teacher, batch_size: int, online: bool, device):
 
 def measure(pair: str, variant: str, batch_size: int, steps: int, device: str) -> dict:
     """Time `steps` training steps (after 2 warm-up steps) of one variant in this process."""
+    import open_clip
     import torch
     from cifd_clip.distiller import Distiller
     from cifd_clip.engine.schedule import make_optimizer
     from cifd_clip.rdm import RDMFamily
-    from cifd_clip.towers import Teacher, load_model
+    from cifd_clip.towers import Teacher, load_model, register_model_configs
 
     teacher_name, student_name = PAIRS[pair]
+    register_model_configs()
     torch.manual_seed(0)
     student = load_model(student_name, device=device)
-    teacher_tower = load_model(teacher_name, device=device)  # random init: no download
     online = variant in ("cifd_online", "openclip_online")
-    d = teacher_tower.embed_dim
+    # random init, no download; the cached variants never build the teacher, only read its config
+    teacher_tower = load_model(teacher_name, device=device) if online else None
     teacher = Teacher(teacher_tower) if online else None
-    if not online:
-        del teacher_tower.model  # the cached variants never hold the teacher
+    d = int(open_clip.get_model_config(teacher_name)["embed_dim"])
     rdm = RDMFamily.build({"image": d, "text": d}, [1e2, 1e3, 1e4], hidden_dim=256, bottleneck_dim=64) \
         if variant.startswith("cifd") else None
     loss = {"floor": "contrastive", "openclip_online": "distill_clip"}.get(variant, "cifd")
     module = Distiller(student.model, loss=loss, student_dim=student.embed_dim,
                        teacher_dims=None if loss == "contrastive" else (d, d), teacher=teacher, rdm=rdm).to(device)
     optimizer = make_optimizer(module)
-    batch = _batch(student, teacher_tower, batch_size, online, device)
+    batch = _batch(student, teacher_tower, d, batch_size, online, device)
     times = []
     for i in range(steps + 2):
         if device.startswith("cuda"):
