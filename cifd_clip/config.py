@@ -114,14 +114,17 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = "required" if default == REQUIRED else f"default: {default!r}"
-        help_text = f"{meta.get('help', '')} ({shown})"
+        help_text = meta.get("help", "")
+        if "default" not in help_text:  # a help text that explains its own default keeps it
+            help_text = f"{help_text} ({shown})"
         kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
         if tp is bool and not is_list:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif is_list:
+        elif is_list:  # `--model A --model B` keeps both, as `--model A B` does
             kwargs["nargs"] = "+"
+            kwargs["action"] = "extend"
             kwargs["metavar"] = tp.__name__.upper()
         else:
             kwargs["metavar"] = tp.__name__.upper()
