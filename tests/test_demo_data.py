@@ -79,3 +79,14 @@ def test_cli_writes_the_data_and_refuses_a_foreign_folder(tmp_path):
     result = _cli("--out", str(foreign))
     assert result.returncode == 1 and "is not empty and holds no demo data" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and (foreign / "chapter1.tex").read_text() == "precious"
+
+
+def test_training_captions_mix_short_colour_and_kind_ones_with_detailed_ones(tmp_path):
+    from cifd_clip.data.demo import SHAPES, caption_samples
+
+    texts = [s["txt"] for s in caption_samples("train", 200, seed=0, image_size=16)]
+    short = [t for t in texts if not {"small", "large"} & set(t.split()) and t.rstrip(".").split()[-1] in SHAPES]
+    # without short captions a tiny CLIP separates a batch by colour, size, fill and position and never learns shapes
+    assert 0.5 < len(short) / len(texts) < 0.9
+    assert sum("striped" in t or "corner" in t for t in texts) > 10
+    assert "an orange" in " ".join(texts) and "a orange" not in " ".join(texts)
