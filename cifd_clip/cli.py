@@ -24,6 +24,7 @@ STAGES = [
     ("distill", "cifd_clip.commands.distill"),
     ("eval", "cifd_clip.commands.eval"), ("bench", "cifd_clip.commands.bench"),
     ("export", "cifd_clip.commands.export"),
+    ("demo", "cifd_clip.commands.demo"),
 ]
 
 

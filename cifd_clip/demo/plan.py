@@ -1,0 +1,139 @@
+"""The demo's steps: each is one `cifd-clip STAGE --config recipes/demo/STEP.yaml` plus the paths.
+
+Hyperparameters live in the recipe files; this module only wires one step's outputs to the next
+step's inputs, so every printed command can be copied and run by hand.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from ..errors import UserError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_RECIPES = REPO_ROOT / "recipes" / "demo"
+DEMO_SUITE = REPO_ROOT / "eval" / "suites" / "demo.yaml"
+SCALES = ("full", "small")
+
+# The compared models: (run name, column label), in table order.
+MODELS = [("teacher", "teacher"), ("student-nokd", "student, no KD"),
+          ("student-kd", "student, KD (open_clip)"), ("student-cifd", "student, CIFD")]
+
+
+@dataclass
+class Layout:
+    """Where every step writes, under the demo's --out folder."""
+    out: Path
+
+    @property
+    def data(self) -> Path: return self.out / "data"
+    @property
+    def cache(self) -> Path: return self.out / "cache"
+    @property
+    def runs(self) -> Path: return self.out / "runs"
+    @property
+    def rdm(self) -> Path: return self.runs / "rdm"
+    @property
+    def bench(self) -> Path: return self.out / "bench"
+    @property
+    def export(self) -> Path: return self.out / "export" / "student-cifd"
+    @property
+    def logs(self) -> Path: return self.out / "logs"
+    @property
+    def report(self) -> Path: return self.out / "report"
+
+    def checkpoint(self, run: str) -> Path:
+        return self.runs / run / "checkpoints" / "epoch_latest.pt"
+
+    def train_data(self) -> str:
+        info_file = self.data / "demo_info.json"
+        if not info_file.is_file():
+            raise UserError(f"{info_file} is missing: the data step did not finish")
+        return str(self.data / json.loads(info_file.read_text())["train_data"])
+
+
+@dataclass
+class Step:
+    name: str
+    stage: str
+    recipe: str  # file name in the recipes folder
+    paths: Callable[[Layout], list[str]]  # path options, computed when the step starts
+    overrides: dict = field(default_factory=dict)  # from the scale file
+
+    def argv(self, layout: Layout, recipes: Path) -> list[str]:
+        return [self.stage, "--config", str(recipes / self.recipe), *to_flags(self.overrides), *self.paths(layout)]
+
+
+def to_flags(values: dict) -> list[str]:
+    """{"train_samples": 1200, "ibm": False} -> ["--train-samples", "1200", "--no-ibm"]."""
+    flags = []
+    for key, value in values.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + flag[2:])
+        elif isinstance(value, (list, tuple)):
+            flags += [flag, *map(str, value)]
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
+def _training(run: str, *, cache: bool = False, rdm: bool = False) -> Callable[[Layout], list[str]]:
+    def paths(layout: Layout) -> list[str]:
+        args = ["--train-data", layout.train_data(), "--logs", str(layout.runs), "--name", run,
+                "--eval-dataset-root", str(layout.data)]
+        if cache:
+            args += ["--cache", str(layout.cache)]
+        if rdm:
+            args += ["--rdm", str(layout.rdm / "rdm.pt")]
+        return args
+    return paths
+
+
+STEPS = [
+    Step("data", "make-demo-data", "data.yaml", lambda l: ["--out", str(l.data)]),
+    Step("teacher", "train", "teacher.yaml", _training("teacher")),
+    Step("embed", "embed", "embed.yaml", lambda l: ["--teacher", str(l.checkpoint("teacher")),
+                                                    "--train-data", l.train_data(), "--out", str(l.cache)]),
+    Step("rdm", "train-rdm", "rdm.yaml", lambda l: ["--cache", str(l.cache), "--out", str(l.rdm)]),
+    Step("student-cifd", "distill", "student-cifd.yaml", _training("student-cifd", cache=True, rdm=True)),
+    Step("student-nokd", "train", "student-nokd.yaml", _training("student-nokd")),
+    Step("student-kd", "distill", "student-kd.yaml", _training("student-kd", cache=True)),
+    Step("bench", "bench", "bench.yaml", lambda l: [
+        "--suite", str(DEMO_SUITE), "--output-dir", str(l.bench), "--dataset-root-base", str(l.data),
+        "--model", *(str(l.checkpoint(run)) for run, _ in MODELS)]),
+    Step("export", "export", "export.yaml", lambda l: [
+        "--checkpoint", str(l.checkpoint("student-cifd")), "--out", str(l.export), "--eval-results", str(l.bench)]),
+]
+
+
+def resolve_recipes(recipes: str | None) -> Path:
+    folder = Path(recipes) if recipes else DEFAULT_RECIPES
+    missing = [s.recipe for s in STEPS if not (folder / s.recipe).is_file()]
+    if missing:
+        raise UserError(f"recipe folder {folder} lacks {', '.join(missing)}; pass --recipes DIR with one YAML per "
+                        f"demo step (see recipes/demo/)")
+    if not DEMO_SUITE.is_file():
+        raise UserError(f"the demo suite {DEMO_SUITE} is missing; run the demo from a checkout of cifd_clip")
+    return folder
+
+
+def build_plan(recipes: Path, scale: str) -> list[Step]:
+    """The steps with the scale's overrides (recipes/demo/scale-SCALE.yaml, if present) applied."""
+    if scale not in SCALES:
+        raise UserError(f"--scale must be one of {', '.join(SCALES)}, got {scale}")
+    overrides = {}
+    scale_file = recipes / f"scale-{scale}.yaml"
+    if scale_file.is_file():
+        overrides = yaml.safe_load(scale_file.read_text()) or {}
+        unknown = set(overrides) - {s.name for s in STEPS}
+        if unknown:
+            raise UserError(f"{scale_file} names unknown steps: {', '.join(sorted(unknown))} "
+                            f"(steps: {', '.join(s.name for s in STEPS)})")
+    elif scale != "full":
+        raise UserError(f"--scale {scale} needs {scale_file}")
+    return [Step(s.name, s.stage, s.recipe, s.paths, dict(overrides.get(s.name) or {})) for s in STEPS]

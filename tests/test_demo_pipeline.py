@@ -1,0 +1,104 @@
+"""The demo: a reduced run of every stage, and the driver's refusals and stage failures."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cifd_clip.demo.plan import DEFAULT_RECIPES, MODELS, STEPS
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_demo(*args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cifd_clip", "demo", "--no-stream", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def small_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "out"
+    result = run_demo("--out", str(out), "--scale", "small")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return out, result.stdout
+
+
+@pytest.mark.slow
+def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
+    out, stdout = small_demo
+    for step in STEPS:
+        log = (out / "logs" / f"{step.name}.log").read_text()
+        assert log.startswith(f"$ cifd-clip {step.stage} --config"), step.name
+    report = (out / "report" / "report.md").read_text()
+    for _, label in MODELS:
+        assert label in report and label in stdout
+    assert "## Verdict" in report and "wall time" in report.lower()
+    for image in ("rate_distortion.png", "training_curves.png"):
+        assert (out / "report" / image).read_bytes()[:8] == PNG_MAGIC
+        assert f"({image})" in report
+    assert (out / "runs" / "rdm" / "rdm.pt").is_file() and (out / "cache" / "cache.json").is_file()
+
+
+@pytest.mark.slow
+def test_every_model_beats_chance_widely(small_demo):
+    from cifd_clip.data.demo import CLASSNAMES
+
+    results = json.loads((small_demo[0] / "report" / "results.json").read_text())
+    chance = 1 / len(CLASSNAMES)
+    for label, row in results["models"].items():
+        assert row["acc1"] > 4 * chance, f"{label}: zero-shot top-1 {row['acc1']:.3f} vs chance {chance:.3f}"
+        assert row["text_retrieval_recall@5"] > 0.1, label
+    assert len(results["verdict"]) >= 3
+
+
+@pytest.mark.slow
+def test_exported_student_reloads_through_plain_open_clip_with_the_same_embeddings(small_demo):
+    import open_clip
+    import torch
+
+    from cifd_clip.towers import load_model
+
+    out = small_demo[0]
+    exported, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out / 'export' / 'student-cifd'}")
+    tokenizer = open_clip.get_tokenizer(f"local-dir:{out / 'export' / 'student-cifd'}")
+    trained = load_model(str(out / "runs" / "student-cifd" / "checkpoints" / "epoch_latest.pt")).model
+    exported.eval(), trained.eval()
+    images = torch.rand(4, 3, 48, 48)
+    tokens = tokenizer(["a red circle.", "a blue star.", "two shapes", "a photo of a green cross."])
+    with torch.no_grad():
+        assert torch.allclose(exported.encode_image(images), trained.encode_image(images), atol=1e-5)
+        assert torch.allclose(exported.encode_text(tokens), trained.encode_text(tokens), atol=1e-5)
+
+
+def test_a_foreign_non_empty_out_folder_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    result = run_demo("--out", str(tmp_path), timeout=120)
+    assert result.returncode != 0
+    assert "not empty and was not written by the demo" in result.stderr + result.stdout
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_failing_stage_stops_the_demo_naming_the_step_and_its_log(tmp_path):
+    recipes = tmp_path / "recipes"
+    shutil.copytree(DEFAULT_RECIPES, recipes)
+    (recipes / "data.yaml").write_text("train_samples: 40\nval_samples: 4\nzeroshot_samples: 36\n"
+                                       "retrieval_samples: 4\nsamples_per_shard: 20\n")
+    (recipes / "teacher.yaml").write_text((recipes / "teacher.yaml").read_text() + "learning_rate: 0.1\n")
+    out = tmp_path / "out"
+    result = run_demo("--out", str(out), "--recipes", str(recipes), timeout=300)
+    assert result.returncode == 1
+    assert "step 'teacher' failed" in result.stdout and str(out / "logs" / "teacher.log") in result.stdout
+    assert "learning_rate" in result.stdout  # the stage's own one-sentence error is shown
+    assert (out / "data" / "demo_info.json").is_file()  # earlier steps ran
+
+
+def test_scale_file_naming_an_unknown_step_is_refused(tmp_path):
+    recipes = tmp_path / "recipes"
+    shutil.copytree(DEFAULT_RECIPES, recipes)
+    (recipes / "scale-small.yaml").write_text("techer: {epochs: 1}\n")
+    result = run_demo("--out", str(tmp_path / "out"), "--recipes", str(recipes), "--scale", "small", timeout=120)
+    assert result.returncode != 0 and "unknown steps: techer" in result.stderr + result.stdout
