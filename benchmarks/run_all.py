@@ -155,6 +155,12 @@ def summarise(folder: Path, fresh: set[str]) -> dict:
         for base in ("kd", "takd"):
             info.append({"what": f"whole run peak RSS, CIFD / {base}", "value": h[f"cifd_vs_{base}_peak_rss_mb"],
                          "source": "bench_whole_run"})
+        for e, r in whole.get("extrapolated", {}).get("ratios", {}).items():
+            if e in ("32", "limit"):
+                for base in ("kd", "takd"):
+                    info.append({"what": f"whole run CIFD / {base} at {e if e != 'limit' else 'many'} epochs, "
+                                         f"EXTRAPOLATED (wall, MACs)",
+                                 "value": [r[base]["wall_s"], r[base]["macs"]], "source": "bench_whole_run"})
         info.append({"what": "whole run TAKD-style / plain KD (wall, MACs)",
                      "value": [whole["runs"]["takd"]["wall_s_vs_kd"], whole["runs"]["takd"]["macs_vs_kd"]],
                      "source": "bench_whole_run"})
