@@ -56,7 +56,8 @@ def markdown_table(table: dict) -> str:
 
 def stage_table(timings: list[tuple[str, str, float]]) -> str:
     lines = ["| step | command | wall time (s) |", "|---|---|---:|"]
-    lines += [f"| {name} | `cifd-clip {stage}` | {seconds:.1f} |" for name, stage, seconds in timings]
+    lines += [f"| {name} | {stage if stage.startswith('(') else f'`cifd-clip {stage}`'} | {seconds:.1f} |"
+              for name, stage, seconds in timings]
     lines.append(f"| **total** | | {sum(t[2] for t in timings):.1f} |")
     return "\n".join(lines)
 
