@@ -55,7 +55,8 @@ def run(cfg: Config) -> int:
 
     check_start = time.perf_counter()
     diff = verify_export(layout.export, layout.checkpoint("student-cifd"))
-    timings.append(("reload check", "(open_clip.create_model_and_transforms on the export)", time.perf_counter() - check_start))
+    timings.append(("reload check", "(open_clip.create_model_and_transforms on the export)",
+                    time.perf_counter() - check_start))
     shown = write_report(layout, timings, scale=cfg.scale, commands=commands, export_diff=diff)
     print("\n" + shown["table"] + "\n\n" + shown["stages"] + "\n")
     for sentence in shown["verdict"]:
