@@ -102,3 +102,25 @@ def test_scale_file_naming_an_unknown_step_is_refused(tmp_path):
     (recipes / "scale-small.yaml").write_text("techer: {epochs: 1}\n")
     result = run_demo("--out", str(tmp_path / "out"), "--recipes", str(recipes), "--scale", "small", timeout=120)
     assert result.returncode != 0 and "unknown steps: techer" in result.stderr + result.stdout
+
+
+def _row(run, acc1, recall):
+    from cifd_clip.demo.report import RETRIEVAL_ROWS
+
+    return {"run": run, "acc1": acc1, **{key: recall for key, _ in RETRIEVAL_ROWS}}
+
+
+def test_verdict_says_plainly_who_won_from_the_numbers():
+    from cifd_clip.demo.report import verdict
+
+    labels = [label for _, label in MODELS]
+    losing = dict(zip(labels, [_row("teacher", 0.5, 0.7), _row("student-nokd", 0.36, 0.6),
+                               _row("student-kd", 0.44, 0.6), _row("student-cifd", 0.27, 0.4)]))
+    text = " ".join(verdict(losing))
+    assert "does NOT beat the no-KD student on zero-shot top-1 (27.0% vs 36.0%)" in text
+    assert "teacher stays ahead" in text
+    winning = dict(zip(labels, [_row("teacher", 0.3, 0.7), _row("student-nokd", 0.2, 0.5),
+                                _row("student-kd", 0.298, 0.6), _row("student-cifd", 0.35, 0.6)]))
+    text = " ".join(verdict(winning))
+    assert "beats the no-KD student on zero-shot top-1" in text and "ties the KD student on mean retrieval" in text
+    assert "student-cifd) matches or beats the teacher" in text

@@ -15,10 +15,11 @@ RETRIEVAL_ROWS = [(f"{kind}_retrieval_recall@{k}", f"{label} R@{k}")
 TIE = 0.5  # points; closer than this is reported as a tie, not a win
 
 
-def parameter_count(checkpoint: Path) -> int:
+def describe_checkpoint(checkpoint: Path) -> dict:
     from ..towers import read_checkpoint
 
-    return sum(t.numel() for t in read_checkpoint(checkpoint)["state_dict"].values())
+    ckpt = read_checkpoint(checkpoint)
+    return {"model": ckpt.get("model_name") or "?", "parameters": sum(t.numel() for t in ckpt["state_dict"].values())}
 
 
 def collect(layout: Layout) -> dict:
@@ -26,7 +27,7 @@ def collect(layout: Layout) -> dict:
     bench = json.loads((layout.bench / "results.json").read_text())
     table: dict[str, dict] = {}
     for (run, label), spec, per_dataset in zip(MODELS, bench["models"], bench["results"]):
-        row = {"run": run, "checkpoint": spec, "parameters": parameter_count(Path(spec))}
+        row = {"run": run, "checkpoint": spec, **describe_checkpoint(Path(spec))}
         for result in per_dataset:
             if result["status"] == "ok":
                 row.update(result["metrics"])
@@ -141,8 +142,9 @@ def write_report(layout: Layout, timings: list[tuple[str, str, float]], *, scale
     rdm_table = (layout.rdm / "rdm_eval.md").read_text().strip()
     md = [f"# cifd_clip demo report ({scale} scale)", "",
           f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}. Teacher: tiny-vit-teacher trained here on the demo data; students: "
-          f"tiny-vit-student. Zero-shot and retrieval on the demo's held-out sets (36 classes, chance top-1 2.8%).",
+          f"torch {torch.__version__}. Teacher: {table[MODELS[0][1]]['model']}, trained here on the demo data; "
+          f"students: {', '.join(sorted({table[label]['model'] for _, label in MODELS[1:]}))}. Zero-shot and "
+          f"retrieval on the demo's held-out sets (36 classes, chance top-1 2.8%).",
           "", "## Verdict", "", *[f"- {s}" for s in sentences], "",
           "## Results", "", markdown_table(table), "",
           f"The exported CIFD student (`{layout.export}`) reloads through "
