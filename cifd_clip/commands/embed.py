@@ -6,6 +6,10 @@ settings (see docs/cache.md). Later stages read the cache instead of running the
 
 Under torchrun each rank embeds its own shards. A killed run restarted with the same command skips the
 shards that are complete; a different teacher or settings into the same --out is refused.
+
+With --zeroshot-root the main rank then also embeds a zero-shot classification set (its images and every
+class x template prompt) into OUT/zeroshot_eval.pt, so that train-rdm can report the RDMs' zero-shot
+accuracy without loading the teacher. A file already made by the same teacher and settings is kept.
 """
 from __future__ import annotations
 
@@ -33,6 +37,10 @@ class Config:
     precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto", choices=["auto", "fp32", "amp", "amp_bf16"])
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     threads: Optional[int] = option(None, "CPU threads per rank for the teacher (default: torch's choice)")
+    zeroshot_root: Optional[str] = option(None, "zero-shot classification set to embed into OUT/zeroshot_eval.pt "
+                                                "for train-rdm's zero-shot accuracy (CLIP_benchmark layout)")
+    zeroshot_dataset: str = option("wds/zeroshot", "dataset name of --zeroshot-root as cifd-clip eval knows it "
+                                                   "(wds/NAME: CLIP_benchmark's webdataset layout)")
 
     def validate(self) -> None:
         if self.augmentations < 1:
@@ -193,6 +201,7 @@ def embed_shards(cfg: Config) -> Optional[str]:
     from tqdm import tqdm
 
     from .. import config as config_lib
+    from .. import rdm_zeroshot
     from ..data import cache as cache_lib
     from ..data.augment import AugmentSettings
     from ..data.shards import BadSampleStats, count_samples, expand_urls
@@ -217,6 +226,12 @@ def embed_shards(cfg: Config) -> Optional[str]:
     augment = AugmentSettings(views=cfg.augmentations, scale=tuple(cfg.aug_scale), seed=cfg.aug_seed)
     settings = _teacher_settings(cfg, teacher, augment)
     _refuse_other_settings(out, settings)
+    zeroshot_path = out / rdm_zeroshot.FILE_NAME
+    zeroshot_set = None
+    if cfg.zeroshot_root and not rdm_zeroshot.is_done(zeroshot_path, settings, cfg.zeroshot_dataset,
+                                                      cfg.zeroshot_root):
+        # built on every rank before any embedding, so that a bad set stops all ranks at once
+        zeroshot_set = rdm_zeroshot.build_zeroshot_dataset(cfg.zeroshot_dataset, cfg.zeroshot_root, teacher.preprocess)
     if env.is_main:
         config_lib.save(cfg, out / "embed_config.yaml")
 
@@ -290,6 +305,17 @@ def embed_shards(cfg: Config) -> Optional[str]:
                    f"{bad.summary()}; this run embedded {len(done_here)} shards")
         if not meta["num_samples"]:
             raise DataError(f"no usable sample in {cfg.train_data}: {bad.summary()}")
+        if zeroshot_set is not None:
+            payload = rdm_zeroshot.embed_zeroshot_set(
+                teacher, cfg.zeroshot_dataset, cfg.zeroshot_root, settings=settings, batch_size=cfg.batch_size,
+                workers=cfg.workers, device=env.device, autocast=lambda: _autocast(precision, env.device),
+                built=zeroshot_set)
+            rdm_zeroshot.write_zeroshot_eval(zeroshot_path, payload)
+            summary += (f"; zero-shot set {cfg.zeroshot_root}: {len(payload['labels'])} images, "
+                        f"{len(payload['classnames'])} classes x {len(payload['templates'])} templates "
+                        f"in {zeroshot_path.name}")
+        elif cfg.zeroshot_root:
+            summary += f"; {zeroshot_path.name} was already complete"
     barrier(env)
     cleanup(env)
     return summary
