@@ -17,6 +17,7 @@ def _fmt(value, digits=4):
 def markdown_table(report: dict) -> str:
     rows = report["rdms"]
     recall_keys = sorted({k for r in rows for k in r if "recall@" in k})
+    recall_keys += sorted({k for r in rows for k in r if k.startswith("zeroshot_acc")})
     header = ["modality", "R", "rate (bits/sample, rounded)", "rate (noisy estimate)", "MSE", "‖X−X̂‖²",
               "cosine"] + recall_keys
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -30,6 +31,12 @@ def markdown_table(report: dict) -> str:
     if "teacher" in report:
         teacher = ", ".join(f"{k} {v:.4f}" for k, v in sorted(report["teacher"].items()))
         out += [f"Teacher with its own embeddings of both modalities: {teacher}.", ""]
+    if "zeroshot" in report:
+        z = report["zeroshot"]
+        out += [f"Zero-shot accuracy on {z['images']} images of {z['dataset']} at {z['dataset_root']} ({z['classes']} "
+                f"classes x {z['templates']} templates, from {z['file']}): an image RDM's rounded reconstructions "
+                f"against the teacher's text classifier; the teacher's images against a classifier of a text RDM's "
+                f"reconstructed prompts.", ""]
     out += ["Rates are -log2 q(round(Y)) summed over bottleneck channels (ideal code length); MSE is per "
             "element, ‖X−X̂‖² per sample; targets are the RDMs' (L2-normalised) teacher embeddings.", ""]
     for w in report.get("warnings", []):

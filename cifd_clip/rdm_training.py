@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from .errors import DataError
 from .rdm import RDMFamily
+from .rdm_zeroshot import zeroshot_metrics
 
 log = logging.getLogger(__name__)
 
@@ -222,15 +223,21 @@ def retrieval_recall(queries: torch.Tensor, gallery: torch.Tensor, ks: Sequence[
     return {k: hits[k] / len(q) for k in ks}
 
 
-def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, ks: Sequence[int] = (1, 5)) -> dict:
-    """Per-RDM metrics (list ordered by modality, then R) and, with `retrieval`, the teacher's own recall.
+def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, ks: Sequence[int] = (1, 5),
+                    zeroshot: Optional[dict] = None) -> dict:
+    """Per-RDM metrics (list ordered by modality, then R) and, with `retrieval` or `zeroshot`, the teacher's own.
 
     Retrieval pairs the RDM's reconstruction of one modality with the teacher's embeddings of the other:
     an image RDM gives text retrieval (image → text, CLIP_benchmark's `text_retrieval_recall@K`), a text
-    RDM gives image retrieval (`image_retrieval_recall@K`). One caption per image. Skipped when the two
-    modalities have different widths (not a shared embedding space).
+    RDM gives image retrieval (`image_retrieval_recall@K`). One caption per image. `zeroshot` (a
+    `cifd_clip.rdm_zeroshot` eval file) adds `zeroshot_acc1`/`zeroshot_acc5`: an image RDM's reconstructed
+    images against the teacher's text classifier, or the teacher's images against a classifier built from
+    a text RDM's reconstructed prompts. Both are skipped when the two modalities have different widths
+    (not a shared embedding space).
     """
-    retrieval = retrieval and data["t_image_emb"].shape[-1] == data["t_text_emb"].shape[-1]
+    shared = data["t_image_emb"].shape[-1] == data["t_text_emb"].shape[-1]
+    retrieval = retrieval and shared
+    zeroshot = zeroshot if shared else None
     results = []
     for modality in family.modalities:
         x = data[MODALITY_KEYS[modality]]
@@ -241,13 +248,22 @@ def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, k
                 other = data[MODALITY_KEYS["text" if modality == "image" else "image"]]
                 metric = "text_retrieval_recall" if modality == "image" else "image_retrieval_recall"
                 row.update({f"{metric}@{k}": v for k, v in retrieval_recall(recon, other, ks).items()})
+            if zeroshot is not None:
+                device = next(rdm.parameters()).device
+                fn = lambda x, rdm=rdm: rdm.teach(x.to(device))  # noqa: E731
+                row.update(zeroshot_metrics(zeroshot, **{f"{modality}_fn": fn}))
             results.append(row)
     out = {"num_samples": len(next(iter(v for v in data.values() if torch.is_tensor(v)))), "rdms": results,
            "warnings": ordering_warnings(results)}
+    if zeroshot is not None:
+        out["teacher"] = zeroshot_metrics(zeroshot)
+        out["zeroshot"] = {"file": zeroshot.get("path"), "dataset": zeroshot.get("dataset"),
+                           "dataset_root": zeroshot.get("dataset_root"), "images": len(zeroshot["labels"]),
+                           "classes": len(zeroshot["classnames"]), "templates": len(zeroshot["templates"])}
     if retrieval:
         img, txt = data["t_image_emb"], data["t_text_emb"]
-        out["teacher"] = {**{f"text_retrieval_recall@{k}": v for k, v in retrieval_recall(img, txt, ks).items()},
-                          **{f"image_retrieval_recall@{k}": v for k, v in retrieval_recall(txt, img, ks).items()}}
+        out.setdefault("teacher", {}).update({**{f"text_retrieval_recall@{k}": v for k, v in retrieval_recall(img, txt, ks).items()},
+                          **{f"image_retrieval_recall@{k}": v for k, v in retrieval_recall(txt, img, ks).items()}})
     return out
 
 

@@ -4,7 +4,8 @@ One pass over the embedding cache per epoch feeds every RDM of both modalities; 
 never loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
 Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.RDMFamily.load`) and a held-out
 evaluation per RDM — rate in bits/sample measured with rounding, MSE and cosine similarity to the
-teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality —
+teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality and,
+given a zero-shot eval file (`cifd-clip embed --zeroshot-root`), zero-shot accuracy paired the same way —
 as a markdown table, JSON and a rate-distortion plot. It warns when a higher R does not give a higher
 rate and a lower distortion.
 
@@ -36,6 +37,8 @@ class Config:
     holdout_fraction: float = option(0.05, "fraction of --cache held out for evaluation (by key) when there is no "
                                            "--eval-cache")
     max_eval_samples: int = option(10000, "evaluate on at most this many samples")
+    zeroshot_eval: Optional[str] = option(None, "zero-shot eval file written by `cifd-clip embed --zeroshot-root` "
+                                                "(default: the cache's zeroshot_eval.pt when there is one)")
     hidden_dim: int = option(1024, "width of the RDMs' hidden layers")
     bottleneck_dim: int = option(256, "channels of the entropy bottleneck")
     encoder_layers: int = option(2, "linear layers before the bottleneck")
@@ -78,10 +81,12 @@ def output_paths(cfg: Config) -> dict:
 
 def run(cfg: Config) -> int:
     import logging
+    from pathlib import Path
 
     import torch
 
     from .. import config as config_lib
+    from .. import rdm_zeroshot
     from ..data.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
     from ..errors import DataError
@@ -96,6 +101,11 @@ def run(cfg: Config) -> int:
         eval_meta = read_cache_meta(cfg.eval_cache)
         check_cache_compatible(eval_meta, teacher_fingerprint=meta["teacher_fingerprint"],
                                image_dim=meta["image_dim"], text_dim=meta["text_dim"], normalized=meta["normalized"])
+    zeroshot = None
+    zeroshot_path = cfg.zeroshot_eval or Path(cfg.cache) / rdm_zeroshot.FILE_NAME
+    if cfg.zeroshot_eval or zeroshot_path.is_file():
+        zeroshot = rdm_zeroshot.read_zeroshot_eval(zeroshot_path)
+        rdm_zeroshot.check_matches_cache(zeroshot, meta)
     if meta["num_samples"] < 1:
         raise DataError(f"embedding cache {cfg.cache} holds no samples")
     paths = output_paths(cfg)
@@ -139,7 +149,7 @@ def run(cfg: Config) -> int:
             family.meta["trained_samples"] = trained
             family.save(paths["checkpoint"])
             config_lib.save(cfg, paths["config"])
-            report = evaluate_family(family, data, retrieval=len(data["key"]) > 1)
+            report = evaluate_family(family, data, retrieval=len(data["key"]) > 1, zeroshot=zeroshot)
             report.update({
                 "eval_source": ("eval cache " if cfg.eval_cache else f"{holdout:g} held out of ") + str(source),
                 "checkpoint": str(paths["checkpoint"]),
