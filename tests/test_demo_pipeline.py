@@ -41,6 +41,7 @@ def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
         assert (out / "report" / image).read_bytes()[:8] == PNG_MAGIC
         assert f"({image})" in report
     assert (out / "runs" / "rdm" / "rdm.pt").is_file() and (out / "cache" / "cache.json").is_file()
+    assert "zeroshot_acc1" in (out / "runs" / "rdm" / "rdm_eval.md").read_text()  # RDMs scored on the zero-shot set
 
 
 @pytest.mark.slow
