@@ -28,6 +28,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,6 +48,16 @@ QUICK = dict(train_samples=192, epochs=1, batch_size=32, teacher_epochs=1, rdm_e
 
 # ----------------------------------------------------------------------------------------------- stages
 
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every process, ours or not), from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")  # user..steal, not guest (already in user)
+
+
 def run_stage(name: str, argv: list[str], env: dict, log_dir: Path) -> dict:
     """Run `python -m cifd_clip ARGV` and measure its wall time and peak memory; raise with the log tail on failure."""
     import psutil
@@ -56,7 +67,8 @@ def run_stage(name: str, argv: list[str], env: dict, log_dir: Path) -> dict:
     with open(log_file, "w") as log:
         log.write("$ " + " ".join(cmd) + "\n")
         log.flush()
-        start = time.perf_counter()
+        start, busy0 = time.perf_counter(), busy_cpu_s()
+        self0 = sum(resource.getrusage(resource.RUSAGE_SELF)[:2])
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         root = psutil.Process(proc.pid)
         tree_peak = 0
@@ -77,19 +89,35 @@ def run_stage(name: str, argv: list[str], env: dict, log_dir: Path) -> dict:
                 pass
             time.sleep(0.05)
         wall = time.perf_counter() - start
+        busy = busy_cpu_s() - busy0
+        self_cpu = sum(resource.getrusage(resource.RUSAGE_SELF)[:2]) - self0
     proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4; keep Popen from waiting again
     if proc.returncode != 0:
         tail = "".join(log_file.read_text().splitlines(keepends=True)[-25:])
         raise RuntimeError(f"stage {name} failed with exit code {proc.returncode}; log {log_file}:\n{tail}")
     return {"stage": name, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,  # Linux: KiB
-            "peak_tree_rss_mb": tree_peak / 2 ** 20, "command": "cifd-clip " + " ".join(argv)}
+            "peak_tree_rss_mb": tree_peak / 2 ** 20, "cpu_s": usage.ru_utime + usage.ru_stime,
+            # CPU time the machine spent on anything but this stage (and this bench's own polling): a check that
+            # nothing else ran; more than a few seconds means the stage's wall time is not to be trusted
+            "foreign_cpu_s": busy - (usage.ru_utime + usage.ru_stime) - self_cpu,
+            "command": "cifd-clip " + " ".join(argv)}
 
 
 def student_options(args, logs: Path) -> list[str]:
     """The options every student-stage run shares (the demo recipes' values, sized by the CLI flags)."""
     return ["--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", "0.002", "--wd", "0.1",
             "--warmup", "20", "--workers", str(args.workers), "--seed", "0", "--device", "cpu", "--precision", "fp32",
-            "--log-every-steps", "10", "--logs", str(logs)]
+            "--log-every-steps", "1", "--logs", str(logs)]
+
+
+def step_times(metrics: Path, batch_size: int) -> dict:
+    """Median and max step time from the stage's metrics.jsonl (a disturbed machine shows as max >> median)."""
+    import statistics
+    times = [batch_size / row["samples_per_s"] for row in map(json.loads, metrics.read_text().splitlines())
+             if row.get("samples_per_s")]
+    if not times:
+        return {}
+    return {"median_step_s": statistics.median(times), "max_step_s": max(times), "logged_steps": len(times)}
 
 
 # ----------------------------------------------------------------------------------------------- MACs
@@ -288,7 +316,8 @@ def main() -> None:
     def stage(name, argv):
         print(f"  {name:16s} ...", end=" ", flush=True)
         result = run_stage(name, argv, env, stage_logs)
-        print(f"{result['wall_s']:7.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB", flush=True)
+        print(f"{result['wall_s']:7.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB, CPU {result['cpu_s']:.0f} s "
+              f"(other processes on the machine: {max(0.0, result['foreign_cpu_s']):.1f} CPU s)", flush=True)
         return result
 
     # ---- set-up, not counted: demo data and a trained teacher
@@ -347,6 +376,7 @@ def main() -> None:
         stages[name]["steps"] = int(s["steps_this_run"])
         stages[name]["samples"] = int(s["steps_this_run"]) * args.batch_size
         stages[name]["loop_s"] = float(s["wall_time_s"])
+        stages[name].update(step_times(logs / name / "metrics.jsonl", args.batch_size))
 
     # ---- MACs: one representative step/forward per stage, in this process, times the work really done
     print("counting MACs (FlopCounterMode, one step per stage) ...", flush=True)
@@ -390,6 +420,11 @@ def main() -> None:
               "extrapolated": extrapolated,
               "bench_wall_s": bench_wall}
     print_report(result)
+    disturbed = [f"{n} ({r['foreign_cpu_s']:.0f} CPU s)" for n, r in stages.items()
+                 if r["foreign_cpu_s"] > max(3.0, 0.05 * r["wall_s"] * (os.cpu_count() or 1))]
+    result["disturbed_stages"] = disturbed
+    if disturbed:
+        print("WARNING: other processes used the CPU during " + ", ".join(disturbed) + ": rerun on an idle machine")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

@@ -60,9 +60,10 @@ def run_script(name: str, quick: bool) -> dict:
     previous = out.read_bytes() if quick and out.is_file() else None
     cmd = [sys.executable, str(HERE / f"{name}.py"), *(QUICK_ARGS.get(name, []) if quick else [])]
     print(f"\n{'=' * 100}\n$ {' '.join(cmd)}", flush=True)
-    start = time.perf_counter()
+    start, busy0, ours0 = time.perf_counter(), busy_cpu_s(), our_cpu_s()
     rc = subprocess.run(cmd, cwd=HERE.parent).returncode
     wall = time.perf_counter() - start
+    foreign = busy_cpu_s() - busy0 - (our_cpu_s() - ours0)
     print(f"--- {name}: exit code {rc} after {wall:.0f} s", flush=True)
     if quick:
         (RESULTS / "quick").mkdir(parents=True, exist_ok=True)
@@ -70,7 +71,27 @@ def run_script(name: str, quick: bool) -> dict:
             os.replace(out, RESULTS / "quick" / out.name)
         if previous is not None:
             out.write_bytes(previous)
-    return {"script": f"{name}.py", "args": cmd[2:], "rc": rc, "wall_s": wall}
+    disturbed = foreign > max(3.0, 0.05 * wall * (os.cpu_count() or 1))
+    if disturbed:
+        print(f"WARNING: other processes used {foreign:.0f} CPU s while {name} ran: its timings are not to be trusted")
+    return {"script": f"{name}.py", "args": cmd[2:], "rc": rc, "wall_s": wall, "foreign_cpu_s": foreign,
+            "disturbed": disturbed}
+
+
+def busy_cpu_s() -> float:
+    """CPU seconds the whole machine has spent busy since boot (every process, ours or not), from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def our_cpu_s() -> float:
+    """CPU seconds of this process and its finished children (each script and every process it waited for)."""
+    import resource
+    return sum(sum(resource.getrusage(who)[:2]) for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
 
 
 # ------------------------------------------------------------------------------------------- summary
@@ -207,6 +228,10 @@ def print_summary(summary: dict) -> None:
             continue
         print(f"  {r['what']:80s} {fmt(r['value'])}")
     print("\nsources: " + ", ".join(f"{k} ({v})" for k, v in summary["sources"].items()))
+    if summary.get("scripts"):
+        print("machine check (CPU seconds used by other processes while each script ran): " + ", ".join(
+            f"{r['script'][:-3]} {max(0.0, r['foreign_cpu_s']):.1f}" + (" DISTURBED" if r["disturbed"] else "")
+            for r in summary["scripts"]))
 
 
 def main() -> None:
