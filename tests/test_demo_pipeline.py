@@ -68,7 +68,8 @@ def test_exported_student_reloads_through_plain_open_clip_with_the_same_embeddin
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out / 'export' / 'student-cifd'}")
     trained = load_model(str(out / "runs" / "student-cifd" / "checkpoints" / "epoch_latest.pt")).model
     exported.eval(), trained.eval()
-    images = torch.rand(4, 3, 48, 48)
+    size = exported.visual.image_size
+    images = torch.rand(4, 3, *(size if isinstance(size, (tuple, list)) else (size, size)))
     tokens = tokenizer(["a red circle.", "a blue star.", "two shapes", "a photo of a green cross."])
     with torch.no_grad():
         assert torch.allclose(exported.encode_image(images), trained.encode_image(images), atol=1e-5)
