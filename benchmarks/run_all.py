@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from bench_whole_run import busy_cpu_s  # same folder: scripts run with it on sys.path
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 ORDER = ["bench_data", "bench_embed", "bench_eval", "bench_rdm", "bench_step", "bench_whole_run"]
@@ -76,16 +78,6 @@ def run_script(name: str, quick: bool) -> dict:
         print(f"WARNING: other processes used {foreign:.0f} CPU s while {name} ran: its timings are not to be trusted")
     return {"script": f"{name}.py", "args": cmd[2:], "rc": rc, "wall_s": wall, "foreign_cpu_s": foreign,
             "disturbed": disturbed}
-
-
-def busy_cpu_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot (every process, ours or not), from /proc/stat."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except OSError:
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def our_cpu_s() -> float:
