@@ -19,6 +19,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
+from .atomic import write_atomic
 from .errors import UserError
 from .towers import read_checkpoint, strip_prefixes
 
@@ -50,12 +51,6 @@ def _plain_preprocess(preprocess_cfg: dict) -> dict:
     return out
 
 
-def _write_atomic(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                    eval_results: Optional[str | os.PathLike] = None) -> Path:
     """Write the export folder for `checkpoint`; returns the folder."""
@@ -68,10 +63,10 @@ def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
         model_name = "student"
 
     config = {"model_cfg": ckpt["model_cfg"], "preprocess_cfg": _plain_preprocess(ckpt.get("preprocess_cfg", {}))}
-    _write_atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2)))
+    write_atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2)))
     # clone() breaks any storage sharing, which safetensors refuses to write
-    _write_atomic(out / WEIGHTS_FILE, lambda p: save_file({k: v.clone() for k, v in state_dict.items()}, str(p)))
-    _write_atomic(out / STATE_DICT_FILE, lambda p: torch.save(state_dict, p))
+    write_atomic(out / WEIGHTS_FILE, lambda p: save_file({k: v.clone() for k, v in state_dict.items()}, str(p)))
+    write_atomic(out / STATE_DICT_FILE, lambda p: torch.save(state_dict, p))
     (out / f"{model_name}.json").write_text(json.dumps(ckpt["model_cfg"], indent=2))
     (out / "README.md").write_text(model_card(ckpt, checkpoint, model_name, _find_eval_table(checkpoint, eval_results)))
     return out

@@ -21,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -31,6 +30,7 @@ import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from torch import nn
 
+from .atomic import write_atomic
 from .errors import UserError
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
@@ -260,18 +260,8 @@ class RDMFamily(nn.Module):
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the whole family to ONE file, atomically (temp file in the same folder + os.replace)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pt", dir=path.parent)
-        os.close(fd)
-        try:
-            torch.save(self.to_checkpoint(), tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-        return path
+        """Write the whole family to ONE file, atomically."""
+        return write_atomic(path, lambda tmp: torch.save(self.to_checkpoint(), tmp))
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> "RDMFamily":

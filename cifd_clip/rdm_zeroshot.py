@@ -17,13 +17,13 @@ are `cifd_clip.evaluation.zeroshot`'s (CLIP_benchmark's).
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from .atomic import write_atomic
 from .errors import UserError
 
 FILE_NAME = "zeroshot_eval.pt"
@@ -109,12 +109,8 @@ def is_done(path, settings: dict, dataset: str, root) -> bool:
 
 
 def write_zeroshot_eval(path, payload: dict) -> Path:
-    """torch.save to a temporary name in the same folder, then os.replace: never a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+    """torch.save, atomically: never a half-written file."""
+    return write_atomic(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_zeroshot_eval(path) -> dict:

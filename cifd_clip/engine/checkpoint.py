@@ -18,6 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from ..atomic import write_atomic
 from ..errors import UserError
 from ..towers import read_checkpoint, strip_prefixes
 
@@ -104,12 +105,7 @@ def save_atomic(ckpt: dict, path: str | os.PathLike) -> Path:
     bad = non_finite_tensors(ckpt["state_dict"]) + non_finite_tensors(ckpt.get("distill_state_dict", {}))
     if bad:
         raise UserError(f"refusing to save {path}: weight {bad[0]} holds NaN or inf")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, lambda tmp: torch.save(ckpt, tmp))
 
 
 def _point_latest(path: Path) -> None:
