@@ -262,8 +262,9 @@ def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, k
                            "classes": len(zeroshot["classnames"]), "templates": len(zeroshot["templates"])}
     if retrieval:
         img, txt = data["t_image_emb"], data["t_text_emb"]
-        out.setdefault("teacher", {}).update({**{f"text_retrieval_recall@{k}": v for k, v in retrieval_recall(img, txt, ks).items()},
-                          **{f"image_retrieval_recall@{k}": v for k, v in retrieval_recall(txt, img, ks).items()}})
+        teacher = out.setdefault("teacher", {})
+        teacher.update({f"text_retrieval_recall@{k}": v for k, v in retrieval_recall(img, txt, ks).items()})
+        teacher.update({f"image_retrieval_recall@{k}": v for k, v in retrieval_recall(txt, img, ks).items()})
     return out
 
 

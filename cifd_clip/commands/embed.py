@@ -192,8 +192,6 @@ class _Embedder:
 
 def embed_shards(cfg: Config) -> Optional[str]:
     """Embed this rank's unfinished shards; rank 0 then writes cache.json. Returns rank 0's summary line."""
-    import json
-    import os
     import time
     from pathlib import Path
 

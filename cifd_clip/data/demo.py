@@ -222,8 +222,9 @@ def caption_samples(split: str, count: int, seed: int, image_size: int) -> Itera
     for i in range(count):
         rng = _rng(seed, split, i)
         scene = random_scene(rng, 1 if rng.random() < 0.6 else 2)
-        options = captions(scene) + short_captions(scene)
-        caption = rng.choice(short_captions(scene) if rng.random() < SHORT_CAPTION_FRACTION else captions(scene))
+        detailed, short = captions(scene), short_captions(scene)
+        options = detailed + short
+        caption = rng.choice(short if rng.random() < SHORT_CAPTION_FRACTION else detailed)
         key = f"{i:09d}"
         meta = {"key": key, "caption": caption, "captions": options, "status": "success",
                 "width": image_size, "height": image_size,
@@ -293,7 +294,7 @@ def write_demo_data(out: str | Path, *, seed: int = 0, train_samples: int = 6000
     if min(train_samples, val_samples, zeroshot_samples, retrieval_samples) < 1:
         raise UserError("every demo split needs at least one sample")
     if image_size < 16 or samples_per_shard < 1:
-        raise UserError(f"--image-size must be at least 16 and --samples-per-shard at least 1")
+        raise UserError("--image-size must be at least 16 and --samples-per-shard at least 1")
     out = Path(out)
     _prepare_out(out)
     counts = {}

@@ -25,7 +25,6 @@ DataError when more than `max_bad_fraction` of the samples read are bad.
 from __future__ import annotations
 
 import logging
-import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Optional, Sequence
