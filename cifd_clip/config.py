@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import typing
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,9 +21,10 @@ from .errors import ConfigError
 REQUIRED = "__required__"
 
 
-def option(default: Any, help: str, *, choices: Sequence[Any] | None = None):
-    """A config field with a default value."""
-    meta = {"help": help, "choices": choices}
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = ()):
+    """A config field with a default value. `aliases`: old names still accepted (flag and YAML key), with a
+    deprecation note."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases)}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: list(default) if isinstance(default, list) else dict(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -122,13 +124,15 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
             kwargs["choices"] = meta["choices"]
         if tp is bool and not is_list:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif is_list:  # `--model A --model B` keeps both, as `--model A B` does
+        elif is_list:  # one value list per option: a repeated option replaces the earlier list
             kwargs["nargs"] = "+"
-            kwargs["action"] = "extend"
             kwargs["metavar"] = tp.__name__.upper()
         else:
             kwargs["metavar"] = tp.__name__.upper()
-        parser.add_argument(flag, **kwargs)
+        aliases = ["--" + a.replace("_", "-") for a in meta.get("aliases", ())]
+        if aliases:
+            kwargs["help"] += f" ({', '.join(aliases)}: deprecated name)"
+        parser.add_argument(flag, *aliases, **kwargs)
     return parser
 
 
@@ -145,13 +149,22 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _alias_table(cls) -> dict:
+    return {alias: f.name for f, _ in _fields(cls) for alias in f.metadata.get("aliases", ())}
+
+
 def resolve(cls, cli_values: dict, config_file: str | None = None):
     """Defaults <- YAML file <- command line; type-checked, unknown and missing keys rejected."""
     known = {f.name: ann for f, ann in _fields(cls)}
+    aliases = _alias_table(cls)
     values: dict[str, Any] = {}
     if config_file:
         for raw_key, value in read_yaml(config_file).items():
             key = str(raw_key).replace("-", "_")
+            if key in aliases:
+                logging.getLogger(__name__).warning("config key '%s' in %s is deprecated: call it '%s'", raw_key,
+                                                    config_file, aliases[key])
+                key = aliases[key]
             if key not in known:
                 raise ConfigError(f"unknown config key '{raw_key}' in {config_file}")
             values[key] = coerce(key, value, known[key], f"in {config_file}")

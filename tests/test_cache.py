@@ -98,7 +98,7 @@ def test_half_written_shard_is_not_complete(tmp_path):
 
 def test_cache_join_adds_embeddings_by_key_and_refuses_unknown_keys(tmp_path):
     write_synthetic_cache(tmp_path, [4, 4], views=3)
-    join = cache_lib.CacheJoin(tmp_path)
+    join = cache_lib.CacheJoin(tmp_path, view="first")
     out = join({"key": "000005", "url": "/elsewhere/00001.tar", "image": None, "text": "t"})
     assert out["t_image_emb"].dtype == np.float32 and out["t_image_emb"].shape == (D_IMG,)
     assert out["t_image_emb"][0] == 5 and out["t_text_emb"][0] == -5 and tuple(out["paug"]) == IDENTITY
@@ -172,3 +172,15 @@ def test_cache_join_keeps_shards_within_its_memory_budget(tmp_path):
     for k in (0, 4, 8, 1):
         join({"key": f"{k:06d}", "url": f"{k // 4:05d}.tar", "image": None, "text": ""})
     assert list(join._loaded) == ["00002.tar", "00000.tar"]
+
+
+def test_cache_view_auto_draws_among_several_views_and_random_on_one_view_is_refused(tmp_path):
+    write_synthetic_cache(tmp_path / "three", [6], views=3)
+    auto = cache_lib.CacheJoin(tmp_path / "three")
+    picked = {int(round((auto({"key": f"{k:06d}", "url": "00000.tar", "image": None, "text": ""})["t_image_emb"][0]
+                         - k) / 0.5)) for k in range(6)}
+    assert len(picked) > 1  # several views are used by default
+    write_synthetic_cache(tmp_path / "one", [4], views=1)
+    assert cache_lib.CacheJoin(tmp_path / "one").view == "first"
+    with pytest.raises(UserError, match="--cache-view random needs a cache with several views"):
+        cache_lib.CacheJoin(tmp_path / "one", view="random")

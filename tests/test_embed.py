@@ -234,3 +234,32 @@ def test_training_loader_joins_cached_embeddings_by_key(demo_train_spec, student
             views.add(v)
             np.testing.assert_array_equal(txt.astype(np.float32), batch["t_text_emb"][j].numpy())
     assert views == {0, 1}
+
+
+def test_student_input_is_the_teachers_view_resized(demo_train_spec, tmp_path):
+    """Distillation replays the cached crop and then only resizes and normalises: the student's pixels are the
+    teacher's (up to resampling), for plain and cropped views alike."""
+    from cifd_clip.data.loader import make_train_loader
+    from cifd_clip.towers import load_model
+
+    out = tmp_path / "cache"
+    argv = ["embed", "--teacher", "tiny-vit-teacher", "--train-data", demo_train_spec, "--out", str(out),
+            "--batch-size", "16", "--workers", "0", "--threads", "1", "--augmentations", "3"]
+    assert cli.main(argv) == 0
+    teacher, student = load_teacher("tiny-vit-teacher"), load_model("tiny-vit-student")
+    info = make_train_loader(demo_train_spec, preprocess=student.preprocess_val, tokenizer=student.tokenizer,
+                             batch_size=8, workers=0, seed=0, teacher_preprocess=teacher.preprocess,
+                             sample_stages=[cache_lib.CacheJoin(out, seed=0)])
+    mean = torch.tensor(student.preprocess_cfg["mean"]).view(1, 3, 1, 1)
+    std = torch.tensor(student.preprocess_cfg["std"]).view(1, 3, 1, 1)
+    cropped = 0
+    for batch in info:
+        seen_by_student = batch["image"] * std + mean  # 48 px
+        seen_by_teacher = batch["teacher_image"] * std + mean  # 64 px (same normalisation constants)
+        resized = torch.nn.functional.interpolate(seen_by_teacher, size=48, mode="bilinear", antialias=True)
+        per_sample = (resized - seen_by_student).abs().mean(dim=(1, 2, 3))
+        assert per_sample.max() < 0.03, per_sample
+        # a crop really changes the pixels: against the other samples' views the difference is large
+        assert (resized - seen_by_student.roll(1, 0)).abs().mean(dim=(1, 2, 3)).min() > 3 * per_sample.max()
+        cropped += int((batch["paug"][:, 2] < 1).sum())
+    assert cropped > 0  # cached crops were replayed, not only plain images

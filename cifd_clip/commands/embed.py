@@ -119,7 +119,7 @@ def _teacher_settings(cfg: Config, teacher, augment) -> dict:
         teacher_fingerprint=weights_fingerprint(tower.model),
         teacher_image_size=tower.model_cfg.get("vision_cfg", {}).get("image_size"),
         image_dim=tower.embed_dim, text_dim=tower.embed_dim, dtype=cfg.dtype, normalized=cfg.normalize,
-        augmentation=augment.to_dict())
+        augmentation=augment.to_dict(), teacher_logit_scale=float(tower.model.logit_scale.detach().exp()))
 
 
 def _refuse_other_settings(out, settings: dict) -> None:

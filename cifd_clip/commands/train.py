@@ -19,7 +19,8 @@ class Config(TrainingOptions):
 def run(cfg: Config) -> int:
     import logging
 
-    from ..distiller import Distiller
+    from ..distill.distiller import Distiller
+    from ..distill.settings import LossSettings
     from ..engine import session
     from ..engine.distributed import cleanup
     from ..engine.loop import fit, seed_everything
@@ -31,9 +32,9 @@ def run(cfg: Config) -> int:
         seed_everything(cfg.seed)  # same initial weights on every rank
         tower = load_model(cfg.model, cfg.pretrained, device="cpu")
         data = session.build_loader(cfg, tower, env)
-        module = Distiller(tower.model, loss="contrastive", student_dim=tower.embed_dim, seed=cfg.seed,
-                           local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
-                           rank=env.rank, world_size=env.world_size)
+        module = Distiller.build(tower.model, LossSettings(loss="contrastive"), student_dim=tower.embed_dim,
+                                 seed=cfg.seed, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
+                                 rank=env.rank, world_size=env.world_size)
         summary = fit(module, data, cfg, env, run_dir, describe=session.describe(tower, cfg),
                       evaluate=session.make_evaluator(cfg, tower, env))
         if env.is_main:

@@ -55,7 +55,7 @@ def sibling_name(url: str) -> str:
 
 def make_settings(*, teacher_spec: str, teacher_pretrained: Optional[str], teacher_model_name: str,
                   teacher_fingerprint: str, teacher_image_size, image_dim: int, text_dim: int, dtype: str,
-                  normalized: bool, augmentation: dict) -> dict:
+                  normalized: bool, augmentation: dict, teacher_logit_scale: Optional[float] = None) -> dict:
     """The part of cache.json that describes how the embeddings were made."""
     if dtype not in DTYPES:
         raise UserError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype}")
@@ -70,6 +70,8 @@ def make_settings(*, teacher_spec: str, teacher_pretrained: Optional[str], teach
         "dtype": dtype,
         "normalized": bool(normalized),
         "augmentation": dict(augmentation),
+        # exp of the teacher's learned logit scale: the affinity baselines weigh its batch logits with it
+        "teacher_logit_scale": None if teacher_logit_scale is None else float(teacher_logit_scale),
     }
 
 
@@ -290,8 +292,10 @@ class CacheJoin:
 
     Adds `t_image_emb` [D_img] and `t_text_emb` [D_txt] (float32 numpy) and `paug` [5] (the chosen view's
     crop box + flip, float32). With `view="random"` one of the K cached views is drawn per sample from
-    (seed, epoch, key) — call `set_epoch` between epochs — and, when `replay=True`, the sample's PIL image
-    is replaced by that view (crop + flip) so the student sees what the teacher saw.
+    (seed, epoch, key) — call `set_epoch` between epochs; `view=None` means random when K > 1, else the
+    plain image. When `replay=True` the sample's PIL image is replaced by that view (crop + flip); the
+    student's preprocess after this stage must then be deterministic (resize, centre crop, normalise, as
+    the teacher's was) so that it sees the pixels the teacher saw.
 
     The sibling shard of the sample's source shard is loaded on first use; recently used shards are kept
     while they fit in `max_bytes_in_memory` (the loader's shuffle buffer interleaves several shards).
@@ -299,14 +303,20 @@ class CacheJoin:
     Picklable: loaded shards are not sent to worker processes.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, view: str = "first", seed: int = 0, replay: bool = True,
+    def __init__(self, cache_dir: str | os.PathLike, view: Optional[str] = None, seed: int = 0, replay: bool = True,
                  max_bytes_in_memory: int = 256 << 20):
-        if view not in ("first", "random"):
+        if view not in (None, "first", "random"):
             raise UserError(f"cache view must be 'first' or 'random', got {view!r}")
         self.cache_dir = str(cache_dir)
         self.meta = read_cache_meta(cache_dir)
-        self.view, self.seed, self.replay, self.epoch = view, int(seed), bool(replay), 0
         self.views = int(self.meta["augmentation"]["views"])
+        if view == "random" and self.views == 1:
+            raise UserError(f"--cache-view random needs a cache with several views per sample, but {cache_dir} "
+                            f"holds one (made with --augmentations 1): drop --cache-view or re-run embed with "
+                            f"--augmentations K")
+        if view is None:
+            view = "random" if self.views > 1 else "first"
+        self.view, self.seed, self.replay, self.epoch = view, int(seed), bool(replay), 0
         self.max_bytes = int(max_bytes_in_memory)
         self._counts = {s["name"]: s["count"] for s in self.meta["shards"]}
         self._loaded: "OrderedDict[str, CachedShard]" = OrderedDict()

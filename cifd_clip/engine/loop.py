@@ -156,7 +156,7 @@ def fit(module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, *, describe: 
     total_steps = steps_per_epoch * cfg.epochs
     module.to(device)
     optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps)
-    scheduler = WarmupCosine(optimizer, cfg.warmup, total_steps)
+    scheduler = WarmupCosine(optimizer, cfg.warmup_steps(total_steps), total_steps)
     scaler = torch.amp.GradScaler("cuda") if precision == "amp" and device.type == "cuda" else None
 
     step = 0

@@ -83,10 +83,13 @@ def make_evaluator(cfg, tower, env: DistEnv) -> Optional[Callable]:
     return evaluate
 
 
-def build_loader(cfg, tower, env: DistEnv, *, teacher=None, sample_stages: Sequence[Callable] = ()):
+def build_loader(cfg, tower, env: DistEnv, *, teacher=None, sample_stages: Sequence[Callable] = (),
+                 preprocess: Optional[Callable] = None):
+    """The training stream; `preprocess` replaces the student's random training transform (distillation
+    passes its deterministic eval transform, so that the student sees the teacher's pixels)."""
     from ..data.loader import make_train_loader
     return make_train_loader(
-        cfg.train_data, preprocess=tower.preprocess_train, tokenizer=tower.tokenizer, batch_size=cfg.batch_size,
+        cfg.train_data, preprocess=preprocess or tower.preprocess_train, tokenizer=tower.tokenizer, batch_size=cfg.batch_size,
         workers=cfg.workers, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
         num_samples=cfg.train_num_samples, resampled=cfg.dataset_resampled,
         teacher_preprocess=teacher.preprocess if teacher is not None else None,

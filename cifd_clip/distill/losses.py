@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss, DistillClipLoss
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 Projection = Optional[Callable[[torch.Tensor], torch.Tensor]]
 

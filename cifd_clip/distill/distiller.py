@@ -1,0 +1,145 @@
+"""The module DDP wraps and the loop checkpoints: the student CLIP and the distillation method.
+
+Like mdistiller's distillers, a `Distiller` owns everything trainable in a run (the student and its
+method's IBMs/projections) and turns a batch into a dict of named, weighted loss terms. The frozen teacher
+and the RDM family are held outside the module registry (see `_frozen`): they follow `.to()` but are not
+parameters or buffers, so DDP never syncs them and checkpoints never store them.
+
+Targets come from the batch (`t_image_emb`/`t_text_emb`, from the embedding cache) unless a teacher is
+given (online mode: `teacher_image`/`teacher_text`, the teacher's own preprocess and tokenizer).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import DataError, UserError
+from .methods import Method, StudentOutputs, Targets, build_method
+from .settings import LossSettings
+
+LOGIT_SCALE_MAX = math.log(100)
+# Checkpoints written before the methods became modules of their own kept these at the top level.
+_OLD_PREFIXES = {"ibm_image.decoder.": "method.decoders.0.", "ibm_text.decoder.": "method.decoders.1.",
+                 "ibm_image.": "method.ibm_image.", "ibm_text.": "method.ibm_text.",
+                 "proj_image.": "method.proj_image.", "proj_text.": "method.proj_text.", "losses.": "method."}
+
+
+class Distiller(nn.Module):
+    def __init__(self, student: nn.Module, method: Method, *, teacher=None, rdm=None,
+                 teacher_logit_scale: Optional[float] = None, seed: int = 0):
+        super().__init__()
+        self.student = student
+        self.method = method
+        self._frozen = {"teacher": teacher, "rdm": rdm}
+        self.teacher_logit_scale = teacher_logit_scale
+        self.seed = int(seed)
+        self._kd_generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def build(cls, student: nn.Module, settings: LossSettings, *, student_dim: int,
+              teacher_dims: Optional[tuple[int, int]] = None, teacher=None, rdm=None,
+              teacher_logit_scale: Optional[float] = None, seed: int = 0, **gather) -> "Distiller":
+        num_rdms = 0
+        if rdm is not None:
+            num_rdms = len(rdm.rdms("image"))
+            if len(rdm.rdms("text")) != num_rdms:
+                raise UserError("the RDM checkpoint must hold as many text RDMs as image RDMs")
+        method = build_method(settings, student_dim=student_dim, teacher_dims=teacher_dims, num_rdms=num_rdms,
+                              **gather)
+        return cls(student, method, teacher=teacher, rdm=rdm if method.uses_rdms else None,
+                   teacher_logit_scale=teacher_logit_scale, seed=seed)
+
+    # ---------------------------------------------------------------- frozen parts
+
+    @property
+    def teacher(self):
+        return self._frozen["teacher"]
+
+    @property
+    def rdm(self):
+        return self._frozen["rdm"]
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for module in self._frozen.values():
+            if module is not None:
+                module._apply(fn)
+        return self
+
+    # ---------------------------------------------------------------- loop hooks
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        return self.method.find_unused_parameters
+
+    def begin_step(self, step: int) -> None:
+        """KD dropout draws from (seed, step): the same on every rank and again after a resume."""
+        self._kd_generator.manual_seed(self.seed * 1_000_003 + step)
+
+    @torch.no_grad()
+    def post_step(self) -> None:
+        self.student.logit_scale.clamp_(0, LOGIT_SCALE_MAX)  # as open_clip_train
+
+    def student_state_dict(self) -> dict:
+        return self.student.state_dict()
+
+    def distill_state_dict(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
+
+    def load_states(self, state_dict: dict, distill_state_dict: dict) -> None:
+        full = {**{f"student.{k}": v for k, v in state_dict.items()}, **_migrate(distill_state_dict)}
+        result = self.load_state_dict(full, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            key = (result.missing_keys or result.unexpected_keys)[0]
+            raise UserError(f"the checkpoint does not fit this run's student/loss set-up (e.g. {key!r} "
+                            f"{'missing' if result.missing_keys else 'unexpected'}); check --model and --loss")
+
+    # ---------------------------------------------------------------- forward
+
+    @torch.no_grad()
+    def targets(self, batch: dict, device) -> Targets:
+        """The teacher's embeddings (online teacher or cached batch fields), its logit scale and, for methods
+        that use them, every RDM's rounded reconstruction."""
+        if self.teacher is not None:
+            if "teacher_image" not in batch:
+                raise DataError("online teacher mode needs batches with teacher_image/teacher_text")
+            image = self.teacher.encode_image(batch["teacher_image"]).float()
+            text = self.teacher.encode_text(batch["teacher_text"]).float()
+            scale = self.teacher.model.logit_scale.detach().exp().float()
+        else:
+            if "t_image_emb" not in batch or "t_text_emb" not in batch:
+                raise DataError("the batches carry no cached teacher embeddings (t_image_emb/t_text_emb): "
+                                "give --cache DIR or --teacher SPEC --teacher-online")
+            image, text = batch["t_image_emb"].float(), batch["t_text_emb"].float()
+            scale = torch.tensor(float(self.teacher_logit_scale or 100.0), device=device)
+        if self.teacher_logit_scale is not None:
+            scale = torch.tensor(float(self.teacher_logit_scale), device=device)
+        rdm_image = self.rdm.teach("image", image) if self.rdm is not None else []
+        rdm_text = self.rdm.teach("text", text) if self.rdm is not None else []
+        return Targets(image, text, scale, rdm_image, rdm_text)
+
+    def encode(self, batch: dict) -> StudentOutputs:
+        return StudentOutputs(self.student.encode_image(batch["image"]), self.student.encode_text(batch["text"]),
+                              self.student.logit_scale.exp())
+
+    def forward(self, batch: dict) -> dict:
+        student = self.encode(batch)
+        if not self.method.needs_teacher:
+            return self.method(student, None, self._kd_generator)
+        with torch.autocast(student.image.device.type, enabled=False):
+            targets = self.targets(batch, student.image.device)
+            return self.method(student.float(), targets, self._kd_generator)
+
+
+def _migrate(distill_state_dict: dict) -> dict:
+    out = {}
+    for key, value in distill_state_dict.items():
+        for old, new in _OLD_PREFIXES.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    return out

@@ -1,0 +1,123 @@
+"""Information Bottleneck Module (IBM): a training-only, noisy, rate-penalised layer on the student's
+embedding that regularises it against overfitting to many RDM targets (METHOD.md).
+
+    Z = W (raw) or √d·W/‖W‖ (normalized);   Ŵ = Z + U(-0.5, 0.5) in train mode, Ŵ = Z in eval mode;
+    rate = -log2 r(Ŵ) (bits/sample)
+
+`r` is a factorised (Ballé) density, CompressAI's `EntropyBottleneck`. The decoder that maps Ŵ to the
+teacher's width (Û = dec(Ŵ)) belongs to the distillation method, which may share one decoder between the
+image and text IBMs (see `cifd_clip.distill.methods.CIFD`); `make_decoder` builds it.
+
+Why "normalized": the noise has a fixed width of 1, so its strength depends on W's scale. A tower's raw
+embedding can have any scale (tiny open_clip towers start with per-dimension values far below 0.5, so the
+noise drowns them), and a student can escape the noise just by growing W. Scaling W to unit RMS per
+dimension fixes the signal-to-noise ratio (≈ 12:1 in power), whatever the tower. The contrastive term
+reads W/‖W‖ either way, so the scaling changes nothing the exported student computes.
+
+The IBM exists only while distilling: it is checkpointed with the student (inside the module DDP wraps)
+but dropped at inference and export — the student's embedding W is used as is.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from compressai.entropy_models import EntropyBottleneck
+from torch import nn
+
+from ..errors import UserError
+
+INPUTS = ("normalized", "raw")
+
+
+def make_decoder(input_dim: int, output_dim: int, hidden_dim: Optional[int] = None) -> nn.Module:
+    """`hidden_dim=None`: one linear layer; otherwise Linear → GELU → Linear."""
+    if input_dim < 1 or output_dim < 1 or (hidden_dim is not None and hidden_dim < 1):
+        raise UserError("IBM widths must be positive integers")
+    if hidden_dim is None:
+        return nn.Linear(input_dim, output_dim)
+    return nn.Sequential(nn.Linear(input_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, output_dim))
+
+
+class SharedDecoder(nn.Module):
+    """One decoder for both modalities, plus a learned output offset per modality: the teacher's modality gap
+    (image and text embeddings sit in different cones) lives in the offsets, so the shared map itself keeps
+    image–text geometry consistent between the student's space and the teacher's."""
+
+    def __init__(self, input_dim: int, output_dim: int, hidden_dim: Optional[int] = None, modalities: int = 2):
+        super().__init__()
+        self.body = make_decoder(input_dim, output_dim, hidden_dim)
+        self.offsets = nn.Parameter(torch.zeros(modalities, output_dim))
+
+    def forward(self, x: torch.Tensor, modality: int) -> torch.Tensor:
+        return self.body(x) + self.offsets[modality]
+
+
+class IsometricDecoder(nn.Module):
+    """Û = Q·Ŵ/√d with Q semi-orthogonal (orthonormal columns, or rows when the student is wider), shared by
+    both modalities. Q preserves angles, so image–text similarities in the student's own space W are exactly
+    those in Û: what the feature terms teach in Û is what the exported student keeps. The scale is fixed,
+    not learned: a unit-RMS Ŵ maps to a unit-length Û (the targets' length), and the feature terms can only
+    fall by aligning directions (a learned scale collapses to 0 early on, when Ŵ and the targets are still
+    unrelated, and the student then never hears from the teacher: measured, see docs/studies/clip-cifd.md)."""
+
+    def __init__(self, input_dim: int, output_dim: int):
+        super().__init__()
+        from torch.nn.utils.parametrizations import orthogonal
+
+        # householder (torch's default for non-square maps) collapses to 0 after one AdamW step here
+        self.map = orthogonal(nn.Linear(input_dim, output_dim, bias=False), orthogonal_map="matrix_exp")
+        self.scale = 1.0 / math.sqrt(input_dim)
+
+    def forward(self, x: torch.Tensor, modality: int = 0) -> torch.Tensor:
+        return self.scale * self.map(x)
+
+
+def scale_input(w: torch.Tensor, kind: str) -> torch.Tensor:
+    """Z, what the IBM adds noise to: W itself ("raw") or W at unit RMS per dimension ("normalized")."""
+    if kind == "raw":
+        return w
+    if kind == "normalized":
+        return F.normalize(w, dim=-1) * math.sqrt(w.shape[-1])
+    raise UserError(f"IBM input must be one of {', '.join(INPUTS)}, got {kind!r}")
+
+
+class InformationBottleneck(nn.Module):
+    def __init__(self, input_dim: int, *, input_kind: str = "normalized", noise: bool = True,
+                 rate: bool = True):
+        """`noise=False` and `rate=False` give the "no IBM" ablation: Z passes through unchanged."""
+        super().__init__()
+        if input_dim < 1:
+            raise UserError("IBM widths must be positive integers")
+        scale_input(torch.zeros(1, 1), input_kind)  # validates the kind
+        self.input_dim, self.input_kind, self.noise = input_dim, input_kind, noise
+        self.density = EntropyBottleneck(input_dim) if rate else None
+        if self.density is not None:
+            # The IBM never rounds or entropy-codes, so the bottleneck's quantiles (only used for that) are
+            # frozen: a parameter without gradient would also break DDP without find_unused_parameters.
+            self.density.quantiles.requires_grad_(False)
+
+    def _likelihood(self, w_hat: torch.Tensor) -> torch.Tensor:
+        # r(Ŵ) at given points, without noise; the same computation as EntropyBottleneck.forward.
+        values = w_hat.t().unsqueeze(1)  # [C, 1, B], the layout CompressAI works in
+        likelihood, _, _ = self.density._likelihood(values)
+        if self.density.use_likelihood_bound:
+            likelihood = self.density.likelihood_lower_bound(likelihood)
+        return likelihood.squeeze(1).t()
+
+    def forward(self, w: torch.Tensor) -> dict:
+        """{"noisy": Ŵ [B, input_dim], "rate": -log2 r(Ŵ) [B] in bits (absent without a rate term)}."""
+        if w.dim() != 2 or w.shape[1] != self.input_dim:
+            raise UserError(f"the IBM expects embeddings of shape [batch, {self.input_dim}], got {list(w.shape)}")
+        z = scale_input(w.float(), self.input_kind)
+        if self.noise and self.training:
+            if self.density is not None:
+                w_hat, likelihood = self.density(z, training=True)  # adds U(-0.5, 0.5)
+                return {"noisy": w_hat, "rate": -torch.log2(likelihood).sum(-1)}
+            return {"noisy": z + torch.empty_like(z).uniform_(-0.5, 0.5)}
+        out = {"noisy": z}
+        if self.density is not None:
+            out["rate"] = -torch.log2(self._likelihood(z)).sum(-1)
+        return out

@@ -1,0 +1,127 @@
+"""Every distillation method's settings as one typed object: it is the `distill` stage's options (the
+fields become `--dashed-flags`) and it travels whole from the config to the method that uses it.
+
+Torch-free, so that `cifd-clip --help` stays fast. `METHODS` is the table of loss names, what each one
+is and which fields it reads; `cifd_clip.distill.methods` builds the modules. A field that the chosen
+method does not read is refused when it is set to anything but its default (one sentence naming it),
+so that no option is silently ignored.
+
+Defaults of the CIFD options come from the study in `studies/clip_cifd.py` (docs/studies/clip-cifd.md);
+docs/method.md says which run justifies each.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
+
+from ..config import option
+from ..errors import ConfigError
+
+# λ_CL of the CIFD methods (the baselines weigh their contrastive term 1.0, as open_clip and CLIP-KD do).
+CIFD_CONTRASTIVE_WEIGHT = 1.0
+BASELINE_CONTRASTIVE_WEIGHT = 1.0
+
+_CIFD = ("contrastive_weight", "teacher_weight", "rdm_weights", "normalize_targets", "ibm", "ibm_weight",
+         "ibm_hidden_dim", "ibm_decoder", "ibm_input", "kd_dropout", "distortion")
+
+# loss name -> (one-line description, fields it reads, whether it needs teacher targets)
+METHODS = {
+    "cifd": ("CIFD: contrastive + feature terms against the teacher and the RDMs through the IBM", _CIFD, True),
+    "cifd_affinity": ("CIFD plus the teacher's and each RDM's batch affinities (open_clip's distill term) as "
+                      "weak teachers", _CIFD + ("distill_weight", "teacher_logit_scale"), True),
+    "distill_clip": ("open_clip's DistillClipLoss: contrastive + the teacher's batch affinities",
+                     ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True),
+    "clipkd": ("CLIP-KD: contrastive + FD + ICL + CRD",
+               ("contrastive_weight", "fd_weight", "icl_weight", "crd_weight", "teacher_logit_scale"), True),
+    "tinyclip": ("TinyCLIP: contrastive + affinity mimicking",
+                 ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True),
+    "contrastive": ("no teacher: open_clip's ClipLoss only (what `cifd-clip train` runs)", ("contrastive_weight",),
+                    False),
+}
+
+
+def method_reads(loss: str, field_name: str) -> bool:
+    return field_name in METHODS[loss][1]
+
+
+DISTILL_LOSSES = [name for name, (_, _, needs_teacher) in METHODS.items() if needs_teacher]
+
+
+@dataclass
+class LossSettings:
+    loss: str = option("cifd", "distillation method: " + "; ".join(f"{k}: {v[0]}" for k, v in METHODS.items()
+                                                                   if v[2]), choices=DISTILL_LOSSES)
+    contrastive_weight: Optional[float] = option(
+        None, f"weight of the student's contrastive term, λ_CL for CIFD (default: {CIFD_CONTRASTIVE_WEIGHT:g} for "
+              f"cifd/cifd_affinity, {BASELINE_CONTRASTIVE_WEIGHT:g} for the baselines; the paper's 0.005 leaves a "
+              f"short run's towers unaligned, see docs/method.md)", aliases=["lambda_cl"])
+    teacher_weight: float = option(1.0, "CIFD: weight of the feature term against the teacher")
+    rdm_weights: list[float] = option([], "CIFD: λ_n per RDM in rate order (default 1.0 each)")
+    normalize_targets: bool = option(True, "CIFD: L2-normalise the teacher and RDM targets before the feature "
+                                           "distance (--no-normalize-targets: use them as cached / reconstructed)")
+    ibm: bool = option(True, "CIFD: information bottleneck on the student embeddings (--no-ibm: its decoder "
+                             "alone, without noise and rate term)")
+    ibm_weight: float = option(1e-3, "CIFD: λ_I, weight of the IBM rate term in bits, both modalities (0: no rate term)")
+    ibm_hidden_dim: Optional[int] = option(None, "CIFD: hidden width of a 2-layer IBM decoder (default: 1 layer)")
+    ibm_decoder: str = option("isometric", "CIFD: the IBM decoder: one angle-preserving map s·Q for both "
+                                           "modalities (isometric), one linear/MLP map for both plus a per-modality "
+                                           "offset (shared), or one per modality (separate, the paper's literal "
+                                           "reading)", choices=["isometric", "shared", "separate"])
+    ibm_input: str = option("normalized", "CIFD: what the IBM adds its ±0.5 noise to: the student embedding "
+                                          "scaled to unit RMS per dimension (√d·W/‖W‖, normalized) or as the "
+                                          "tower outputs it (raw)", choices=["normalized", "raw"])
+    kd_dropout: float = option(0.0, "CIFD: probability of dropping each teacher/RDM term per step (DGKD; CIFAR 0.25)")
+    distortion: str = option("mse", "CIFD: feature distance, squared error summed over dims or smooth-L1",
+                             choices=["mse", "smooth_l1"])
+    distill_weight: float = option(1.0, "distill_clip / tinyclip / cifd_affinity: weight of the affinity term")
+    fd_weight: float = option(2000.0, "clipkd: FD weight (CLIP-KD's best: 2000)")
+    icl_weight: float = option(1.0, "clipkd: ICL weight")
+    crd_weight: float = option(1.0, "clipkd: CRD weight")
+    teacher_logit_scale: Optional[float] = option(
+        None, "teacher logit scale of the affinity terms (default: the one the cache recorded, or the online "
+              "teacher's own)")
+
+    def resolved_contrastive_weight(self) -> float:
+        if self.contrastive_weight is not None:
+            return float(self.contrastive_weight)
+        return CIFD_CONTRASTIVE_WEIGHT if self.loss.startswith("cifd") else BASELINE_CONTRASTIVE_WEIGHT
+
+    def validate(self) -> None:
+        if self.loss not in METHODS:
+            raise ConfigError(f"--loss must be one of {', '.join(METHODS)}, got {self.loss!r}")
+        used = set(METHODS[self.loss][1])
+        for f in dataclasses.fields(LossSettings):
+            if f.name == "loss" or f.name in used:
+                continue
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            if getattr(self, f.name) != default:
+                raise ConfigError(f"--{_flag(f.name)} is not used by --loss {self.loss}; remove it or pick a loss "
+                                  f"that uses it")
+        if not self.ibm and self.ibm_weight != LossSettings.ibm_weight:
+            raise ConfigError("--ibm-weight sets the IBM's rate term, which --no-ibm removes; give one of the two")
+        for name in ("teacher_weight", "ibm_weight", "distill_weight", "fd_weight", "icl_weight", "crd_weight"):
+            _check_weight(name, getattr(self, name))
+        if self.contrastive_weight is not None:
+            _check_weight("contrastive_weight", self.contrastive_weight)
+        for w in self.rdm_weights:
+            _check_weight("rdm_weights", w)
+        if not 0.0 <= self.kd_dropout < 1.0:
+            raise ConfigError(f"--kd-dropout must be in [0, 1), got {self.kd_dropout}")
+        if self.ibm_hidden_dim is not None and self.ibm_hidden_dim < 1:
+            raise ConfigError(f"--ibm-hidden-dim must be a positive integer, got {self.ibm_hidden_dim}")
+        if self.teacher_logit_scale is not None and not 0 < self.teacher_logit_scale < float("inf"):
+            raise ConfigError(f"--teacher-logit-scale must be a positive number, got {self.teacher_logit_scale}")
+
+    def loss_settings(self) -> "LossSettings":
+        """This object's loss fields alone (a stage Config inherits them beside its own)."""
+        return LossSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LossSettings)})
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _check_weight(name: str, value: float) -> None:
+    if not (value >= 0 and value < float("inf")):
+        raise ConfigError(f"--{_flag(name)} must be a non-negative number, got {value}")
