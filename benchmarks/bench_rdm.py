@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cifd_clip.rdm import RDMFamily
-from cifd_clip.rdm_training import family_loss
+from cifd_clip.rdm.model import RDMFamily
+from cifd_clip.rdm.training import family_loss
 from cifd_clip.towers import load_teacher
 
 RESULTS = Path(__file__).parent / "results"

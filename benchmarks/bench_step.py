@@ -55,7 +55,7 @@ def measure(pair: str, variant: str, batch_size: int, steps: int, device: str) -
     import torch
     from cifd_clip.distiller import Distiller
     from cifd_clip.engine.schedule import make_optimizer
-    from cifd_clip.rdm import RDMFamily
+    from cifd_clip.rdm.model import RDMFamily
     from cifd_clip.towers import Teacher, load_model, register_model_configs
 
     teacher_name, student_name = PAIRS[pair]

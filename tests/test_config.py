@@ -31,11 +31,11 @@ def test_defaults_yaml_and_cli_layer_in_that_order(tmp_path):
     assert cfg.rates == [3.0, 2.0, 1.0] and cfg.local_loss is True and cfg.name is None
 
 
-def test_a_repeated_list_option_keeps_every_value_and_replaces_the_yaml_list(tmp_path):
+def test_a_repeated_list_option_replaces_the_earlier_list_and_the_yaml_list(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump({"train_data": "a.tar", "rates": [9.0]}))
     cfg = config.parse(ToyConfig, ["--config", str(path), "--rates", "3", "--rates", "2", "1"])
-    assert cfg.rates == [3.0, 2.0, 1.0]
+    assert cfg.rates == [2.0, 1.0]  # one value list per option, the later one wins
 
 
 def test_saved_config_round_trips(tmp_path):

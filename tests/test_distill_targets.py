@@ -13,7 +13,7 @@ from cifd_clip.cli import main
 @pytest.fixture(scope="module")
 def teacher_and_cache(demo_train_spec, tmp_path_factory):
     """A briefly trained tiny teacher checkpoint, its float32 embedding cache and an RDM family file."""
-    from cifd_clip.rdm import RDMFamily
+    from cifd_clip.rdm.model import RDMFamily
     root = tmp_path_factory.mktemp("distill")
     assert main(["train", "--model", "tiny-vit-teacher", "--train-data", demo_train_spec, "--batch-size", "8",
                  "--workers", "0", "--warmup", "2", "--logs", str(root), "--name", "teacher"]) == 0
@@ -29,8 +29,9 @@ def teacher_and_cache(demo_train_spec, tmp_path_factory):
 def test_cached_and_online_targets_give_the_same_loss(teacher_and_cache, demo_train_spec):
     from cifd_clip.data.cache import CacheJoin
     from cifd_clip.data.loader import make_train_loader
-    from cifd_clip.distiller import Distiller
-    from cifd_clip.rdm import RDMFamily
+    from cifd_clip.distill.distiller import Distiller
+    from cifd_clip.distill.settings import LossSettings
+    from cifd_clip.rdm.model import RDMFamily
     from cifd_clip.towers import load_model, load_teacher
 
     root, teacher_file = teacher_and_cache
@@ -42,9 +43,9 @@ def test_cached_and_online_targets_give_the_same_loss(teacher_and_cache, demo_tr
     batch = next(iter(data.iterate(0)))
     rdm = RDMFamily.load(root / "rdm.pt")
     torch.manual_seed(0)
-    cached = Distiller(student.model, loss="cifd", student_dim=64, teacher_dims=(128, 128), rdm=rdm)
-    online = Distiller(copy.deepcopy(student.model), loss="cifd", student_dim=64, teacher_dims=(128, 128),
-                       rdm=rdm, teacher=teacher)
+    cached = Distiller.build(student.model, LossSettings(), student_dim=64, teacher_dims=(128, 128), rdm=rdm)
+    online = Distiller.build(copy.deepcopy(student.model), LossSettings(), student_dim=64, teacher_dims=(128, 128),
+                             rdm=rdm, teacher=teacher)
     online.load_states(cached.student_state_dict(), cached.distill_state_dict())
     results = []
     for module in (cached, online):
@@ -74,7 +75,7 @@ def test_distill_run_writes_all_terms_and_a_loadable_student(teacher_and_cache, 
                  "text_rdm1", "text_rdm2", "text_rate"):
         assert term in last
     ckpt = torch.load(run / "checkpoints" / "epoch_1.pt", weights_only=True)
-    assert any(k.startswith("ibm_image.") for k in ckpt["distill_state_dict"])
+    assert any(k.startswith("method.ibm_image.") for k in ckpt["distill_state_dict"])
     open_clip.create_model_and_transforms("tiny-vit-student", pretrained=str(run / "checkpoints" / "epoch_1.pt"))
 
 

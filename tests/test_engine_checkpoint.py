@@ -73,10 +73,11 @@ def test_nan_weights_are_never_written(tmp_path):
 
 
 def test_optimizer_groups_follow_open_clip():
-    from cifd_clip.ibm import InformationBottleneck
+    from cifd_clip.distill.ibm import InformationBottleneck, IsometricDecoder, make_decoder
     from cifd_clip.towers import load_model
     model = torch.nn.ModuleDict({"student": load_model("tiny-vit-student").model,
-                                 "ibm": InformationBottleneck(64, 128)})
+                                 "ibm": InformationBottleneck(64), "decoder": make_decoder(64, 128),
+                                 "isometric": IsometricDecoder(64, 128)})
     opt = make_optimizer(model)
     no_decay, decay = opt.param_groups
     assert decay["weight_decay"] == 0.2 and no_decay["weight_decay"] == 0.0
@@ -85,7 +86,8 @@ def test_optimizer_groups_follow_open_clip():
     decayed = {names[id(p)] for p in decay["params"]}
     assert "student.logit_scale" not in decayed
     assert not any("bias" in n or "ln_" in n or "density" in n for n in decayed)
-    assert "student.visual.conv1.weight" in decayed and "ibm.decoder.weight" in decayed
+    assert "student.visual.conv1.weight" in decayed and "decoder.weight" in decayed
+    assert not any("parametrizations" in n for n in decayed)  # an orthogonal map's generator
 
 
 def test_warmup_then_cosine_to_zero():

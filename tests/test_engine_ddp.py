@@ -26,9 +26,10 @@ def _global_batch() -> dict:
 
 def gradients(loss: str, env) -> dict:
     """Gradients of every trainable parameter after one DDP backward pass on this rank's share."""
-    from cifd_clip.distiller import Distiller
+    from cifd_clip.distill.distiller import Distiller
+    from cifd_clip.distill.settings import LossSettings
     from cifd_clip.engine.loop import wrap_ddp
-    from cifd_clip.rdm import RDMFamily
+    from cifd_clip.rdm.model import RDMFamily
     from cifd_clip.towers import load_model
 
     torch.manual_seed(0)
@@ -37,11 +38,13 @@ def gradients(loss: str, env) -> dict:
     loss = "cifd" if with_ibm else loss
     rdm = RDMFamily.build({"image": 128, "text": 128}, [10.0, 100.0], hidden_dim=32, bottleneck_dim=8) \
         if loss == "cifd" else None
-    module = Distiller(student, loss=loss, student_dim=64, teacher_dims=None if loss == "contrastive" else (128, 128),
-                       rdm=rdm, ibm=with_ibm, gather_with_grad=True, rank=env.rank, world_size=env.world_size)
+    settings = LossSettings(loss=loss, ibm=with_ibm) if loss == "cifd" else LossSettings(loss=loss)
+    module = Distiller.build(student, settings, student_dim=64,
+                             teacher_dims=None if loss == "contrastive" else (128, 128), rdm=rdm,
+                             gather_with_grad=True, rank=env.rank, world_size=env.world_size)
     if with_ibm:  # no IBM noise, so that 1 and 2 processes draw the same; the rate still has gradients
-        module.ibm_image.eval()
-        module.ibm_text.eval()
+        module.method.ibm_image.eval()
+        module.method.ibm_text.eval()
     share = GLOBAL_BATCH // env.world_size
     batch = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in _global_batch().items()}
     model = wrap_ddp(module, env)

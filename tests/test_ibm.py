@@ -1,31 +1,35 @@
-"""Information Bottleneck Module: noise only in training, rate term, projection, DDP-safe parameters."""
+"""Information Bottleneck Module: noise only in training, rate term, input scaling, decoders, DDP-safe parameters."""
 import math
 
 import pytest
 import torch
 
+from cifd_clip.distill.ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder
 from cifd_clip.errors import UserError
-from cifd_clip.ibm import InformationBottleneck
 
 torch.set_num_threads(1)
 
 
 def test_noise_is_uniform_half_width_in_training_and_off_in_eval():
-    ibm = InformationBottleneck(6, 10)
+    ibm = InformationBottleneck(6, input_kind="raw")
     w = torch.randn(512, 6)
     ibm.train()
     noise = ibm(w)["noisy"] - w
     assert noise.abs().max() <= 0.5 and noise.abs().max() > 0.45
     assert abs(noise.mean().item()) < 0.03 and noise.var().item() == pytest.approx(1 / 12, rel=0.1)
     ibm.eval()
-    out = ibm(w)
-    assert torch.equal(out["noisy"], w)
-    assert torch.allclose(out["output"], ibm.decoder(w))
-    assert torch.equal(out["output"], ibm(w)["output"])  # deterministic at inference
+    assert torch.equal(ibm(w)["noisy"], w)  # deterministic at inference
+
+
+def test_normalized_input_has_unit_rms_whatever_the_towers_scale():
+    ibm = InformationBottleneck(16).eval()
+    for scale in (1e-3, 1.0, 1e3):
+        z = ibm(scale * torch.randn(8, 16))["noisy"]
+        assert torch.allclose(z.pow(2).mean(-1), torch.ones(8), rtol=1e-5)
 
 
 def test_rate_is_minus_log2_of_the_factorised_density():
-    ibm = InformationBottleneck(4, 4).eval()
+    ibm = InformationBottleneck(4, input_kind="raw").eval()
     w = torch.randn(3, 4)
     out = ibm(w)
     # the density of Ŵ's unit bin: r(w) = c(w + 1/2) - c(w - 1/2), c the learned cumulative (sigmoid of logits)
@@ -40,21 +44,57 @@ def test_rate_is_minus_log2_of_the_factorised_density():
 def test_rate_term_trains_the_density_and_shrinks_the_embedding():
     torch.manual_seed(0)
     w = torch.nn.Parameter(3 * torch.randn(64, 4))
-    ibm = InformationBottleneck(4, 8, hidden_dim=16)
-    opt = torch.optim.Adam([w, *ibm.parameters()], lr=0.05)
+    ibm = InformationBottleneck(4, input_kind="raw")
+    decoder = make_decoder(4, 8, hidden_dim=16)
+    opt = torch.optim.Adam([w, *ibm.parameters(), *decoder.parameters()], lr=0.05)
     first = ibm(w)["rate"].mean().item()
     for _ in range(60):
         out = ibm(w)
-        loss = out["rate"].mean() + 0.01 * out["output"].pow(2).mean()
+        loss = out["rate"].mean() + 0.01 * decoder(out["noisy"]).pow(2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
     assert ibm(w)["rate"].mean().item() < first
     assert ibm.density.quantiles.grad is None  # frozen: unused under DDP otherwise
     assert all(p.grad is not None for p in ibm.parameters() if p.requires_grad)
-    assert [type(m).__name__ for m in ibm.decoder] == ["Linear", "GELU", "Linear"]
+    assert [type(m).__name__ for m in decoder] == ["Linear", "GELU", "Linear"]
+
+
+def test_without_noise_and_rate_the_input_passes_through():
+    ibm = InformationBottleneck(5, noise=False, rate=False).train()
+    w = torch.randn(3, 5)
+    out = ibm(w)
+    assert set(out) == {"noisy"} and torch.allclose(out["noisy"], w / w.norm(dim=-1, keepdim=True) * math.sqrt(5))
+    assert not list(ibm.parameters())
+
+
+def test_isometric_decoder_keeps_angles_and_maps_unit_rms_to_unit_length_after_training_steps():
+    torch.manual_seed(0)
+    decoder = IsometricDecoder(6, 10)
+    opt = torch.optim.AdamW(decoder.parameters(), lr=0.01, weight_decay=0.1)
+    x, target = torch.randn(16, 6), torch.randn(16, 10)
+    for _ in range(5):  # the map stays orthogonal while it learns
+        loss = (decoder(x) - target).pow(2).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    a, b = torch.randn(4, 6), torch.randn(4, 6)
+    cos = torch.nn.functional.cosine_similarity
+    assert torch.allclose(cos(decoder(a), decoder(b)), cos(a, b), atol=1e-5)
+    unit_rms = torch.nn.functional.normalize(a, dim=-1) * math.sqrt(6)
+    assert torch.allclose(decoder(unit_rms).norm(dim=-1), torch.ones(4), atol=1e-5)
+
+
+def test_shared_decoder_differs_between_modalities_only_by_an_offset():
+    decoder = SharedDecoder(4, 6)
+    with torch.no_grad():
+        decoder.offsets[1].fill_(2.0)
+    x = torch.randn(3, 4)
+    assert torch.allclose(decoder(x, 1) - decoder(x, 0), torch.full((3, 6), 2.0))
 
 
 def test_wrong_width_is_one_sentence():
     with pytest.raises(UserError, match=r"\[batch, 4\]"):
-        InformationBottleneck(4, 8)(torch.randn(2, 5))
+        InformationBottleneck(4)(torch.randn(2, 5))
+    with pytest.raises(UserError, match="IBM input must be one of"):
+        InformationBottleneck(4, input_kind="sphere")

@@ -5,9 +5,11 @@ import pytest
 import torch
 
 from cifd_clip.errors import UserError
-from cifd_clip.losses import (AffinityMimickingLoss, CIFDClassificationLoss, CIFDClipLoss, CIFDFeatureLoss,
-                              ContrastiveLoss, ContrastiveRelationalLoss, DistillClipLossTerms,
-                              FeatureDistillationLoss, InteractiveContrastiveLoss, KDLoss, kd_keep_mask)
+from cifd_clip.distill.losses import (AffinityMimickingLoss, CIFDClassificationLoss, CIFDFeatureLoss, ContrastiveLoss,
+                                      ContrastiveRelationalLoss, DistillClipLossTerms, FeatureDistillationLoss,
+                                      InteractiveContrastiveLoss, KDLoss, kd_keep_mask)
+from cifd_clip.distill.methods import CIFD, StudentOutputs, Targets
+from cifd_clip.distill.settings import LossSettings
 
 B, D = 4, 3
 torch.manual_seed(0)
@@ -63,26 +65,19 @@ def test_contrastive_is_symmetric_infonce(batch):
     assert out["contrastive"].item() == pytest.approx(0.5 * expected, rel=1e-5)
 
 
-def test_cifd_clip_terms_match_method_formula(batch):
+def test_cifd_feature_terms_match_method_formula(batch):
     g = torch.Generator().manual_seed(2)
-    u_img, u_txt = torch.randn(B, D, generator=g), torch.randn(B, D, generator=g)
-    rate_img, rate_txt = torch.rand(B, generator=g) * 50, torch.rand(B, generator=g) * 50
+    u_img = torch.randn(B, D, generator=g)
+    rate_img = torch.rand(B, generator=g) * 50
     rdm_img = [torch.randn(B, D, generator=g) for _ in range(2)]
-    rdm_txt = [torch.randn(B, D, generator=g) for _ in range(2)]
-    loss = CIFDClipLoss(contrastive_weight=0.005, rdm_weights=[0.3, 0.7], image_rate_weight=0.01,
-                        text_rate_weight=0.02, normalize_targets=False)
-    out = loss(batch["img"], batch["txt"], 5.0, {"output": u_img, "rate": rate_img}, {"output": u_txt, "rate": rate_txt},
-               batch["t_img"], batch["t_txt"], rdm_img, rdm_txt)
-    assert set(out) == {"contrastive", "image_teacher", "image_rdm1", "image_rdm2", "image_rate",
-                        "text_teacher", "text_rdm1", "text_rdm2", "text_rate"}
-    assert out["image_teacher"].item() == pytest.approx(sq_sum(u_img, batch["t_img"]), rel=1e-5)
+    loss = CIFDFeatureLoss(teacher_weight=2.0, rdm_weights=[0.3, 0.7], rate_weight=0.01, normalize_targets=False,
+                           prefix="image_")
+    out = loss(u_img, rate_img, batch["t_img"], rdm_img)
+    assert set(out) == {"image_teacher", "image_rdm1", "image_rdm2", "image_rate"}
+    assert out["image_teacher"].item() == pytest.approx(2.0 * sq_sum(u_img, batch["t_img"]), rel=1e-5)
+    assert out["image_rdm1"].item() == pytest.approx(0.3 * sq_sum(u_img, rdm_img[0]), rel=1e-5)
     assert out["image_rdm2"].item() == pytest.approx(0.7 * sq_sum(u_img, rdm_img[1]), rel=1e-5)
-    assert out["text_rdm1"].item() == pytest.approx(0.3 * sq_sum(u_txt, rdm_txt[0]), rel=1e-5)
-    assert out["text_rate"].item() == pytest.approx(0.02 * sum(rate_txt.tolist()) / B, rel=1e-5)
-    logits = 5.0 * batch["img"] @ batch["txt"].T
-    labels = list(range(B))
-    assert out["contrastive"].item() == pytest.approx(0.005 * (ce_rows(logits, labels) + ce_rows(logits.T, labels)) / 2,
-                                                      rel=1e-5)
+    assert out["image_rate"].item() == pytest.approx(0.01 * sum(rate_img.tolist()) / B, rel=1e-5)
 
 
 def test_cifd_normalises_targets_by_default():
@@ -92,22 +87,48 @@ def test_cifd_normalises_targets_by_default():
     assert out["teacher"].item() == pytest.approx(sq_sum(u, unit(target)), rel=1e-5)
 
 
+def _cifd_inputs(batch, num_rdms=3):
+    g = torch.Generator().manual_seed(4)
+    student = StudentOutputs(torch.randn(B, D, generator=g), torch.randn(B, D, generator=g), torch.tensor(5.0))
+    rdms = [unit(torch.randn(B, D, generator=g)) for _ in range(num_rdms)]
+    return student, Targets(batch["t_img"], batch["t_txt"], torch.tensor(100.0), rdms, rdms)
+
+
+def test_cifd_method_sums_contrastive_and_both_modalities_feature_terms(batch):
+    torch.manual_seed(0)
+    method = CIFD(LossSettings(contrastive_weight=0.005, ibm=False), student_dim=D, teacher_dims=(D, D), num_rdms=3,
+                  gather={})
+    student, targets = _cifd_inputs(batch)
+    out = method(student, targets)
+    assert set(out) == {"contrastive", *[f"{m}_{t}" for m in ("image", "text")
+                                         for t in ("teacher", "rdm1", "rdm2", "rdm3", "rate")]}
+    u_img = method.project("image", student.image)  # no IBM: the decoder alone, no noise
+    assert out["image_teacher"].item() == pytest.approx(sq_sum(u_img, batch["t_img"]), rel=1e-5)
+    assert out["image_rate"].item() == 0.0
+    logits = 5.0 * unit(student.image) @ unit(student.text).T
+    labels = list(range(B))
+    assert out["contrastive"].item() == pytest.approx(0.005 * (ce_rows(logits, labels) + ce_rows(logits.T, labels)) / 2,
+                                                      rel=1e-5)
+
+
 def test_kd_dropout_drops_whole_targets_reproducibly(batch):
-    loss = CIFDClipLoss(rdm_weights=[1.0, 1.0, 1.0], kd_dropout=0.5)
-    ibm = {"output": torch.randn(B, D), "rate": torch.ones(B)}
-    rdms = [torch.randn(B, D) for _ in range(3)]
-    args = (batch["img"], batch["txt"], 1.0, ibm, ibm, batch["t_img"], batch["t_txt"], rdms, rdms)
-    runs = [loss(*args, generator=torch.Generator().manual_seed(s)) for s in range(20)]
+    method = CIFD(LossSettings(kd_dropout=0.5), student_dim=D, teacher_dims=(D, D), num_rdms=3, gather={})
+    student, targets = _cifd_inputs(batch)
+    runs = []
+    for s in range(20):
+        torch.manual_seed(0)  # same IBM noise
+        runs.append(method(student, targets, generator=torch.Generator().manual_seed(s)))
     names = ["teacher", "rdm1", "rdm2", "rdm3"]
     for out in runs:  # image and text share the draw, and the keys never change
         assert [out[f"image_{n}"].item() == 0 for n in names] == [out[f"text_{n}"].item() == 0 for n in names]
     dropped = sum(out[f"image_{n}"].item() == 0 for out in runs for n in names)
     assert 20 <= dropped <= 60  # about half of 80
-    again = loss(*args, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    again = method(student, targets, generator=torch.Generator().manual_seed(3))
     assert all(torch.equal(again[k], runs[3][k]) for k in again)
     assert kd_keep_mask(4, 0.0) == [True] * 4
     with pytest.raises(UserError):
-        CIFDClipLoss(kd_dropout=1.0)
+        kd_keep_mask(4, 1.0)
 
 
 def test_mismatched_widths_and_rdm_counts_are_one_sentence_errors():

@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from cifd_clip.errors import UserError
-from cifd_clip.rdm import RateDistortionConfig, RateDistortionModule, RDMFamily
-from cifd_clip.rdm_training import evaluate_family, ordering_warnings, train_family
+from cifd_clip.rdm.model import RateDistortionConfig, RateDistortionModule, RDMFamily
+from cifd_clip.rdm.training import evaluate_family, ordering_warnings, train_family
 
 torch.set_num_threads(1)
 DIM = 32
@@ -60,7 +60,16 @@ def test_noise_in_training_rounding_when_teaching():
     rdm = RateDistortionModule(RateDistortionConfig(input_dim=8, hidden_dim=16, bottleneck_dim=4))
     x = torch.randn(5, 8)
     rdm.train()
-    assert not torch.equal(rdm(x)["reconstruction"], rdm(x)["reconstruction"])  # fresh noise each call
+    a, b = rdm(x), rdm(x)
+    assert not torch.equal(a["rate"], b["rate"])  # the rate reads fresh noise each call
+    # ... while the decoder reads the rounded values it will see when teaching (straight-through gradient)
+    assert torch.equal(a["reconstruction"], b["reconstruction"])
+    assert torch.allclose(a["reconstruction"], rdm.teach(x))
+    a["reconstruction"].sum().backward()
+    assert rdm.encoder[0].weight.grad.abs().sum() > 0
+    noisy = RateDistortionModule(RateDistortionConfig(input_dim=8, hidden_dim=16, bottleneck_dim=4,
+                                                      train_quantization="noise")).train()
+    assert not torch.equal(noisy(x)["reconstruction"], noisy(x)["reconstruction"])  # the paper's noisy decoder input
     first = rdm.teach(x)
     assert rdm.training  # teach restores the mode
     assert torch.equal(first, rdm.teach(x))

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifd_clip import cli, rdm_zeroshot
+from cifd_clip import cli
+from cifd_clip.rdm import zeroshot as rdm_zeroshot
 from test_train_rdm import D_IMG, LATENT, cli as train_rdm_cli, write_cache
 
 # ---------------------------------------------------------------- embed: the teacher side, real tiny teacher

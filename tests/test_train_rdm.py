@@ -10,7 +10,7 @@ import torch
 
 from cifd_clip.data import cache as cache_lib
 from cifd_clip.data.augment import AugmentSettings
-from cifd_clip.rdm import RDMFamily
+from cifd_clip.rdm.model import RDMFamily
 
 D_IMG = D_TXT = 24  # CLIP towers share one embedding space
 LATENT = 6

@@ -49,13 +49,14 @@ def _dims_of(rdm) -> tuple[int, int]:
 def run(cfg: Config) -> int:
     import logging
 
-    from ..data.cache import CacheJoin, check_cache_compatible, read_cache_meta
+    from ..data.cache import check_cache_compatible, read_cache_meta
     from ..distill.distiller import Distiller
+    from ..distill.inputs import build_distill_loader
     from ..engine import session
     from ..engine.distributed import cleanup
     from ..engine.loop import fit, seed_everything
     from ..errors import UserError
-    from ..rdm import RDMFamily
+    from ..rdm.model import RDMFamily
     from ..towers import load_model, load_teacher, weights_fingerprint
 
     log = logging.getLogger(__name__)
@@ -97,13 +98,8 @@ def run(cfg: Config) -> int:
 
         seed_everything(cfg.seed)  # same initial weights on every rank
         tower = load_model(cfg.model, cfg.pretrained, device="cpu")
-        stages = []
-        if not cfg.teacher_online:
-            stages = [CacheJoin(cfg.cache, view=None if cfg.cache_view == "auto" else cfg.cache_view, seed=cfg.seed)]
-        # The student sees exactly the pixels the teacher saw: the cached (or online teacher's) view, then its
-        # own deterministic resize + normalise. Augmentation comes from the cache's replayed views.
-        data = session.build_loader(cfg, tower, env, teacher=teacher, sample_stages=stages,
-                                    preprocess=tower.preprocess_val)
+        data = build_distill_loader(cfg, tower, env, teacher=teacher,
+                                    cache_view=None if cfg.cache_view == "auto" else cfg.cache_view)
         module = Distiller.build(
             tower.model, cfg.loss_settings(), student_dim=tower.embed_dim, teacher_dims=teacher_dims, teacher=teacher,
             rdm=rdm, teacher_logit_scale=teacher_logit_scale, seed=cfg.seed, local_loss=cfg.local_loss,

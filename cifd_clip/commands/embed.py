@@ -199,7 +199,7 @@ def embed_shards(cfg: Config) -> Optional[str]:
     from tqdm import tqdm
 
     from .. import config as config_lib
-    from .. import rdm_zeroshot
+    from ..rdm import zeroshot as rdm_zeroshot
     from ..data import cache as cache_lib
     from ..data.augment import AugmentSettings
     from ..data.shards import BadSampleStats, count_samples, expand_urls

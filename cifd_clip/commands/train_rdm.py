@@ -2,7 +2,7 @@
 
 One pass over the embedding cache per epoch feeds every RDM of both modalities; the teacher model is
 never loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
-Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.RDMFamily.load`) and a held-out
+Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.model.RDMFamily.load`) and a held-out
 evaluation per RDM — rate in bits/sample measured with rounding, MSE and cosine similarity to the
 teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality and,
 given a zero-shot eval file (`cifd-clip embed --zeroshot-root`), zero-shot accuracy paired the same way —
@@ -19,16 +19,19 @@ from typing import Optional
 
 from ..config import option, required
 from ..errors import ConfigError
+from ..rdm.config import RDMArchitecture
 
 
 @dataclass
-class Config:
+class Config(RDMArchitecture):
     cache: str = required("embedding cache folder written by `cifd-clip embed` (holds cache.json)")
     rates: list[float] = option([100.0, 300.0, 1000.0], "rate weights R, one RDM per modality and R "
                                                         "(larger R: higher rate, stronger RDM)")
-    epochs: int = option(10, "passes over the cache")
-    batch_size: int = option(1024, "embeddings per step per process")
+    epochs: int = option(10, "passes over the cache (every cached view of an image is trained on)")
+    batch_size: int = option(256, "embeddings per step per process")
     lr: float = option(1e-3, "Adam learning rate (cosine decay to lr/100)")
+    density_lr_factor: float = option(10.0, "the bottlenecks' densities learn this many times faster than the "
+                                            "networks (at 1 every R keeps its initial rate for hundreds of steps)")
     out: Optional[str] = option(None, "checkpoint FILE.pt or an output folder (default: <logs>/<name>)")
     logs: str = option("./logs", "folder for run outputs when --out is not given")
     name: Optional[str] = option(None, "run name under --logs (default: rdm-<cache folder name>)")
@@ -39,13 +42,6 @@ class Config:
     max_eval_samples: int = option(10000, "evaluate on at most this many samples")
     zeroshot_eval: Optional[str] = option(None, "zero-shot eval file written by `cifd-clip embed --zeroshot-root` "
                                                 "(default: the cache's zeroshot_eval.pt when there is one)")
-    hidden_dim: int = option(1024, "width of the RDMs' hidden layers")
-    bottleneck_dim: int = option(256, "channels of the entropy bottleneck")
-    encoder_layers: int = option(2, "linear layers before the bottleneck")
-    decoder_layers: int = option(2, "linear layers after the bottleneck")
-    activation: str = option("gelu", "activation after hidden layers", choices=["gelu", "relu", "silu"])
-    distortion: str = option("mse", "distortion D(X, X̂)", choices=["mse", "smooth_l1"])
-    normalize_input: bool = option(True, "L2-normalise teacher embeddings before the RDM (they are its targets)")
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     log_every: int = option(50, "log the loss terms every N steps")
@@ -59,8 +55,9 @@ class Config:
                     "max_eval_samples"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
-        if not self.lr > 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
+        for key in ("lr", "density_lr_factor", "init_scale"):
+            if not 0 < getattr(self, key) < float("inf"):
+                raise ConfigError(f"--{key.replace('_', '-')} must be a positive number, got {getattr(self, key)}")
         if not 0 <= self.holdout_fraction < 0.5:
             raise ConfigError(f"--holdout-fraction must be in [0, 0.5), got {self.holdout_fraction}")
         if self.eval_cache is None and self.holdout_fraction == 0:
@@ -86,13 +83,13 @@ def run(cfg: Config) -> int:
     import torch
 
     from .. import config as config_lib
-    from .. import rdm_zeroshot
+    from ..rdm import zeroshot as rdm_zeroshot
     from ..data.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
     from ..errors import DataError
-    from ..rdm import RDMFamily
-    from ..rdm_report import write_report
-    from ..rdm_training import collect_embeddings, evaluate_family, train_family
+    from ..rdm.model import RDMFamily
+    from ..rdm.report import write_report
+    from ..rdm.training import collect_embeddings, evaluate_family, train_family
 
     log = logging.getLogger("cifd_clip.train_rdm")
     meta = read_cache_meta(cfg.cache)
@@ -127,9 +124,7 @@ def run(cfg: Config) -> int:
             meta={"teacher": meta.get("teacher"), "teacher_fingerprint": meta.get("teacher_fingerprint"),
                   "image_dim": meta["image_dim"], "text_dim": meta["text_dim"], "normalized": meta.get("normalized"),
                   "cache": str(cfg.cache), "holdout_fraction": holdout, "epochs": cfg.epochs},
-            hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim, encoder_layers=cfg.encoder_layers,
-            decoder_layers=cfg.decoder_layers, activation=cfg.activation, distortion=cfg.distortion,
-            normalize_input=cfg.normalize_input)
+            **cfg.architecture())
         torch.manual_seed(cfg.seed + 1 + env.rank)  # each rank draws its own quantisation noise
         steps = num_cached_batches(meta, batch_size=cfg.batch_size, world_size=env.world_size)
         if env.is_main:
@@ -139,9 +134,11 @@ def run(cfg: Config) -> int:
         stats = train_family(
             family,
             lambda epoch: iter_cached_embeddings(cfg.cache, batch_size=cfg.batch_size, rank=env.rank,
-                                                 world_size=env.world_size, seed=cfg.seed, epoch=epoch),
+                                                 world_size=env.world_size, seed=cfg.seed, epoch=epoch,
+                                                 all_views=True),
             epochs=cfg.epochs, lr=cfg.lr, device=env.device, rank=env.rank, world_size=env.world_size,
-            steps_per_epoch=steps, holdout_fraction=holdout, log_every=cfg.log_every)
+            steps_per_epoch=steps, holdout_fraction=holdout, log_every=cfg.log_every,
+            density_lr_factor=cfg.density_lr_factor)
         # ranks skip different numbers of held-out samples: count the ones really trained on
         trained = int(round(all_reduce_mean(env, torch.tensor(float(stats.samples))).item() * env.world_size))
         if env.is_main:

@@ -380,11 +380,11 @@ def _rank_block(counts: list[int], order: list[int], rank: int, world_size: int)
 
 def iter_cached_embeddings(cache_dir: str | os.PathLike, *, batch_size: int, rank: int = 0, world_size: int = 1,
                            seed: int = 0, epoch: int = 0, shuffle: bool = True, drop_last: bool = False,
-                           shuffle_buffer: int = 16384) -> Iterator[dict]:
+                           shuffle_buffer: int = 16384, all_views: bool = False) -> Iterator[dict]:
     """Batches of cached teacher embeddings, read straight from the cache shards (no image is decoded).
 
-    Yields {"t_image_emb": FloatTensor[B, D_img] (view 0, the plain image), "t_text_emb": FloatTensor[B, D_txt],
-    "key": list[str]}. One call = one epoch. Under DDP each rank reads a disjoint contiguous block of
+    Yields {"t_image_emb": FloatTensor[B, D_img] (view 0, the plain image; [B, K, D_img], every view, with
+    `all_views`), "t_text_emb": FloatTensor[B, D_txt], "key": list[str]}. One call = one epoch. Under DDP each rank reads a disjoint contiguous block of
     N // world_size samples of the epoch's shard order (the remainder is left out this epoch), so every
     rank yields the same number of batches. With `shuffle`, the shard order is permuted per (seed, epoch)
     and samples are shuffled within a buffer of about `shuffle_buffer` samples.
@@ -420,7 +420,8 @@ def iter_cached_embeddings(cache_dir: str | os.PathLike, *, batch_size: int, ran
     pieces = list(_rank_block(counts, order, rank, world_size))
     for j, (s, lo, hi) in enumerate(pieces):
         shard = read_cached_shard(cache_dir, shards[s]["name"], expected_count=counts[s], views=views)
-        pending.append((shard.keys[lo:hi], shard.image_emb[lo:hi, 0], shard.text_emb[lo:hi]))
+        pending.append((shard.keys[lo:hi], shard.image_emb[lo:hi] if all_views else shard.image_emb[lo:hi, 0],
+                        shard.text_emb[lo:hi]))
         buffered += hi - lo
         final = j == len(pieces) - 1
         if buffered >= max(shuffle_buffer, batch_size) or final:

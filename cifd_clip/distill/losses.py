@@ -131,40 +131,6 @@ class CIFDFeatureLoss(nn.Module):
         return out
 
 
-class CIFDClipLoss(nn.Module):
-    """L = λ_CL·contrastive + L_CIFD,image + L_CIFD,text (METHOD.md), with optional KD dropout.
-
-    Term names: contrastive, image_teacher, image_rdm1.., image_rate, text_teacher, text_rdm1.., text_rate.
-    """
-
-    def __init__(self, contrastive_weight: float = 0.005, teacher_weight: float = 1.0,
-                 rdm_weights: Sequence[float] = (1.0, 1.0, 1.0), image_rate_weight: float = 1e-3,
-                 text_rate_weight: float = 1e-3, *, kd_dropout: float = 0.0, distortion: str = "mse",
-                 normalize_targets: bool = True, local_loss: bool = False, gather_with_grad: bool = False,
-                 rank: int = 0, world_size: int = 1):
-        super().__init__()
-        kd_keep_mask(0, kd_dropout)  # validates the probability
-        self.kd_dropout = kd_dropout
-        self.contrastive = ContrastiveLoss(contrastive_weight, local_loss=local_loss,
-                                           gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
-        common = dict(distortion=distortion, normalize_targets=normalize_targets)
-        self.image = CIFDFeatureLoss(teacher_weight, rdm_weights, image_rate_weight, prefix="image_", **common)
-        self.text = CIFDFeatureLoss(teacher_weight, rdm_weights, text_rate_weight, prefix="text_", **common)
-        self.weights = {**self.contrastive.weights, **self.image.weights, **self.text.weights}
-
-    def forward(self, image_features, text_features, logit_scale, image_ibm: dict, text_ibm: dict,
-                teacher_image, teacher_text, rdm_image: Sequence[torch.Tensor] = (),
-                rdm_text: Sequence[torch.Tensor] = (), generator: Optional[torch.Generator] = None) -> dict:
-        """`image_features`/`text_features`: the student's normalised embeddings (contrastive term);
-        `image_ibm`/`text_ibm`: the IBMs' outputs ({"output": Û, "rate": bits}); teacher and RDM targets
-        per modality. One KD-dropout draw is shared by both modalities (a dropped teacher is dropped whole)."""
-        keep = kd_keep_mask(1 + len(rdm_image), self.kd_dropout, generator)
-        out = self.contrastive(image_features, text_features, logit_scale)
-        out.update(self.image(image_ibm["output"], image_ibm.get("rate"), teacher_image, rdm_image, keep))
-        out.update(self.text(text_ibm["output"], text_ibm.get("rate"), teacher_text, rdm_text, keep))
-        return out
-
-
 # ---------------------------------------------------------------- CLIP baselines
 
 class _PairwiseLogits(nn.Module):

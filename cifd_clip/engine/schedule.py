@@ -13,12 +13,13 @@ from torch import nn
 
 def _no_weight_decay(module_name: str, param_name: str, p: torch.Tensor, density_params: set) -> bool:
     full = f"{module_name}.{param_name}" if module_name else param_name
-    # open_clip's rule: gains, biases, norms and the logit scale are not decayed
+    # open_clip's rule: gains, biases, norms and the logit scale are not decayed; nor are the generators of
+    # parametrized (e.g. orthogonal) maps, whose norm means nothing (decay would pull a rotation to a fixed one)
     return (p.ndim < 2 or "bn" in full or "ln" in full or "bias" in full or "logit_scale" in full
-            or id(p) in density_params)
+            or "parametrizations." in full or id(p) in density_params)
 
 
-def _density_param_ids(model: nn.Module) -> set:
+def density_parameter_ids(model: nn.Module) -> set:
     """Parameters of CompressAI entropy models: a learned density, not weights to shrink."""
     try:
         from compressai.entropy_models import EntropyModel
@@ -29,7 +30,7 @@ def _density_param_ids(model: nn.Module) -> set:
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Two groups: decayed weights and the rest; frozen parameters are left out."""
-    density = _density_param_ids(model)
+    density = density_parameter_ids(model)
     decay, no_decay, seen = [], [], set()
     for name, p in model.named_parameters():
         if not p.requires_grad or id(p) in seen:

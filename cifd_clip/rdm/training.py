@@ -19,13 +19,15 @@ from typing import Callable, Iterable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import DataError
-from .rdm import RDMFamily
-from .rdm_zeroshot import zeroshot_metrics
+from ..engine.schedule import density_parameter_ids
+from ..errors import DataError
+from .model import RDMFamily
+from .zeroshot import zeroshot_metrics
 
 log = logging.getLogger(__name__)
 
 MODALITY_KEYS = {"image": "t_image_emb", "text": "t_text_emb"}
+DENSITY_LR_FACTOR = 10.0
 
 
 def is_held_out(key: str, fraction: float) -> bool:
@@ -63,6 +65,7 @@ def family_loss(family: RDMFamily, batch: dict) -> tuple[torch.Tensor, dict]:
     total, terms = None, {}
     for modality in family.modalities:
         x = batch[MODALITY_KEYS[modality]]
+        x = x.reshape(-1, x.shape[-1])  # [B, K, D] views -> [B·K, D]
         for rdm in family.rdms(modality):
             parts = rdm.loss(rdm(x))
             loss = sum(parts.values())
@@ -95,10 +98,15 @@ def _broadcast_parameters(family: RDMFamily) -> None:
 def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict]], *, epochs: int,
                  lr: float = 1e-3, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
                  steps_per_epoch: Optional[int] = None, holdout_fraction: float = 0.0, log_every: int = 50,
+                 density_lr_factor: float = DENSITY_LR_FACTOR,
                  on_step: Optional[Callable[[int, dict], None]] = None) -> TrainStats:
     """Train every RDM of `family` in one pass per epoch over `epoch_batches(epoch)`.
 
-    Adam on all parameters (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known.
+    Adam on all parameters (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known. The
+    bottlenecks' densities (and quantiles) learn `density_lr_factor` times faster than the networks: at the
+    shared rate they are still at their initial width after a few hundred steps, every rate R then pays the
+    same ~1 bit per channel and the family does not order by R (CompressAI's codecs train ~1M steps).
+    A batch's image embeddings may hold several views per sample ([B, K, D]): every view is trained on.
     Samples with `is_held_out(key, holdout_fraction)` are skipped (the evaluation reads them). After
     training each bottleneck is finalised (exact quantiles, CDF tables) and the family is in eval mode.
     """
@@ -108,7 +116,10 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
     if distributed:
         _broadcast_parameters(family)
     params = [p for p in family.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(params, lr=lr)
+    density = density_parameter_ids(family)
+    optimizer = torch.optim.Adam([{"params": [p for p in params if id(p) not in density]},
+                                  {"params": [p for p in params if id(p) in density], "lr": lr * density_lr_factor}],
+                                 lr=lr)
     total_steps = steps_per_epoch * epochs if steps_per_epoch else None
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=lr / 100)
                  if total_steps else None)
@@ -230,7 +241,7 @@ def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, k
     Retrieval pairs the RDM's reconstruction of one modality with the teacher's embeddings of the other:
     an image RDM gives text retrieval (image → text, CLIP_benchmark's `text_retrieval_recall@K`), a text
     RDM gives image retrieval (`image_retrieval_recall@K`). One caption per image. `zeroshot` (a
-    `cifd_clip.rdm_zeroshot` eval file) adds `zeroshot_acc1`/`zeroshot_acc5`: an image RDM's reconstructed
+    `cifd_clip.rdm.zeroshot` eval file) adds `zeroshot_acc1`/`zeroshot_acc5`: an image RDM's reconstructed
     images against the teacher's text classifier, or the teacher's images against a classifier built from
     a text RDM's reconstructed prompts. Both are skipped when the two modalities have different widths
     (not a shared embedding space).

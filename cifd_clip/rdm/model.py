@@ -1,7 +1,9 @@
 """Rate-Distortion Modules (RDMs): small autoencoders that squeeze a frozen teacher's embedding through a
 rate-constrained bottleneck, so that one teacher yields "weaker teachers" at several rates (METHOD.md).
 
-    Y = enc(X);  Ŷ = Y + U(-0.5, 0.5) while training, Ŷ = round(Y) when teaching / evaluating;  X̂ = dec(Ŷ)
+    Y = enc(X);  Ŷ = round(Y) when teaching / evaluating;  X̂ = dec(Ŷ)
+    while training: the rate reads Y + U(-0.5, 0.5); the decoder reads round(Y) with a straight-through
+    gradient (config `train_quantization="ste"`, the default) or the noisy Y + U ("noise")
     L_R = mean_b[ R · D(X, X̂) + rate(Ŷ) ]      rate(Ŷ) = -log2 q(Ŷ) in bits per sample
 
 `q` is the factorised density of Ballé et al. as implemented by CompressAI's `EntropyBottleneck`, whose
@@ -18,10 +20,7 @@ CE + λ_KL·KL(v̂_T ‖ v̂_RDM) terms of METHOD.md.
 """
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -30,67 +29,14 @@ import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from torch import nn
 
-from .atomic import write_atomic
-from .errors import UserError
+from ..atomic import write_atomic
+from ..errors import UserError
+from .config import ACTIVATION_NAMES, DISTORTIONS, RateDistortionConfig
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
-DISTORTIONS = ("mse", "smooth_l1")
+assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)
 FAMILY_FORMAT = "cifd_clip.rdm_family"
 FAMILY_VERSION = 1
-
-
-@dataclass
-class RateDistortionConfig:
-    """Everything needed to rebuild one RDM (plain types only: stored as a dict in checkpoints).
-
-    Defaults are for CLIP embeddings (see docs/method.md): a 2+2-layer MLP of width 1024 around a
-    256-channel bottleneck, activation after layers 1 and 3 (the paper's ImageNet layout), MSE on
-    L2-normalised teacher embeddings.
-    """
-
-    input_dim: int
-    rate_weight: float = 1000.0  # R: multiplies the distortion; larger R -> higher rate, stronger RDM
-    hidden_dim: int = 1024
-    bottleneck_dim: int = 256
-    encoder_layers: int = 2  # linear layers before the bottleneck (the last one outputs bottleneck_dim)
-    decoder_layers: int = 2  # linear layers after it (the last one outputs input_dim)
-    # 1-based indices of the linear layers followed by an activation; None: every hidden layer except the
-    # one feeding the bottleneck and the output layer (= [1, 3] for 2 + 2 layers).
-    activation_after: Optional[list] = None
-    activation: str = "gelu"
-    distortion: str = "mse"
-    normalize_input: bool = True  # L2-normalise X before encoding; the reconstruction targets that X
-    num_classes: int = 0  # > 0: classification variant with a linear head X̂ -> logits
-    reconstruction_weight: float = 1.0  # 0 trains without the reconstruction term (the paper's simple CNN)
-    kl_weight: float = 1.0  # λ_KL on KL(v̂_T ‖ v̂_RDM) (classification only)
-    temperature: float = 2.0  # τ of that KL (classification only)
-    aux_weight: float = 1.0  # weight of the entropy bottleneck's quantile loss (it touches only the quantiles)
-
-    def validate(self) -> "RateDistortionConfig":
-        if self.input_dim < 1 or self.hidden_dim < 1 or self.bottleneck_dim < 1:
-            raise UserError("RDM input_dim, hidden_dim and bottleneck_dim must be positive integers")
-        if self.encoder_layers < 1 or self.decoder_layers < 1:
-            raise UserError("an RDM needs at least one encoder layer and one decoder layer")
-        if self.activation not in ACTIVATIONS:
-            raise UserError(f"RDM activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
-        if self.distortion not in DISTORTIONS:
-            raise UserError(f"RDM distortion must be one of {list(DISTORTIONS)}, got {self.distortion!r}")
-        if not (self.rate_weight > 0 and math.isfinite(self.rate_weight)):
-            raise UserError(f"RDM rate weight R must be a positive number, got {self.rate_weight!r}")
-        if self.temperature <= 0:
-            raise UserError(f"RDM temperature must be positive, got {self.temperature!r}")
-        return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RateDistortionConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise UserError(f"RDM config has unknown keys {sorted(unknown)} (written by a newer cifd_clip?)")
-        return cls(**data).validate()
 
 
 def _mlp(dims: list[int], activation_after: set[int], first_index: int, activation: str) -> nn.Sequential:
@@ -126,7 +72,7 @@ class RateDistortionModule(nn.Module):
         enc_dims = [c.input_dim] + [c.hidden_dim] * (n_enc - 1) + [c.bottleneck_dim]
         dec_dims = [c.bottleneck_dim] + [c.hidden_dim] * (n_dec - 1) + [c.input_dim]
         self.encoder = _mlp(enc_dims, act, 1, c.activation)
-        self.bottleneck = EntropyBottleneck(c.bottleneck_dim)
+        self.bottleneck = EntropyBottleneck(c.bottleneck_dim, init_scale=c.init_scale)
         self.decoder = _mlp(dec_dims, act, n_enc + 1, c.activation)
         self.head = nn.Linear(c.input_dim, c.num_classes) if c.num_classes > 0 else None
 
@@ -144,6 +90,12 @@ class RateDistortionModule(nn.Module):
         target = self.prepare_input(x)
         y = self.encoder(target)
         y_hat, likelihoods = self.bottleneck(y)
+        if self.training and self.config.train_quantization == "ste":
+            # The decoder sees the rounded Ŷ it will see when teaching (straight-through gradient); the rate
+            # keeps the noisy estimate. Mixed quantisation (Minnen & Singh 2020).
+            medians = self.bottleneck._get_medians().detach().reshape(1, -1)
+            rounded = self.bottleneck.quantize(y, "dequantize", medians)
+            y_hat = y + (rounded - y).detach()
         x_hat = self.decoder(y_hat)
         out = {
             "reconstruction": x_hat,
