@@ -19,7 +19,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from .atomic import write_atomic
+from .files import write_atomic
 from .errors import UserError
 from .towers import read_checkpoint, strip_prefixes
 

@@ -25,16 +25,22 @@ import torch
 from torch import nn
 
 from .errors import UserError
+from .files import read_torch_file
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
 PREFIXES = ("module.", "_orig_mod.")
 
 
+_registered = False
+
+
 def register_model_configs() -> None:
-    """Make our small configs (model_configs/*.json) known to open_clip by name."""
-    if str(MODEL_CONFIG_DIR) not in {str(p) for p in open_clip.factory._MODEL_CONFIG_PATHS}:
+    """Make our small configs (model_configs/*.json) known to open_clip by name (once per process)."""
+    global _registered
+    if not _registered:
         open_clip.add_model_config(MODEL_CONFIG_DIR)
+        _registered = True
 
 
 @dataclass
@@ -73,16 +79,14 @@ def strip_prefixes(state_dict: dict) -> dict:
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Read a checkpoint file safely (weights_only); returns the raw object as a dict."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"checkpoint file {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors" and path.is_file():
+        from safetensors.torch import load_file
+        try:
             return {"state_dict": load_file(str(path))}
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for bad files
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise UserError(f"could not read checkpoint {path}: it is corrupt or not a PyTorch checkpoint ({reason})") from None
+        except Exception:  # noqa: BLE001 - SafetensorError and friends: one sentence
+            raise UserError(f"could not read checkpoint {path}: it is not a safetensors file, or it is truncated") \
+                from None
+    obj = read_torch_file(path, "checkpoint file")
     if not isinstance(obj, dict):
         raise UserError(f"checkpoint {path} holds a {type(obj).__name__}, not a state_dict or checkpoint dict")
     return obj
@@ -223,21 +227,36 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
                  dict(model.visual.preprocess_cfg), spec, extra)
 
 
+def _pretrained_is_cached(name: str, tag: str) -> bool:
+    """Whether open_clip would find the weights of NAME@TAG on disk (HF cache or its URL cache)."""
+    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+        model_id, filename = os.path.split(hub)  # "org/model/" names no file: open_clip's default names
+        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        if any(isinstance(try_to_load_from_cache(model_id, f), str) for f in names):
+            return True
+    url = cfg.get("url", "")
+    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
+
+
 def _create_pretrained(name, tag, device, precision, aug_cfg):
-    # Try the local HF cache first without touching the network, then check reachability so
-    # that an offline machine gets a sentence within seconds instead of a long retry loop.
+    # Use weights already on disk without touching the network; otherwise check reachability first, so that
+    # an offline machine gets a sentence within seconds instead of building the model and a retry loop.
     previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        return open_clip.create_model_and_transforms(name, pretrained=tag, device=device, precision=precision,
-                                                     aug_cfg=aug_cfg)
-    except Exception:
-        pass
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
+    if _pretrained_is_cached(name, tag):
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        try:
+            return open_clip.create_model_and_transforms(name, pretrained=tag, device=device, precision=precision,
+                                                         aug_cfg=aug_cfg)
+        except Exception:
+            pass
+        finally:
+            if previous is None:
+                os.environ.pop("HF_HUB_OFFLINE", None)
+            else:
+                os.environ["HF_HUB_OFFLINE"] = previous
     if previous == "1" or not _network_reachable():
         raise UserError(f"{name}@{tag} needs to download its weights and there is no network here; download them "
                         f"on a connected machine and pass the file instead ({name}@/path/to/weights)")

@@ -6,6 +6,13 @@ import torch
 
 torch.set_num_threads(1)
 
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_model_configs():
+    """Tests also build our tiny models through open_clip directly, by name."""
+    from cifd_clip.towers import register_model_configs
+    register_model_configs()
+
 # Small enough to build in about a second; 8 equal train shards of 6 samples each, so that
 # 2 ranks × 2 workers × batch 3 split an epoch exactly.
 TINY_DEMO = dict(seed=0, train_samples=48, val_samples=12, zeroshot_samples=72, retrieval_samples=20,

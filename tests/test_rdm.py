@@ -156,7 +156,7 @@ def test_bad_checkpoints_and_configs_are_one_sentence(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         RDMFamily.load(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="corrupt"):
+    with pytest.raises(UserError, match="not a PyTorch checkpoint"):
         RDMFamily.load(tmp_path / "junk.pt")
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(UserError, match="not an RDM checkpoint"):

@@ -29,6 +29,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from ..errors import DataError, UserError
+from ..files import check_format, read_json_file, write_text_atomic
 from .augment import IDENTITY, apply_params, is_identity, key_rng
 
 FORMAT = "cifd-clip-embedding-cache"
@@ -94,12 +95,6 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f"{TMP_MARK}{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 class SiblingShardWriter:
     """Writes one cache shard to a temporary name; `commit()` renames it and then writes its done-marker.
 
@@ -131,10 +126,12 @@ class SiblingShardWriter:
     def commit(self, info: dict) -> dict:
         """Finish the shard atomically; `info` (source, skipped, settings...) goes into its done-marker."""
         self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())  # written incrementally, so not through files.write_atomic
         self._file.close()
         os.replace(self.tmp_path, self.path)
         done = dict(info, name=self.name, count=self.count, bytes=self.path.stat().st_size)
-        _atomic_write_text(done_marker(self.cache_dir, self.name), json.dumps(done, indent=1))
+        write_text_atomic(done_marker(self.cache_dir, self.name), json.dumps(done, indent=1))
         return done
 
     def abort(self) -> None:
@@ -170,7 +167,7 @@ def write_cache_meta(cache_dir: str | os.PathLike, settings: dict, shards: list[
     meta["num_samples"] = sum(d["count"] for d in shards)
     meta["num_skipped"] = sum(d["skipped"] for d in shards)
     meta["bytes"] = sum(d["bytes"] for d in shards)
-    _atomic_write_text(Path(cache_dir) / META_FILE, json.dumps(meta, indent=1))
+    write_text_atomic(Path(cache_dir) / META_FILE, json.dumps(meta, indent=1))
     return meta
 
 
@@ -181,19 +178,15 @@ def read_cache_meta(cache_dir: str | os.PathLike) -> dict:
     """cache.json of a finished cache; UserError if the folder is not one (or a newer format)."""
     cache_dir = Path(cache_dir)
     path = cache_dir / META_FILE
+    if cache_dir.is_file():
+        raise UserError(f"embedding cache {cache_dir} is a file; give the folder cifd-clip embed wrote")
     if not cache_dir.is_dir():
         raise UserError(f"embedding cache {cache_dir} does not exist")
     if not path.is_file():
         raise UserError(f"{cache_dir} is not a finished embedding cache (no {META_FILE}); run or resume cifd-clip embed")
-    try:
-        meta = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path} is not a cifd-clip embedding cache description")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"embedding cache {cache_dir} has format version {meta.get('format_version')}, "
-                        f"this cifd-clip reads version {FORMAT_VERSION}; re-run cifd-clip embed")
+    meta = read_json_file(path, "embedding cache description")
+    check_format(meta, path, "cifd-clip embedding cache description", FORMAT, FORMAT_VERSION,
+                 remedy="re-run cifd-clip embed")
     meta["cache_dir"] = str(cache_dir)
     return meta
 

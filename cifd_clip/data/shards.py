@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Optional
 import braceexpand
 
 from ..errors import DataError
+from ..files import write_atomic
 
 DEFAULT_IMAGE_KEY = "jpg;jpeg;png;webp"
 DEFAULT_TEXT_KEY = "txt"
@@ -293,15 +294,15 @@ def write_shard(path: str | os.PathLike, samples: Iterable[dict]) -> int:
     """
     import webdataset as wds
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    n = 0
-    with open(tmp, "wb") as f:
-        with wds.TarWriter(f, user="", group="", mode=0o644, mtime=0.0, encoder=False) as writer:
-            for sample in samples:
-                writer.write({k: (v.encode("utf-8") if isinstance(v, str) and k != "__key__" else v)
-                              for k, v in sample.items()})
-                n += 1
-    os.replace(tmp, path)
-    return n
+    count = [0]
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            with wds.TarWriter(f, user="", group="", mode=0o644, mtime=0.0, encoder=False) as writer:
+                for sample in samples:
+                    writer.write({k: (v.encode("utf-8") if isinstance(v, str) and k != "__key__" else v)
+                                  for k, v in sample.items()})
+                    count[0] += 1
+
+    write_atomic(path, write)
+    return count[0]

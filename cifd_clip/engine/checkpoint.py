@@ -18,7 +18,7 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..atomic import write_atomic
+from ..files import write_atomic
 from ..errors import UserError
 from ..towers import read_checkpoint, strip_prefixes
 

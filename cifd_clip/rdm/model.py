@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from torch import nn
 
-from ..atomic import write_atomic
+from ..files import read_torch_file, write_atomic
 from ..errors import UserError
 from .config import ACTIVATION_NAMES, DISTORTIONS, RateDistortionConfig
 
@@ -233,14 +233,7 @@ class RDMFamily(nn.Module):
 
     @classmethod
     def load(cls, path: str | os.PathLike, map_location="cpu") -> "RDMFamily":
-        path = Path(path)
-        if not path.is_file():
-            raise UserError(f"RDM checkpoint {path} does not exist")
-        try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # torch raises many types for bad files
-            raise UserError(f"could not read RDM checkpoint {path}: it is corrupt or not a PyTorch file "
-                            f"({type(e).__name__})") from None
+        ckpt = read_torch_file(path, "RDM checkpoint", " (make it with cifd-clip train-rdm)")
         family = cls.from_checkpoint(ckpt, str(path))
         family.eval()
         return family

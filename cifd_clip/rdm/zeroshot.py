@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..atomic import write_atomic
+from ..files import check_format, read_torch_file, write_atomic
 from ..errors import UserError
 
 FILE_NAME = "zeroshot_eval.pt"
@@ -114,18 +114,9 @@ def write_zeroshot_eval(path, payload: dict) -> Path:
 
 
 def read_zeroshot_eval(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"zero-shot eval file {path} does not exist; make it with cifd-clip embed --zeroshot-root")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is one sentence to the user
-        raise UserError(f"{path} is not a readable zero-shot eval file ({type(e).__name__})") from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise UserError(f"{path} is not a cifd-clip zero-shot eval file (written by cifd-clip embed --zeroshot-root)")
-    if payload.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{path} has format version {payload.get('format_version')}, this cifd-clip reads "
-                        f"version {FORMAT_VERSION}; re-run cifd-clip embed --zeroshot-root")
+    payload = read_torch_file(path, "zero-shot eval file", "; make it with cifd-clip embed --zeroshot-root")
+    check_format(payload, path, "cifd-clip zero-shot eval file", FORMAT, FORMAT_VERSION,
+                 remedy="written by cifd-clip embed --zeroshot-root")
     payload["path"] = str(path)
     return payload
 
