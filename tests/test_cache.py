@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from cifd_clip.data import cache as cache_lib
-from cifd_clip.data.augment import AugmentSettings, IDENTITY, sample_views
+from cifd_clip.embed import cache as cache_lib
+from cifd_clip.embed.augment import AugmentSettings, IDENTITY, sample_views
 from cifd_clip.errors import DataError, UserError
 
 D_IMG, D_TXT = 8, 6

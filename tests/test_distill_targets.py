@@ -27,7 +27,7 @@ def teacher_and_cache(demo_train_spec, tmp_path_factory):
 
 
 def test_cached_and_online_targets_give_the_same_loss(teacher_and_cache, demo_train_spec):
-    from cifd_clip.data.cache import CacheJoin
+    from cifd_clip.embed.cache import CacheJoin
     from cifd_clip.data.loader import make_train_loader
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings

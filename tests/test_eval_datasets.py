@@ -215,3 +215,24 @@ def test_imagenet_r_matches_clip_benchmark_on_all_200_folders(tmp_path):
                                                  reference_set.templates, "cpu", amp=False)
     for metric in ("acc1", "acc5", "mean_per_class_recall"):
         assert ours["metrics"][metric] == pytest.approx(reference[metric], abs=0.001), metric
+
+
+def test_retrieval_numbers_do_not_depend_on_the_number_of_loader_workers(tmp_path):
+    """Workers interleave shards and duplicate captions tie exactly: file order is restored before ranking.
+    Here every caption is the same and images have 1 to 4 of them, so which images reach the top K depends
+    on the order the texts come in."""
+    from test_eval_support import _write_shards, image_bytes
+
+    from cifd_clip.evaluation.runner import evaluate_model_on_dataset
+    from cifd_clip.towers import load_model
+
+    rng = np.random.default_rng(0)
+    samples = [{"__key__": f"s{i:07d}", "jpg": image_bytes(rng, fmt="JPEG"), "txt": "\n".join(["a photo."] * (1 + i % 4))}
+               for i in range(16)]
+    _write_shards(tmp_path / "test", samples, 4)
+    (tmp_path / "dataset_type.txt").write_text("retrieval\n")
+    torch.manual_seed(0)
+    tower = load_model("tiny-vit-student")
+    runs = [evaluate_model_on_dataset(tower, "wds/dup", tmp_path, batch_size=2, workers=workers,
+                                      show_progress=False)["metrics"] for workers in (0, 2, 4)]
+    assert runs[0] == runs[1] == runs[2]

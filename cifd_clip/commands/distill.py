@@ -49,7 +49,7 @@ def _dims_of(rdm) -> tuple[int, int]:
 def run(cfg: Config) -> int:
     import logging
 
-    from ..data.cache import check_cache_compatible, read_cache_meta
+    from ..embed.cache import check_cache_compatible, read_cache_meta
     from ..distill.distiller import Distiller
     from ..distill.inputs import build_distill_loader
     from ..engine import session

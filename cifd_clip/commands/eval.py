@@ -1,7 +1,7 @@
 """Evaluate one model on one dataset: zero-shot classification or image-text retrieval.
 
 Options overlap CLIP_benchmark's (with dashes): --model, --pretrained, --dataset wds/NAME,
---dataset-root, --task, --recall-k, --batch-size, --num-workers, --output. Datasets: wds/NAME
+--dataset-root, --task, --recall-k, --batch-size, --workers (--num-workers), --output. Datasets: wds/NAME
 (CLIP_benchmark's webdataset layout), imagenet1k, imagenetv2, imagenet-r, imagenet-a, objectnet,
 flickr30k, mscoco, folder[:NAME] (see docs/evaluation.md for the layouts). Writes one JSON with
 CLIP_benchmark's keys and metric names, plus images/s.
@@ -15,12 +15,13 @@ from typing import Optional
 
 from ..config import option, required
 from ..errors import ConfigError
+from ..evaluation.options import EvalRunOptions
 
 TASK_CHOICES = ["auto", "zeroshot_classification", "zeroshot_retrieval"]
 
 
 @dataclass
-class Config:
+class Config(EvalRunOptions):
     model: str = required("model spec: open_clip name, NAME@TAG, NAME@FILE, our checkpoint .pt, local-dir:PATH, "
                           "or a model config .json")
     dataset: str = required("dataset: wds/NAME, imagenet1k, imagenetv2, imagenet-r, imagenet-a, objectnet, "
@@ -29,12 +30,8 @@ class Config:
     pretrained: Optional[str] = option(None, "weights file or open_clip pretrained tag for --model")
     task: str = option("auto", "task; auto = the dataset's own", choices=TASK_CHOICES)
     recall_k: list[int] = option([1, 5, 10], "K values of recall@K for retrieval")
-    batch_size: int = option(64, "images per batch")
-    num_workers: int = option(4, "data loading processes (webdataset sets: at most one per shard)")
     output: Optional[str] = option(None, "result JSON; {dataset}, {model}, {pretrained}, {task} are filled in "
                                          "(default: {dataset}_{model}_{task}.json in the current folder)")
-    device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
-    amp: Optional[bool] = option(None, "mixed precision autocast (default: on for CUDA, off for CPU)")
     split: str = option("test", "split folder of a webdataset set (ROOT/SPLIT/) or Karpathy split")
     classnames: Optional[str] = option(None, "class names file, one a line (folder and wds sets)")
     templates: Optional[str] = option(None, "prompt templates file, one a line with {c} (folder and wds sets)")
@@ -43,10 +40,7 @@ class Config:
     border_crop: int = option(2, "pixels cropped off each ObjectNet image border (0 = none, as CLIP_benchmark)")
 
     def validate(self):
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.num_workers < 0:
-            raise ConfigError(f"--num-workers cannot be negative, got {self.num_workers}")
+        EvalRunOptions.validate(self)
         if not self.recall_k or any(k < 1 for k in self.recall_k):
             raise ConfigError(f"--recall-k needs values of at least 1, got {self.recall_k}")
         if self.output:
@@ -55,13 +49,6 @@ class Config:
             except (KeyError, IndexError, ValueError):
                 raise ConfigError(f"--output {self.output} may only use the fields {{dataset}}, {{model}}, "
                                   f"{{pretrained}} and {{task}}") from None
-
-
-def resolve_device(device: str) -> str:
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def dataset_options(cfg) -> dict:
@@ -84,18 +71,13 @@ def summary_line(result: dict) -> str:
 
 
 def run(cfg: Config):
-    import torch
-
     from .. import config as config_lib
     from ..evaluation.datasets import DatasetMissing, canonical_name, default_task
     from ..evaluation.runner import evaluate_model_on_dataset
     from ..evaluation.suite import slug
     from ..towers import load_model
 
-    device = resolve_device(cfg.device)
-    amp = cfg.amp if cfg.amp is not None else device.startswith("cuda")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {device} asked for CUDA but torch sees no GPU")
+    device, precision = cfg.resolved_device_and_precision()
     task = None if cfg.task == "auto" else cfg.task
     name = canonical_name(cfg.dataset)
     default_task(name)  # an unknown dataset name fails here, before the model loads
@@ -103,7 +85,7 @@ def run(cfg: Config):
         raise DatasetMissing(name, Path(cfg.dataset_root).expanduser(), "no folder")
     tower = load_model(cfg.model, cfg.pretrained, device=device)
     result = evaluate_model_on_dataset(tower, cfg.dataset, cfg.dataset_root, task, batch_size=cfg.batch_size,
-                                       workers=cfg.num_workers, recall_k=cfg.recall_k, device=device, amp=amp,
+                                       workers=cfg.workers, recall_k=cfg.recall_k, device=device, precision=precision,
                                        options=dataset_options(cfg), pretrained=cfg.pretrained or None)
     template = cfg.output or "{dataset}_{model}_{task}.json"
     output = Path(template.format(dataset=slug(result["dataset"]), model=slug(cfg.model),

@@ -84,7 +84,7 @@ def run(cfg: Config) -> int:
 
     from .. import config as config_lib
     from ..rdm import zeroshot as rdm_zeroshot
-    from ..data.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
+    from ..embed.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
     from ..errors import DataError
     from ..rdm.model import RDMFamily

@@ -13,7 +13,7 @@ from typing import Optional
 
 def build_distill_loader(cfg, tower, env, *, teacher=None, cache_view: Optional[str] = None):
     """`cfg`: the distill Config (train_data, cache, seed, ...); `cache_view`: None (auto), "first" or "random"."""
-    from ..data.cache import CacheJoin
+    from ..embed.cache import CacheJoin
     from ..engine import session
 
     stages = [] if teacher is not None else [CacheJoin(cfg.cache, view=cache_view, seed=cfg.seed)]

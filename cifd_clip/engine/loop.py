@@ -32,6 +32,7 @@ from torch import nn
 from ..errors import DataError, UserError
 from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
+from .precision import autocast, resolve_precision
 from .schedule import WarmupCosine, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -41,22 +42,6 @@ POISON_ENV = "CIFD_CLIP_POISON_STEP"  # debug/test hook: make the loss NaN at th
 
 class NonFiniteLoss(UserError):
     """The loss or the gradient became NaN/inf; the run stops before anything is saved."""
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return "amp" if device.type == "cuda" else "fp32"
-    if precision == "amp" and device.type != "cuda":
-        log.warning("--precision amp on CPU is about 10x slower than fp32 (it is kept because you asked for it)")
-    return precision
-
-
-def autocast(precision: str, device: torch.device):
-    if precision == "amp":
-        return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-    if precision == "amp_bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def seed_everything(seed: int, rank: int = 0, step: int = 0) -> None:

@@ -7,6 +7,8 @@ from typing import Optional
 from ..config import option, required
 from ..errors import ConfigError
 
+PRECISIONS = ["auto", "fp32", "amp", "amp_bf16"]
+
 
 @dataclass
 class TrainingOptions:
@@ -29,7 +31,7 @@ class TrainingOptions:
                                 "run; 0.1 is its share at paper scale)")
     workers: int = option(1, "data-loading worker processes per training process")
     precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto (open_clip's amp is ~10x slower on CPU)",
-                            choices=["auto", "fp32", "amp", "amp_bf16"])
+                            choices=PRECISIONS)
     accum_freq: int = option(1, "micro-batches per optimizer step (losses are summed, see docs/training.md)")
     grad_clip_norm: Optional[float] = option(None, "clip the gradient norm to this value")
     local_loss: bool = option(False, "contrastive loss on local rows only against all gathered features")

@@ -99,10 +99,29 @@ class CropBorder:
 
 
 def collate_image_captions(batch):
-    """Stack images; keep each image's captions as a list of strings."""
+    """Stack images; keep each image's captions as a list of strings (and each sample's file position, when
+    the dataset gives one, so that retrieval can restore file order whatever the loader workers did)."""
     import torch
-    images, captions = zip(*batch)
-    return torch.stack(list(images)), [list(c) for c in captions]
+    columns = list(zip(*batch))
+    out = (torch.stack(list(columns[0])), [list(c) for c in columns[1]])
+    return out + (list(columns[2]),) if len(columns) > 2 else out
+
+
+def _with_file_position(samples):
+    """Tag each webdataset sample with (shard number, position in its shard). Loader workers read whole shards,
+    so the tags are the single-process file order, which retrieval restores (exact ties between duplicate
+    captions are broken by position: without this, results would depend on --workers)."""
+    counts: dict = {}
+    for sample in samples:
+        url = sample.get("__url__", "")
+        position = counts.get(url, 0)
+        counts[url] = position + 1
+        try:
+            shard = int(Path(url).stem)
+        except ValueError:
+            shard = 0
+        sample["__order__"] = (shard, position)
+        yield sample
 
 
 def _split_captions(text: str) -> list[str]:
@@ -191,7 +210,8 @@ def build_wds(name: str, root: Path, transform, split: str = "test", classnames_
     info = DatasetInfo(name, CLASSIFICATION if dataset_type == "classification" else RETRIEVAL, root,
                        max_workers=nshards, extra={"nshards": nshards})
     if dataset_type == "retrieval":
-        dataset = pipeline.to_tuple(WDS_IMAGE, "txt").map_tuple(transform, _split_captions)
+        dataset = pipeline.compose(_with_file_position).to_tuple(WDS_IMAGE, "txt", "__order__") \
+            .map_tuple(transform, _split_captions, tuple)
         info.collate_fn = collate_image_captions
         return dataset, info
 

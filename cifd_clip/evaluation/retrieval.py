@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .zeroshot import autocast
+from ..engine.precision import autocast
 
 # rows of the similarity matrix handled at once, so COCO's 25k x 5k matrix never needs topk in one piece
 CHUNK = 4096
@@ -46,22 +46,24 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
 
 
 def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[int] = (1, 5, 10),
-                       *, amp: bool = False) -> dict:
+                       *, precision: str = "fp32") -> dict:
     """Image->text and text->image recall@K of a CLIP model.
 
     `dataloader` yields (images [B,3,H,W], captions) where captions[b] is the list of strings that
-    describe image b (any number per image).
+    describe image b (any number per image), optionally with a third element, each image's sortable file
+    position: the embeddings are then put in that order first, so ties rank the same for any worker count.
     """
     if any(int(k) < 1 for k in recall_k):
         raise ValueError(f"recall@K needs K >= 1, got {list(recall_k)}")
     model.eval()
-    image_embs, text_embs, text_to_image = [], [], []
+    image_embs, text_embs, text_to_image, orders = [], [], [], []
     offset = 0
     with torch.no_grad():
-        for images, captions in dataloader:
+        for images, captions, *order in dataloader:
+            orders.extend(order[0] if order else [])
             texts = [c for per_image in captions for c in per_image]
             text_to_image.extend(offset + b for b, per_image in enumerate(captions) for _ in per_image)
-            with autocast(device, amp):
+            with autocast(precision, device):
                 image_embs.append(F.normalize(model.encode_image(images.to(device)), dim=-1).float().cpu())
                 if texts:
                     tokens = tokenizer(texts).to(device)
@@ -71,5 +73,15 @@ def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[
         raise ValueError("the dataloader yielded no images")
     if not text_embs:
         raise ValueError("the dataset has no captions")
-    return retrieval_metrics(torch.cat(image_embs), torch.cat(text_embs), torch.tensor(text_to_image),
-                             [int(k) for k in recall_k])
+    images, texts, owners = torch.cat(image_embs), torch.cat(text_embs), torch.tensor(text_to_image)
+    if len(orders) == len(images):
+        images, texts, owners = _in_file_order(images, texts, owners, orders)
+    return retrieval_metrics(images, texts, owners, [int(k) for k in recall_k])
+
+
+def _in_file_order(images, texts, owners, orders):
+    image_perm = sorted(range(len(images)), key=lambda i: orders[i])
+    new_index = torch.empty(len(images), dtype=torch.long)
+    new_index[torch.tensor(image_perm)] = torch.arange(len(images))
+    text_perm = sorted(range(len(texts)), key=lambda t: (int(new_index[owners[t]]), t))
+    return images[image_perm], texts[text_perm], new_index[owners[text_perm]]

@@ -63,7 +63,7 @@ def result_header(dataset: str, model: str, pretrained: str, task: str) -> dict:
 
 def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[str] = None, *, batch_size: int = 64,
                               workers: int = 4, recall_k: Sequence[int] = (1, 5, 10), device="cpu",
-                              amp: bool = False, options: Optional[dict] = None, pretrained: Optional[str] = None,
+                              precision: str = "fp32", options: Optional[dict] = None, pretrained: Optional[str] = None,
                               show_progress: bool = True) -> dict:
     """Zero-shot classification or retrieval of `tower` (a cifd_clip.towers.Tower) on one dataset.
 
@@ -86,10 +86,10 @@ def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[
     model = tower.model.to(device)
     try:
         if info.task == RETRIEVAL:
-            metrics = evaluate_retrieval(model, meter, tower.tokenizer, device, recall_k, amp=amp)
+            metrics = evaluate_retrieval(model, meter, tower.tokenizer, device, recall_k, precision=precision)
         else:
             metrics = evaluate_zeroshot_classification(model, meter, tower.tokenizer, info.classnames, info.templates,
-                                                       device, class_mask=info.class_mask, amp=amp)
+                                                       device, class_mask=info.class_mask, precision=precision)
     except (UserError, OSError, ValueError, KeyError, tarfile.TarError) as e:
         error_type = type(e) if type(e) in (UserError, ConfigError, DataError) else DataError
         raise error_type(f"evaluating {name} at {dataset_root} failed: {one_line(e)}") from None

@@ -130,7 +130,7 @@ def render_markdown(suite_name: str, specs: Sequence[str], entries: list[dict], 
 
 def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_dir, *,
               dataset_root_base: Optional[str] = None, batch_size: int = 64, workers: int = 4, device="cpu",
-              amp: bool = False, show_progress: bool = True) -> dict:
+              precision: str = "fp32", show_progress: bool = True) -> dict:
     """Evaluate every model on every dataset of `suite`; write the JSONs and results.md into `output_dir`.
 
     Returns {"suite", "models", "datasets", "results": [[result per dataset] per model], "markdown",
@@ -155,7 +155,7 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
             try:
                 result = evaluate_model_on_dataset(tower, entry["name"], root, entry["task"], batch_size=batch_size,
                                                    workers=workers, recall_k=entry["recall_k"], device=device,
-                                                   amp=amp, options=entry["options"], show_progress=show_progress)
+                                                   precision=precision, options=entry["options"], show_progress=show_progress)
             except UserError as e:  # bad data in one set must not cost the others
                 message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 result = {**result_header(entry["name"], spec, weights_label(tower),

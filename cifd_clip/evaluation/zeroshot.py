@@ -8,11 +8,12 @@ the targets (sklearn's balanced accuracy). The classifier itself is open_clip's
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from ..engine.precision import autocast
 
 Template = Union[str, Callable[[str], str]]
 
@@ -22,17 +23,11 @@ def as_template_functions(templates: Sequence[Template]) -> list[Callable[[str],
     return [t if callable(t) else (lambda c, t=t: t.format(c=c)) for t in templates]
 
 
-def autocast(device: Union[str, torch.device], enabled: bool):
-    if not enabled:
-        return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type)
-
-
 def build_classifier(model, tokenizer, classnames: Sequence[str], templates: Sequence[Template],
-                     device, amp: bool = False) -> torch.Tensor:
+                     device, precision: str = "fp32") -> torch.Tensor:
     """The [D, C] zero-shot classifier (one normalised mean text embedding per class)."""
     from open_clip import build_zero_shot_classifier
-    with torch.no_grad(), autocast(device, amp):
+    with torch.no_grad(), autocast(precision, device):
         weights = build_zero_shot_classifier(model, tokenizer, list(classnames), as_template_functions(templates),
                                              num_classes_per_batch=10, device=device)
     return weights.float()
@@ -61,7 +56,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor) -> dict:
 
 def evaluate_zeroshot_classification(model, dataloader, tokenizer, classnames: Sequence[str],
                                      templates: Sequence[Template], device, *,
-                                     class_mask: Optional[Sequence[bool]] = None, amp: bool = False) -> dict:
+                                     class_mask: Optional[Sequence[bool]] = None, precision: str = "fp32") -> dict:
     """Zero-shot top-1/top-5 accuracy and mean per-class recall of a CLIP model.
 
     `dataloader` yields (images [B,3,H,W], targets [B]). With `class_mask` (one bool per entry of
@@ -73,11 +68,11 @@ def evaluate_zeroshot_classification(model, dataloader, tokenizer, classnames: S
             raise ValueError(f"class_mask has {len(class_mask)} entries for {len(classnames)} class names")
         classnames = [c for c, keep in zip(classnames, class_mask) if keep]
     model.eval()
-    classifier = build_classifier(model, tokenizer, classnames, templates, device, amp)
+    classifier = build_classifier(model, tokenizer, classnames, templates, device, precision)
     all_logits, all_targets = [], []
     with torch.no_grad():
         for images, targets in dataloader:
-            with autocast(device, amp):
+            with autocast(precision, device):
                 features = F.normalize(model.encode_image(images.to(device)), dim=-1)
             all_logits.append((100.0 * features.float() @ classifier).cpu())
             all_targets.append(torch.as_tensor(targets).long().cpu())

@@ -5,7 +5,7 @@ are summed, so one backward pass gives each RDM exactly its own gradient. Under 
 reads its own part of the data and gradients are averaged with one all-reduce per step (the RDMs are
 tiny, so a flat all-reduce is simpler than DDP and just as fast).
 
-Batches are dicts with `t_image_emb` / `t_text_emb` (what `cifd_clip.data.cache.iter_cached_embeddings`
+Batches are dicts with `t_image_emb` / `t_text_emb` (what `cifd_clip.embed.cache.iter_cached_embeddings`
 yields); any iterable of such dicts works, which is how the tests train on in-memory tensors.
 """
 from __future__ import annotations

@@ -1,0 +1,234 @@
+"""The embed stage's work: run the frozen teacher once over the shards and write the embedding cache.
+
+Each rank embeds its own shards (dealt by position, so a restart gives each rank the same ones); loader
+workers decode and preprocess whole shards, the main process batches samples through the teacher and hands
+each result to its shard's writer, and a shard is committed only after its last sample. Rank 0 then writes
+cache.json and, when asked, the zero-shot eval file (see `cifd_clip.rdm.zeroshot`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch.utils.data import IterableDataset
+
+from ..data.shards import BadSampleStats, count_samples, expand_urls, iter_samples
+from ..engine.distributed import barrier, cleanup, init_distributed
+from ..engine.precision import autocast, resolve_precision
+from ..errors import DataError, UserError
+from . import cache as cache_lib
+from .augment import AugmentSettings, apply_params, sample_views
+
+# ---------------------------------------------------------------- data side (runs in loader workers)
+
+
+class ShardInputs(IterableDataset):
+    """This rank's shards as teacher inputs, one item per sample, then an end-of-shard item with its stats.
+
+    Each loader worker reads whole shards (shard i goes to worker i % workers), so a shard's samples
+    keep their order and its end marker comes after all of them.
+    """
+
+    def __init__(self, urls, preprocess, tokenizer, augment):
+        self.urls, self.preprocess, self.tokenizer, self.augment = list(urls), preprocess, tokenizer, augment
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mine = self.urls[info.id::info.num_workers] if info is not None else self.urls
+        for url in mine:
+            stats = BadSampleStats()
+            for sample in iter_samples([url], stats=stats):
+                image = sample["image"]
+                params = sample_views(self.augment, sample["key"], *image.size)
+                views = torch.stack([self.preprocess(apply_params(image, p)) for p in params])
+                yield {"url": url, "key": sample["key"], "images": views, "paug": params,
+                       "tokens": self.tokenizer([sample["text"]])[0]}
+            yield {"url": url, "end": True, "stats": stats.to_dict()}
+
+
+# ---------------------------------------------------------------- teacher side
+
+
+def _teacher_settings(cfg, teacher, augment) -> dict:
+    from ..towers import weights_fingerprint
+
+    tower = teacher.tower
+    return cache_lib.make_settings(
+        teacher_spec=cfg.teacher, teacher_pretrained=cfg.pretrained, teacher_model_name=tower.model_name,
+        teacher_fingerprint=weights_fingerprint(tower.model),
+        teacher_image_size=tower.model_cfg.get("vision_cfg", {}).get("image_size"),
+        image_dim=tower.embed_dim, text_dim=tower.embed_dim, dtype=cfg.dtype, normalized=cfg.normalize,
+        augmentation=augment.to_dict(), teacher_logit_scale=float(tower.model.logit_scale.detach().exp()))
+
+
+def _refuse_other_settings(out, settings: dict) -> None:
+    """A cache folder holds embeddings of one teacher and one set of settings, finished or not."""
+
+    found = []
+    meta_path = out / cache_lib.META_FILE
+    if meta_path.is_file():
+        try:
+            found.append((meta_path.name, json.loads(meta_path.read_text())))
+        except json.JSONDecodeError:
+            pass
+    for marker in sorted(out.glob(f"*{cache_lib.DONE_SUFFIX}")):
+        if marker.name != cache_lib.META_FILE:
+            try:
+                found.append((marker.name, json.loads(marker.read_text()).get("settings", {})))
+            except (json.JSONDecodeError, AttributeError):
+                continue
+    for name, have in found:
+        diffs = cache_lib.settings_differences(have, settings)
+        if diffs:
+            raise UserError(f"{out} already holds embeddings made differently ({name}: {'; '.join(diffs)}); "
+                            f"give another --out or delete that folder")
+
+
+class _Embedder:
+    """Collects samples into batches, runs the teacher, and hands each sample's result to its shard's writer."""
+
+    def __init__(self, teacher, device, precision, batch_size, views):
+        self.teacher, self.device, self.precision = teacher, device, precision
+        self.batch_size, self.views = batch_size, views
+        self.pending: list = []
+
+    def add(self, item) -> bool:
+        self.pending.append(item)
+        return len(self.pending) >= self.batch_size
+
+    def flush(self):
+        """[(item, image_emb [K, D] numpy, text_emb [D] numpy)] for the pending samples."""
+        if not self.pending:
+            return []
+        items, self.pending = self.pending, []
+        images = torch.cat([it["images"] for it in items]).to(self.device, non_blocking=True)
+        tokens = torch.stack([it["tokens"] for it in items]).to(self.device, non_blocking=True)
+        with autocast(self.precision, self.device):
+            img = self.teacher.encode_image(images).float()
+            txt = self.teacher.encode_text(tokens).float()
+        img = img.view(len(items), self.views, -1).cpu().numpy()
+        txt = txt.cpu().numpy()
+        return [(it, img[i], txt[i]) for i, it in enumerate(items)]
+
+
+def embed_shards(cfg) -> Optional[str]:
+    """Embed this rank's unfinished shards; rank 0 then writes cache.json. Returns rank 0's summary line."""
+    from tqdm import tqdm
+
+    from .. import config as config_lib
+    from ..rdm import zeroshot as rdm_zeroshot
+    from ..towers import load_teacher
+
+    urls = expand_urls(cfg.train_data)
+    names = [cache_lib.sibling_name(u) for u in urls]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise UserError(f"two source shards are both named {dup}; cache shards are named after their source, "
+                        f"so embed sources with clashing names into separate --out folders")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    env = init_distributed(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(cfg.precision, env.device)
+    torch.manual_seed(0)  # a teacher without weights (tests, demo) is then the same on every rank and restart
+    teacher = load_teacher(cfg.teacher, cfg.pretrained, device=env.device, normalize=cfg.normalize)
+    augment = AugmentSettings(views=cfg.augmentations, scale=tuple(cfg.aug_scale), seed=cfg.aug_seed)
+    settings = _teacher_settings(cfg, teacher, augment)
+    _refuse_other_settings(out, settings)
+    zeroshot_path = out / rdm_zeroshot.FILE_NAME
+    zeroshot_set = None
+    if cfg.zeroshot_root and not rdm_zeroshot.is_done(zeroshot_path, settings, cfg.zeroshot_dataset,
+                                                      cfg.zeroshot_root):
+        # built on every rank before any embedding, so that a bad set stops all ranks at once
+        zeroshot_set = rdm_zeroshot.build_zeroshot_dataset(cfg.zeroshot_dataset, cfg.zeroshot_root, teacher.preprocess)
+    if env.is_main:
+        config_lib.save(cfg, out / "embed_config.yaml")
+
+    # Shards are dealt to ranks by position in the full list, so a restart gives each rank the same ones.
+    mine = [u for i, u in enumerate(urls) if i % env.world_size == env.rank]
+    todo = [u for u in mine if cache_lib.read_done_marker(out, cache_lib.sibling_name(u)) is None]
+    for u in todo:  # leftovers of a killed run
+        for stale in out.glob(f"{cache_lib.sibling_name(u)}{cache_lib.TMP_MARK}*"):
+            stale.unlink()
+
+    loader = torch.utils.data.DataLoader(
+        ShardInputs(todo, teacher.preprocess, teacher.tokenizer, augment),
+        batch_size=None, num_workers=min(cfg.workers, len(todo)), pin_memory=env.device.type == "cuda")
+    embedder = _Embedder(teacher, env.device, precision, cfg.batch_size, cfg.augmentations)
+    writers: dict = {}
+    done_here = []
+    expected = count_samples(todo) if todo else 0
+    bar = tqdm(total=expected, unit="sample", disable=not env.is_main or not todo, dynamic_ncols=True,
+               desc=f"embed rank {env.rank}" if env.distributed else "embed")
+    start = time.time()
+
+    def write(results):
+        for item, img, txt in results:
+            url = item["url"]
+            if url not in writers:
+                writers[url] = cache_lib.SiblingShardWriter(out, cache_lib.sibling_name(url), cfg.dtype)
+            writers[url].write(item["key"], img, txt, item["paug"])
+        bar.update(len(results))
+
+    try:
+        for item in loader:
+            if item.get("end"):
+                write(embedder.flush())  # the shard's last samples must be in before it is committed
+                url = item["url"]
+                writer = writers.pop(url, None) or cache_lib.SiblingShardWriter(out, cache_lib.sibling_name(url),
+                                                                                 cfg.dtype)
+                stats = item["stats"]
+                done_here.append(writer.commit({"source": url, "skipped": stats["bad"], "stats": stats,
+                                                "settings": settings}))
+            elif embedder.add(item):
+                write(embedder.flush())
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    if writers:  # a shard without its end marker means the loader lost it: never commit it
+        raise DataError(f"data loading stopped before the end of {next(iter(writers))}")
+    elapsed = time.time() - start
+    n_here = sum(d["count"] for d in done_here)
+    print(f"rank {env.rank}: embedded {n_here} samples from {len(done_here)} shards in {elapsed:.1f}s "
+          f"({n_here / max(elapsed, 1e-9):.1f} samples/s); {len(mine) - len(todo)} shards were already complete",
+          flush=True)
+
+    barrier(env)
+    summary = None
+    if env.is_main:
+        markers = []
+        for u in urls:
+            marker = cache_lib.read_done_marker(out, cache_lib.sibling_name(u))
+            if marker is None:
+                raise DataError(f"cache shard for {u} is missing after all ranks finished; re-run the same command")
+            markers.append(marker)
+        meta = cache_lib.write_cache_meta(out, settings, markers)
+        bad = BadSampleStats()
+        for m in markers:
+            bad.merge(m.get("stats", {}))
+        summary = (f"cache {out}: {meta['num_samples']} samples in {len(markers)} shards, "
+                   f"{meta['bytes'] / 1e6:.1f} MB ({meta['bytes'] / max(meta['num_samples'], 1):.0f} bytes/sample); "
+                   f"{bad.summary()}; this run embedded {len(done_here)} shards")
+        if not meta["num_samples"]:
+            raise DataError(f"no usable sample in {cfg.train_data}: {bad.summary()}")
+        if zeroshot_set is not None:
+            payload = rdm_zeroshot.embed_zeroshot_set(
+                teacher, cfg.zeroshot_dataset, cfg.zeroshot_root, settings=settings, batch_size=cfg.batch_size,
+                workers=cfg.workers, device=env.device, autocast=lambda: autocast(precision, env.device),
+                built=zeroshot_set)
+            rdm_zeroshot.write_zeroshot_eval(zeroshot_path, payload)
+            summary += (f"; zero-shot set {cfg.zeroshot_root}: {len(payload['labels'])} images, "
+                        f"{len(payload['classnames'])} classes x {len(payload['templates'])} templates "
+                        f"in {zeroshot_path.name}")
+        elif cfg.zeroshot_root:
+            summary += f"; {zeroshot_path.name} was already complete"
+    barrier(env)
+    cleanup(env)
+    return summary
