@@ -85,3 +85,33 @@ def test_shards_without_any_usable_sample_raise_instead_of_hanging(tmp_path, dem
     with pytest.raises(DataError, match="hold no usable sample") as caught:
         list(info.iterate(0))
     assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def _corrupt_copy(tmp_path, demo_data_dir, bad_per_shard: int) -> str:
+    """The tiny demo's 8 train shards (6 samples each), with `bad_per_shard` undecodable images added to each."""
+    for n in range(8):
+        raw = _good_samples(demo_data_dir, f"{n:05d}.tar")
+        bad = [{**_member_dict(raw[i % len(raw)], f"bad{n}x{i}"), "jpg": b"broken"} for i in range(bad_per_shard)]
+        write_shard(tmp_path / f"{n}.tar", [_member_dict(r) for r in raw] + bad)
+    return str(tmp_path / "{0..7}.tar")
+
+
+def test_a_run_over_lightly_corrupted_shards_reports_them_in_its_log(tmp_path, demo_data_dir, caplog):
+    from cifd_clip.cli import main
+    spec = _corrupt_copy(tmp_path / "data", demo_data_dir, bad_per_shard=1)  # 8 bad of 56 read, under 20%
+    code = main(["train", "--model", "tiny-vit-student", "--train-data", spec, "--train-num-samples", "48",
+                 "--batch-size", "8", "--workers", "0", "--max-bad-fraction", "0.2", "--logs", str(tmp_path),
+                 "--name", "light"])
+    assert code == 0
+    assert "bad samples skipped so far: 8 bad of 56 samples (14.3%)" in caplog.text
+    assert "undecodable_image=8" in caplog.text
+
+
+def test_too_much_bad_data_stops_a_small_run_with_exit_1(tmp_path, demo_data_dir, capsys):
+    from cifd_clip.cli import main
+    spec = _corrupt_copy(tmp_path / "data", demo_data_dir, bad_per_shard=5)  # 40 bad of 88: 45%, far below 1000
+    code = main(["train", "--model", "tiny-vit-student", "--train-data", spec, "--train-num-samples", "48",
+                 "--batch-size", "8", "--workers", "0", "--logs", str(tmp_path), "--name", "heavy"])
+    err = capsys.readouterr().err
+    assert code == 1 and "too much bad data, more than the allowed 5% (--max-bad-fraction)" in err
+    assert "Traceback" not in err

@@ -97,3 +97,17 @@ def test_warmup_then_cosine_to_zero():
     assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]
     assert math.isclose(lrs[9], 0.5, abs_tol=1e-9) and lrs[-1] < 0.03
     assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+
+
+def test_warmup_is_a_fraction_of_the_run_by_default_or_a_number_of_steps():
+    from cifd_clip.commands.train import Config
+    from cifd_clip.config import parse
+    from cifd_clip.errors import ConfigError
+
+    base = ["--train-data", "x.tar", "--model", "m"]
+    assert parse(Config, base).warmup_steps(625) == 62  # the default follows the run's length
+    assert parse(Config, [*base, "--warmup", "0.25"]).warmup_steps(400) == 100
+    assert parse(Config, [*base, "--warmup", "60"]).warmup_steps(400) == 60
+    for bad in ("1.5", "-1", "nan"):
+        with pytest.raises(ConfigError, match="--warmup"):
+            parse(Config, [*base, "--warmup", bad])

@@ -2,16 +2,22 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import yaml
 
 from cifd_clip.cli import main
 
 
-def test_train_writes_config_metrics_summary_and_checkpoints(demo_train_spec, tmp_path):
+def test_train_writes_config_metrics_summary_and_checkpoints(demo_train_spec, tmp_path, capsys, caplog):
     args = ["train", "--model", "tiny-rn-student", "--train-data", demo_train_spec, "--batch-size", "6",
             "--workers", "2", "--warmup", "1", "--logs", str(tmp_path), "--name", "rn", "--grad-clip-norm", "1.0"]
+    caplog.set_level(logging.INFO)
     assert main(args) == 0
+    # off a terminal, progress is a few log lines, not a bar redrawn with carriage returns at every step
+    assert "\r" not in capsys.readouterr().err
+    progress = [r.getMessage() for r in caplog.records if r.name == "cifd_clip.progress"]
+    assert progress and progress[-1].startswith("step 8/8 (100%)") and len(progress) <= 8
     run = tmp_path / "rn"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["model"] == "tiny-rn-student" and config["name"] == "rn" and config["grad_clip_norm"] == 1.0

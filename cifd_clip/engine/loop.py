@@ -12,6 +12,9 @@ which does not combine with distillation targets).
 Randomness inside a step (IBM noise, KD dropout, augmentation in the main process) is
 re-seeded from (seed, rank, step) before each step, as fairseq does, so a resumed run draws
 exactly what the uninterrupted run drew.
+
+Each epoch's batch iterator is run to its end, so the loader's epoch-end work happens: its summary of
+skipped bad samples reaches the log and its bad-fraction limit is enforced (a DataError stops the run).
 """
 from __future__ import annotations
 
@@ -19,7 +22,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -33,11 +35,10 @@ from ..errors import DataError, UserError
 from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
 from .precision import autocast, resolve_precision
+from .progress import Progress
 from .schedule import WarmupCosine, make_optimizer
 
 log = logging.getLogger(__name__)
-
-POISON_ENV = "CIFD_CLIP_POISON_STEP"  # debug/test hook: make the loss NaN at this optimizer step
 
 
 class NonFiniteLoss(UserError):
@@ -123,6 +124,205 @@ def _check_resume_fits(ckpt: dict, steps_per_epoch: int, world_size: int, path) 
                     world_size)
 
 
+class Trainer:
+    """The state of one training run and its named steps; `fit` below strings them together."""
+
+    def __init__(self, module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, describe: dict,
+                 evaluate: Optional[Callable[[nn.Module, int], dict]], find_unused_parameters: bool):
+        self.module, self.data, self.cfg, self.env = module, data, cfg, env
+        self.run_dir, self.describe, self.evaluate = Path(run_dir), describe, evaluate
+        self.device = env.device
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.accum = cfg.accum_freq
+        self.steps_per_epoch = int(data.num_batches) // self.accum
+        if self.steps_per_epoch < 1:
+            raise DataError(f"an epoch has {data.num_batches} batches per process, fewer than --accum-freq "
+                            f"{self.accum}: lower --batch-size or --accum-freq, or use more data")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        module.to(self.device)
+        self.optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps)
+        self.scheduler = WarmupCosine(self.optimizer, cfg.warmup_steps(self.total_steps), self.total_steps)
+        self.scaler = (torch.amp.GradScaler("cuda") if self.precision == "amp" and self.device.type == "cuda"
+                       else None)
+        self.step = 0
+        self.steps_this_run, self.skipped = 0, 0
+        self.last_terms: dict = {}
+        self.eval_results: dict = {}
+        self.last_saved: Optional[Path] = None
+        self.stopped_early = False
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        self.global_batch = cfg.batch_size * env.world_size * self.accum
+        self.find_unused_parameters = find_unused_parameters
+
+    # ---------------------------------------------------------------- set-up
+
+    def resume(self) -> None:
+        path = ckpt_lib.resolve_resume(self.cfg.resume, self.run_dir)
+        if path is None:
+            if self.cfg.resume == "latest" and self.env.is_main:
+                log.info("--resume latest: no checkpoint in %s yet, starting from scratch", self.run_dir / "checkpoints")
+            return
+        ckpt = ckpt_lib.load_for_resume(path)
+        _check_resume_fits(ckpt, self.steps_per_epoch, self.env.world_size, path)
+        self.module.load_states(ckpt["state_dict"], ckpt.get("distill_state_dict", {}))
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler is not None and "scaler" in ckpt:
+            self.scaler.load_state_dict(ckpt["scaler"])
+        ckpt_lib.set_rng_state(ckpt["rng"])
+        self.step = int(ckpt["step"])
+        if self.env.is_main:
+            log.info("resuming from %s at step %d of %d", path, self.step, self.total_steps)
+
+    def checkpoint(self, epochs_done: int) -> dict:
+        return ckpt_lib.build_checkpoint(
+            epoch=epochs_done, step=self.step, name=self.run_dir.name, model_name=self.describe["model_name"],
+            model_cfg=self.describe["model_cfg"], preprocess_cfg=self.describe["preprocess_cfg"],
+            state_dict=self.module.student_state_dict(), distill_state_dict=self.module.distill_state_dict(),
+            optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict() if self.scaler is not None else None,
+            config=self.describe.get("config", {}),
+            extra={"steps_per_epoch": self.steps_per_epoch, "world_size": self.env.world_size})
+
+    # ---------------------------------------------------------------- one optimizer step
+
+    def forward_backward(self, model: nn.Module, batches, epoch: int, local_step: int) -> dict:
+        """Run the step's micro-batches; returns the terms averaged over them (plus their sum, `loss`)."""
+        sums: dict[str, float] = {}
+        for micro in range(self.accum):
+            try:
+                batch = next(batches)
+            except StopIteration:
+                raise DataError(f"the data ran out after {local_step * self.accum + micro} batches of epoch "
+                                f"{epoch}, but {self.data.num_batches} were expected") from None
+            batch = to_device(batch, self.device)
+            last = micro == self.accum - 1
+            sync = model.no_sync() if self.env.distributed and not last else contextlib.nullcontext()
+            with sync:
+                with autocast(self.precision, self.device):
+                    terms = model(batch)
+                loss = sum(terms.values()) / self.accum
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach()) / self.accum
+        return {"loss": sum(sums.values()), **sums}
+
+    def apply_update(self, terms: dict, epoch: int) -> float:
+        """Clip, check for NaN/inf on every rank, then step the optimizer (or skip / stop). Returns the grad norm."""
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
+        clip = self.cfg.grad_clip_norm if self.cfg.grad_clip_norm else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip))
+        bad = _first_bad_term(terms) or (None if math.isfinite(grad_norm) or self.scaler is not None else "grad_norm")
+        if all_reduce_max(self.env, 1.0 if bad else 0.0) > 0:
+            where = f"term '{bad}'" if bad else "a term on another process"
+            if not self.cfg.skip_nonfinite:
+                raise NonFiniteLoss(f"the loss became NaN/inf at step {self.step} (epoch {epoch}) in {where}; lower "
+                                    f"--lr, set --grad-clip-norm, or pass --skip-nonfinite")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped += 1
+            self.metrics.write({"step": self.step, "epoch": epoch, "skipped_nonfinite": where})
+            log.warning("skipping step %d: non-finite %s", self.step, where)
+            return grad_norm
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if hasattr(self.module, "post_step"):
+            self.module.post_step()
+        return grad_norm
+
+    def train_step(self, model: nn.Module, batches, epoch: int, local_step: int) -> None:
+        seed_everything(self.cfg.seed, self.env.rank, self.step)
+        if hasattr(self.module, "begin_step"):
+            self.module.begin_step(self.step)
+        lr = self.scheduler.step(self.step)
+        self.optimizer.zero_grad(set_to_none=True)
+        started = time.time()
+        terms = self.forward_backward(model, batches, epoch, local_step)
+        grad_norm = self.apply_update(terms, epoch)
+        self.step += 1
+        self.steps_this_run += 1
+        self.last_terms = terms
+        samples_per_s = self.global_batch / max(time.time() - started, 1e-9)
+        if self.env.is_main and (self.step % self.cfg.log_every_steps == 0 or self.step == self.total_steps):
+            self.metrics.write({"step": self.step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm,
+                                "samples_per_s": samples_per_s, **terms})
+        self.progress.update(self.step, loss=terms["loss"], samples_per_s=samples_per_s)
+
+    # ---------------------------------------------------------------- epochs
+
+    def end_epoch(self, batches, epoch: int) -> None:
+        """Finish the loader's epoch (its bad-sample report and limit), save, and evaluate when asked."""
+        for _ in batches:  # batches that --accum-freq leaves over; the loader's epoch-end code runs after them
+            pass
+        if self.env.is_main:
+            self.last_saved = self.writer.save_epoch(self.checkpoint(epoch + 1))
+        every = self.cfg.eval_every_epochs
+        if self.evaluate is not None and every and (epoch + 1) % every == 0:
+            if self.env.is_main:
+                self.module.eval()
+                self.eval_results = self.evaluate(self.module.student, epoch + 1)
+                self.module.train()
+                self.metrics.write({"step": self.step, "epoch": epoch + 1, "eval": self.eval_results})
+            barrier(self.env)
+
+    def train_epoch(self, model: nn.Module, epoch: int, local_step: int) -> None:
+        if hasattr(self.data, "set_epoch"):
+            self.data.set_epoch(epoch)
+        _seed_loader(self.data, self.cfg.seed, self.env.rank, epoch)
+        batches = iter(self.data.iterate(epoch, skip_batches=local_step * self.accum))
+        stop_after = self.cfg.stop_after_steps
+        while local_step < self.steps_per_epoch:
+            self.train_step(model, batches, epoch, local_step)
+            local_step += 1
+            stop = stop_after is not None and stop_after <= self.step < self.total_steps
+            every = self.cfg.save_every_steps
+            if local_step == self.steps_per_epoch:
+                self.end_epoch(batches, epoch)
+            elif (stop or (every and self.step % every == 0)) and self.env.is_main:
+                self.last_saved = self.writer.save_step(self.checkpoint(epoch))
+            if stop:
+                self.stopped_early = True
+                return
+
+    def run(self) -> dict:
+        self.resume()
+        model = wrap_ddp(self.module, self.env, self.find_unused_parameters)
+        self.writer = ckpt_lib.CheckpointWriter(self.run_dir)
+        self.metrics = MetricsLog(self.run_dir, self.env.is_main)
+        self.progress = Progress(self.total_steps, self.step, enabled=self.env.is_main)
+        started = time.time()
+        self.module.train()
+        try:
+            while self.step < self.total_steps and not self.stopped_early:
+                epoch, local_step = divmod(self.step, self.steps_per_epoch)
+                self.train_epoch(model, epoch, local_step)
+        finally:
+            self.progress.close()
+            self.metrics.close()
+        barrier(self.env)
+        return self.summary(time.time() - started)
+
+    def summary(self, wall: float) -> dict:
+        summary = {
+            "steps": self.step, "total_steps": self.total_steps, "steps_this_run": self.steps_this_run,
+            "epochs": self.cfg.epochs, "stopped_early": self.stopped_early,
+            "skipped_nonfinite_steps": self.skipped, "final_metrics": self.last_terms, "eval": self.eval_results,
+            "wall_time_s": wall,
+            "samples_per_s": self.steps_this_run * self.global_batch / wall if wall > 0 else 0.0,
+            "bad_samples": _bad_samples(self.data),
+            "last_checkpoint": str(self.last_saved) if self.last_saved else None,
+            "precision": self.precision, "world_size": self.env.world_size,
+        }
+        if self.env.is_main and self.steps_this_run == 0 and (self.run_dir / "summary.json").is_file():
+            log.info("the run in %s had already finished; its summary.json is kept", self.run_dir)
+        elif self.env.is_main:
+            (self.run_dir / "summary.json").write_text(json.dumps(ckpt_lib.to_plain(summary), indent=2))
+        return summary
+
+
 def fit(module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, *, describe: dict,
         evaluate: Optional[Callable[[nn.Module, int], dict]] = None, find_unused_parameters: bool = False) -> dict:
     """Train `module` on `data` (a DataInfo with num_batches and iterate(epoch, skip_batches)).
@@ -130,165 +330,7 @@ def fit(module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, *, describe: 
     `describe` carries model_name/model_cfg/preprocess_cfg for the checkpoints; `evaluate(student, epoch)`
     runs on the main process every --eval-every-epochs. Returns the summary also written to summary.json.
     """
-    run_dir = Path(run_dir)
-    device = env.device
-    precision = resolve_precision(cfg.precision, device)
-    accum = cfg.accum_freq
-    steps_per_epoch = int(data.num_batches) // accum
-    if steps_per_epoch < 1:
-        raise DataError(f"an epoch has {data.num_batches} batches per process, fewer than --accum-freq {accum}: "
-                        f"lower --batch-size or --accum-freq, or use more data")
-    total_steps = steps_per_epoch * cfg.epochs
-    module.to(device)
-    optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps)
-    scheduler = WarmupCosine(optimizer, cfg.warmup_steps(total_steps), total_steps)
-    scaler = torch.amp.GradScaler("cuda") if precision == "amp" and device.type == "cuda" else None
-
-    step = 0
-    resume_path = ckpt_lib.resolve_resume(cfg.resume, run_dir)
-    if resume_path is not None:
-        ckpt = ckpt_lib.load_for_resume(resume_path)
-        _check_resume_fits(ckpt, steps_per_epoch, env.world_size, resume_path)
-        module.load_states(ckpt["state_dict"], ckpt.get("distill_state_dict", {}))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        if scaler is not None and "scaler" in ckpt:
-            scaler.load_state_dict(ckpt["scaler"])
-        ckpt_lib.set_rng_state(ckpt["rng"])
-        step = int(ckpt["step"])
-        if env.is_main:
-            log.info("resuming from %s at step %d of %d", resume_path, step, total_steps)
-    elif cfg.resume == "latest" and env.is_main:
-        log.info("--resume latest: no checkpoint in %s yet, starting from scratch", run_dir / "checkpoints")
-
-    model = wrap_ddp(module, env, find_unused_parameters)
-    writer = ckpt_lib.CheckpointWriter(run_dir)
-    metrics = MetricsLog(run_dir, env.is_main)
-    poison_step = int(os.environ.get(POISON_ENV, "-1") or -1)
-    global_batch = cfg.batch_size * env.world_size * accum
-    params = [p for p in module.parameters() if p.requires_grad]
-
-    def checkpoint(epochs_done: int) -> dict:
-        return ckpt_lib.build_checkpoint(
-            epoch=epochs_done, step=step, name=run_dir.name, model_name=describe["model_name"],
-            model_cfg=describe["model_cfg"], preprocess_cfg=describe["preprocess_cfg"],
-            state_dict=module.student_state_dict(), distill_state_dict=module.distill_state_dict(),
-            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-            scaler=scaler.state_dict() if scaler is not None else None, config=describe.get("config", {}),
-            extra={"steps_per_epoch": steps_per_epoch, "world_size": env.world_size})
-
-    from tqdm import tqdm
-    progress = tqdm(total=total_steps, initial=step, disable=not env.is_main, unit="step", dynamic_ncols=True)
-    started = time.time()
-    steps_this_run, skipped, last_terms, eval_results = 0, 0, {}, {}
-    stopped_early, last_saved = False, None
-    module.train()
-    try:
-        while step < total_steps:
-            epoch, local_step = divmod(step, steps_per_epoch)
-            if hasattr(data, "set_epoch"):
-                data.set_epoch(epoch)
-            _seed_loader(data, cfg.seed, env.rank, epoch)
-            batches = iter(data.iterate(epoch, skip_batches=local_step * accum))
-            while local_step < steps_per_epoch:
-                seed_everything(cfg.seed, env.rank, step)
-                if hasattr(module, "begin_step"):
-                    module.begin_step(step)
-                lr = scheduler.step(step)
-                optimizer.zero_grad(set_to_none=True)
-                t0 = time.time()
-                sums: dict[str, float] = {}
-                for micro in range(accum):
-                    try:
-                        batch = next(batches)
-                    except StopIteration:
-                        raise DataError(f"the data ran out after {local_step * accum + micro} batches of epoch "
-                                        f"{epoch}, but {data.num_batches} were expected") from None
-                    batch = to_device(batch, device)
-                    sync = model.no_sync() if env.distributed and micro < accum - 1 else contextlib.nullcontext()
-                    with sync:
-                        with autocast(precision, device):
-                            terms = model(batch)
-                        if step == poison_step and micro == 0:
-                            first = next(iter(terms))
-                            terms = {**terms, first: terms[first] * float("nan")}
-                        loss = sum(terms.values())
-                        scaled = loss / accum
-                        (scaler.scale(scaled) if scaler is not None else scaled).backward()
-                    for name, value in terms.items():
-                        sums[name] = sums.get(name, 0.0) + float(value.detach()) / accum
-                sums = {"loss": sum(sums.values()), **sums}
-                if scaler is not None:
-                    scaler.unscale_(optimizer)
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(
-                    params, cfg.grad_clip_norm if cfg.grad_clip_norm else float("inf")))
-                bad = _first_bad_term(sums) or (None if math.isfinite(grad_norm) or scaler is not None
-                                                else "grad_norm")
-                if all_reduce_max(env, 1.0 if bad else 0.0) > 0:
-                    where = f"term '{bad}'" if bad else "a term on another process"
-                    if not cfg.skip_nonfinite:
-                        raise NonFiniteLoss(f"the loss became NaN/inf at step {step} (epoch {epoch}) in {where}; "
-                                            f"lower --lr, set --grad-clip-norm, or pass --skip-nonfinite")
-                    optimizer.zero_grad(set_to_none=True)
-                    skipped += 1
-                    metrics.write({"step": step, "epoch": epoch, "skipped_nonfinite": where})
-                    log.warning("skipping step %d: non-finite %s", step, where)
-                else:
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    if hasattr(module, "post_step"):
-                        module.post_step()
-                step += 1
-                local_step += 1
-                steps_this_run += 1
-                last_terms = sums
-                dt = max(time.time() - t0, 1e-9)
-                if env.is_main and (step % cfg.log_every_steps == 0 or step == total_steps):
-                    metrics.write({"step": step, "epoch": epoch, "lr": lr, "grad_norm": grad_norm,
-                                   "samples_per_s": global_batch / dt, **sums})
-                progress.update(1)
-                progress.set_postfix(loss=f"{sums['loss']:.4g}", samples_s=f"{global_batch / dt:.1f}")
-                finished_epoch = local_step == steps_per_epoch
-                stop_now = cfg.stop_after_steps is not None and step >= cfg.stop_after_steps and step < total_steps
-                if finished_epoch:
-                    if env.is_main:
-                        last_saved = writer.save_epoch(checkpoint(epoch + 1))
-                    if evaluate is not None and cfg.eval_every_epochs and (epoch + 1) % cfg.eval_every_epochs == 0:
-                        if env.is_main:
-                            module.eval()
-                            eval_results = evaluate(module.student, epoch + 1)
-                            module.train()
-                            metrics.write({"step": step, "epoch": epoch + 1, "eval": eval_results})
-                        barrier(env)
-                elif (cfg.save_every_steps and step % cfg.save_every_steps == 0) or stop_now:
-                    if env.is_main:
-                        last_saved = writer.save_step(checkpoint(epoch))
-                if stop_now:
-                    stopped_early = True
-                    break
-            if stopped_early:
-                break
-    finally:
-        progress.close()
-        metrics.close()
-    barrier(env)
-    wall = time.time() - started
-    summary = {
-        "steps": step, "total_steps": total_steps, "steps_this_run": steps_this_run, "epochs": cfg.epochs,
-        "stopped_early": stopped_early, "skipped_nonfinite_steps": skipped, "final_metrics": last_terms,
-        "eval": eval_results, "wall_time_s": wall,
-        "samples_per_s": steps_this_run * global_batch / wall if wall > 0 else 0.0,
-        "bad_samples": _bad_samples(data), "last_checkpoint": str(last_saved) if last_saved else None,
-        "precision": precision, "world_size": env.world_size,
-    }
-    if env.is_main and steps_this_run == 0 and (run_dir / "summary.json").is_file():
-        log.info("the run in %s had already finished; its summary.json is kept", run_dir)
-    elif env.is_main:
-        (run_dir / "summary.json").write_text(json.dumps(ckpt_lib.to_plain(summary), indent=2))
-    return summary
+    return Trainer(module, data, cfg, env, run_dir, describe, evaluate, find_unused_parameters).run()
 
 
 def _bad_samples(data) -> dict:

@@ -30,6 +30,9 @@ class TrainingOptions:
                                 "when below 1, else a number of steps (open_clip's fixed 10000 exceeds a short "
                                 "run; 0.1 is its share at paper scale)")
     workers: int = option(1, "data-loading worker processes per training process")
+    max_bad_fraction: float = option(0.05, "stop when more than this fraction of the samples read are bad "
+                                           "(undecodable, missing image or caption; checked as data arrives and at "
+                                           "each epoch's end)")
     precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto (open_clip's amp is ~10x slower on CPU)",
                             choices=PRECISIONS)
     accum_freq: int = option(1, "micro-batches per optimizer step (losses are summed, see docs/training.md)")
@@ -63,6 +66,8 @@ class TrainingOptions:
                 raise ConfigError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
         if self.log_every_steps < 1:
             raise ConfigError(f"--log-every-steps must be at least 1, got {self.log_every_steps}")
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
         if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:

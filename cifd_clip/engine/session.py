@@ -93,7 +93,8 @@ def build_loader(cfg, tower, env: DistEnv, *, teacher=None, sample_stages: Seque
         workers=cfg.workers, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
         num_samples=cfg.train_num_samples, resampled=cfg.dataset_resampled,
         teacher_preprocess=teacher.preprocess if teacher is not None else None,
-        teacher_tokenizer=teacher.tokenizer if teacher is not None else None, sample_stages=sample_stages)
+        teacher_tokenizer=teacher.tokenizer if teacher is not None else None, sample_stages=sample_stages,
+        max_bad_fraction=cfg.max_bad_fraction)
 
 
 def preflight(cfg, env: DistEnv, needed_keys: Sequence[str] = ()) -> None:
