@@ -57,7 +57,7 @@ def main() -> None:
 
     import open_clip
 
-    from cifd_clip.data.demo import write_demo_data
+    from cifd_clip.data.shapes import write_demo_data
     from cifd_clip.data.loader import make_train_loader
     from cifd_clip.towers import register_model_configs
 

@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cifd_clip.demo.runner import command_line, run_step, tail  # noqa: E402
+from cifd_clip.demo.execute import command_line, run_step, tail  # noqa: E402
 
 RECIPES = REPO / "recipes" / "demo"
 SEEDS = (0, 1, 2)

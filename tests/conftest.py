@@ -21,8 +21,8 @@ TINY_DEMO = dict(seed=0, train_samples=48, val_samples=12, zeroshot_samples=72, 
 
 @pytest.fixture(scope="session")
 def demo_data_dir(tmp_path_factory):
-    """A tiny demo data set (cifd_clip.data.demo layout, settings in TINY_DEMO); treat it as read-only."""
-    from cifd_clip.data.demo import write_demo_data
+    """A tiny demo data set (cifd_clip.data.shapes layout, settings in TINY_DEMO); treat it as read-only."""
+    from cifd_clip.data.shapes import write_demo_data
 
     out = tmp_path_factory.mktemp("demo") / "data"
     write_demo_data(out, **TINY_DEMO)

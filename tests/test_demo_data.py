@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cifd_clip.data.demo import CLASSNAMES, write_demo_data
+from cifd_clip.data.shapes import CLASSNAMES, write_demo_data
 from cifd_clip.data.shards import iter_samples
 
 SMALL = dict(train_samples=10, val_samples=4, zeroshot_samples=40, retrieval_samples=6, image_size=32,
@@ -82,7 +82,7 @@ def test_cli_writes_the_data_and_refuses_a_foreign_folder(tmp_path):
 
 
 def test_training_captions_mix_short_colour_and_kind_ones_with_detailed_ones(tmp_path):
-    from cifd_clip.data.demo import SHAPES, caption_samples
+    from cifd_clip.data.shapes import SHAPES, caption_samples
 
     texts = [s["txt"] for s in caption_samples("train", 200, seed=0, image_size=16)]
     short = [t for t in texts if not {"small", "large"} & set(t.split()) and t.rstrip(".").split()[-1] in SHAPES]

@@ -45,7 +45,7 @@ def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
 
 @pytest.mark.slow
 def test_every_model_beats_chance_widely(small_demo):
-    from cifd_clip.data.demo import CLASSNAMES
+    from cifd_clip.data.shapes import CLASSNAMES
 
     results = json.loads((small_demo[0] / "report" / "results.json").read_text())
     chance = 1 / len(CLASSNAMES)

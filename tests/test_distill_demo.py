@@ -10,7 +10,7 @@ from cifd_clip.cli import main
 
 @pytest.mark.slow
 def test_short_distill_run_beats_chance_on_demo_zero_shot(tmp_path):
-    from cifd_clip.data.demo import CLASSNAMES, write_demo_data
+    from cifd_clip.data.shapes import CLASSNAMES, write_demo_data
     data = tmp_path / "data"
     write_demo_data(data, seed=0, train_samples=1600, val_samples=12, zeroshot_samples=216, retrieval_samples=20,
                     image_size=64, samples_per_shard=200)

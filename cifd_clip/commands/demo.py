@@ -29,7 +29,7 @@ def run(cfg: Config) -> int:
     from pathlib import Path
 
     from ..demo.plan import Layout, build_plan, resolve_recipes
-    from ..demo.runner import command_line, prepare_out, run_step, tail
+    from ..demo.execute import command_line, prepare_out, run_step, tail
 
     recipes = resolve_recipes(cfg.recipes)
     steps = build_plan(recipes, cfg.scale)
@@ -51,7 +51,7 @@ def run(cfg: Config) -> int:
         print(f"[{number}/{len(steps)}] {step.name} done in {seconds:.1f} s", flush=True)
 
     from ..demo.report import write_report
-    from ..export import verify_export
+    from ..export.open_clip_folder import verify_export
 
     check_start = time.perf_counter()
     diff = verify_export(layout.export, layout.checkpoint("student-cifd"))

@@ -20,7 +20,7 @@ class Config:
 
 
 def run(cfg: Config) -> int:
-    from ..export import export_student, verify_export
+    from ..export.open_clip_folder import export_student, verify_export
 
     out = export_student(cfg.checkpoint, cfg.out, cfg.eval_results)
     message = f"exported {cfg.checkpoint} to {out} (load with open_clip: local-dir:{out})"

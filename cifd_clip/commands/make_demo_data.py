@@ -32,7 +32,7 @@ def run(cfg: Config) -> int:
     from pathlib import Path
 
     from .. import config as config_lib
-    from ..data.demo import write_demo_data
+    from ..data.shapes import write_demo_data
 
     info = write_demo_data(cfg.out, seed=cfg.seed, train_samples=cfg.train_samples, val_samples=cfg.val_samples,
                            zeroshot_samples=cfg.zeroshot_samples, retrieval_samples=cfg.retrieval_samples,

@@ -19,9 +19,9 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from .files import write_atomic
-from .errors import UserError
-from .towers import read_checkpoint, strip_prefixes
+from ..files import write_atomic
+from ..errors import UserError
+from ..towers import read_checkpoint, strip_prefixes
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 CONFIG_FILE = "open_clip_config.json"
@@ -125,7 +125,7 @@ def verify_export(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, ato
     """Load the folder through open_clip and compare embeddings with the checkpoint's weights."""
     import open_clip
 
-    from .towers import load_model
+    from ..towers import load_model
 
     exported, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out_dir}")
     reference = load_model(str(checkpoint)).model
