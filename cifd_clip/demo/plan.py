@@ -14,9 +14,10 @@ import yaml
 
 from ..errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_RECIPES = REPO_ROOT / "recipes" / "demo"
-DEMO_SUITE = REPO_ROOT / "eval" / "suites" / "demo.yaml"
+# Shipped inside the package (a checkout also shows them as recipes/demo/ and eval/suites/), so that the demo
+# runs from an installed wheel as well as from the source tree.
+DEFAULT_RECIPES = Path(__file__).resolve().parent / "recipes"
+DEMO_SUITE = Path(__file__).resolve().parents[1] / "evaluation" / "suites" / "demo.yaml"
 SCALES = ("full", "small")
 
 # The compared models: (run name, column label), in table order.
@@ -119,7 +120,7 @@ def resolve_recipes(recipes: str | None) -> Path:
         raise UserError(f"recipe folder {folder} lacks {', '.join(missing)}; pass --recipes DIR with one YAML per "
                         f"demo step (see recipes/demo/)")
     if not DEMO_SUITE.is_file():
-        raise UserError(f"the demo suite {DEMO_SUITE} is missing; run the demo from a checkout of cifd_clip")
+        raise UserError(f"the demo suite {DEMO_SUITE} is missing: this cifd_clip install is incomplete; reinstall it")
     return folder
 
 
