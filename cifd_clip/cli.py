@@ -13,6 +13,7 @@ import sys
 
 from . import config as config_lib
 from .errors import UserError
+from .outputs import release_all_locks
 
 # (subcommand, module) in pipeline order; a stage is listed only once it is built.
 STAGES = [
@@ -65,7 +66,29 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"cifd-clip {name}: interrupted", file=sys.stderr)
         return 130
+    except (OSError, RuntimeError) as e:
+        if not disk_full(e):
+            raise
+        print(f"cifd-clip {name}: error: the disk is full ({one_line(e)}); free some space and run the command "
+              f"again (a training run continues with --resume latest, embed resumes by itself)", file=sys.stderr)
+        return 1
+    finally:
+        release_all_locks()
     return int(result) if isinstance(result, int) else 0
+
+
+def disk_full(error: BaseException) -> bool:
+    """ENOSPC, also as torch's and safetensors' writers report it (a RuntimeError naming a failed write)."""
+    import errno
+    if isinstance(error, OSError):
+        return error.errno == errno.ENOSPC
+    text = str(error).lower()
+    return "no space left" in text or ("pytorchstreamwriter" in text and "write" in text) or "file write failed" in text
+
+
+def one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
 
 
 if __name__ == "__main__":

@@ -11,9 +11,12 @@ Model specs (wherever a model is named):
 """
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
+import logging
 import os
+import shutil
 import socket
 import tempfile
 from dataclasses import dataclass, field
@@ -25,7 +28,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import read_torch_file
+from .files import read_json_file, read_torch_file
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -109,15 +112,32 @@ def _network_reachable(host: str = "huggingface.co", port: int = 443, timeout: f
         return False
 
 
+_config_folder: Optional[Path] = None
+
+
 def _register_cfg(model_cfg: dict, hint: str) -> str:
-    """Register a config dict with open_clip under a name derived from its content; returns the name."""
+    """Register a config dict with open_clip under a name derived from its content; returns the name.
+
+    open_clip registers files and rereads them on every later registration, so the file stays for the life of
+    the process, in one temporary folder that is removed at exit."""
+    global _config_folder
     digest = hashlib.sha1(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:10]
     name = f"{hint}-{digest}" if hint else f"cfg-{digest}"
     if open_clip.get_model_config(name) is None:
-        folder = Path(tempfile.mkdtemp(prefix="cifd_cfg_"))
-        (folder / f"{name}.json").write_text(json.dumps(model_cfg))
-        open_clip.add_model_config(folder / f"{name}.json")
+        if _config_folder is None:
+            _config_folder = Path(tempfile.mkdtemp(prefix="cifd_cfg_"))
+            atexit.register(shutil.rmtree, _config_folder, ignore_errors=True)
+        (_config_folder / f"{name}.json").write_text(json.dumps(model_cfg))
+        open_clip.add_model_config(_config_folder / f"{name}.json")
     return name
+
+
+class _DropRandomInitWarning(logging.Filter):
+    """open_clip warns "Model initialized randomly" when it builds a model without weights; when we load the
+    user's weights right after, that warning is false."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
 
 
 def _known_names_hint(name: str) -> str:
@@ -182,12 +202,12 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
     if path.suffix == ".json":
         if not path.is_file():
             raise UserError(f"model config file {name} does not exist")
-        try:
-            cfg = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"model config file {name} is not valid JSON ({e.msg} at line {e.lineno})") from None
+        cfg = read_json_file(path, "model config file")
+        if not isinstance(cfg, dict):
+            raise UserError(f"model config file {name} holds a JSON {type(cfg).__name__}, not an object with "
+                            f"embed_dim, vision_cfg and text_cfg")
         cfg = cfg.get("model_cfg", cfg)
-        if not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+        if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
             raise UserError(f"model config file {name} needs the keys embed_dim, vision_cfg and text_cfg")
         name = _register_cfg(cfg, path.stem)
     elif path.suffix in WEIGHT_SUFFIXES:
@@ -198,12 +218,19 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
             else _register_cfg(ckpt["model_cfg"], "ckpt")
         tag = str(path)
     elif open_clip.get_model_config(name) is None:
+        if path.is_file():
+            raise UserError(f"{name} is a {path.suffix or 'plain'} file, not a model: give an open_clip model name, "
+                            f"NAME@WEIGHTS, a checkpoint (.pt/.pth/.bin/.safetensors), local-dir:FOLDER or a "
+                            f"model config .json")
         if os.sep in name or name.startswith("."):
             raise UserError(f"model {name} does not exist (no such file)")
         raise UserError(f"unknown model name {name}{_known_names_hint(name)}")
 
     weights_file = None
     if tag:
+        if Path(tag).is_dir():
+            raise UserError(f"weights {tag} is a folder; give a checkpoint file (or local-dir:{tag} as the model "
+                            f"if it is an open_clip export)")
         if Path(tag).is_file():
             weights_file = tag
         elif tag in open_clip.list_pretrained_tags_by_model(name):
@@ -217,11 +244,17 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
 
     if "pretrained_tag" in extra:
         model, pp_train, pp_val = _create_pretrained(name, extra["pretrained_tag"], device, precision, aug_cfg)
+    elif weights_file:
+        quiet = _DropRandomInitWarning()
+        logging.getLogger().addFilter(quiet)
+        try:
+            model, pp_train, pp_val = _create(name, device, precision, aug_cfg)
+        finally:
+            logging.getLogger().removeFilter(quiet)
+        _load_weights_into(model, weights_file, f"{name}")
+        extra["weights_file"] = weights_file
     else:
         model, pp_train, pp_val = _create(name, device, precision, aug_cfg)
-        if weights_file:
-            _load_weights_into(model, weights_file, f"{name}")
-            extra["weights_file"] = weights_file
     tokenizer = open_clip.get_tokenizer(name)
     return Tower(model, pp_train, pp_val, tokenizer, name, open_clip.get_model_config(name),
                  dict(model.visual.preprocess_cfg), spec, extra)

@@ -44,7 +44,7 @@ def test_local_dir_export_reproduces_the_student(student_checkpoint, tmp_path):
     out = export_student(path, tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["open_clip_config.json", "open_clip_model.safetensors", "open_clip_state_dict.pt", "tiny-vit-student.json",
-         "README.md"])
+         "README.md", ".cifd-clip-export"])
     model, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out}")
     tokenizer = open_clip.get_tokenizer(f"local-dir:{out}")
     from safetensors.torch import load_file

@@ -29,6 +29,9 @@ def run(cfg: Config):
 
     from .. import config as config_lib
     from ..evaluation.suite import run_suite
+    from ..outputs import check_folder_target
+
+    check_folder_target(cfg.output_dir, "--output-dir")
     device, precision = cfg.resolved_device_and_precision()
     summary = run_suite(cfg.suite, cfg.model, cfg.output_dir, dataset_root_base=cfg.dataset_root_base,
                         batch_size=cfg.batch_size, workers=cfg.workers, device=device, precision=precision)

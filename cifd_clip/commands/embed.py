@@ -26,6 +26,8 @@ class Config:
     pretrained: Optional[str] = option(None, "teacher weights file (or open_clip pretrained tag)")
     train_data: str = required("source shards: brace-expanded tar list, `::` joins sources (img2dataset layout)")
     out: str = required("cache folder (one sibling shard per source shard, plus cache.json)")
+    overwrite: bool = option(False, "embed everything again, replacing a cache already in --out (by default a "
+                                    "re-run resumes it, and a cache of other data or settings is refused)")
     augmentations: int = option(1, "image views per sample: view 0 is the plain image, the others random "
                                    "crops + flips whose parameters are stored to be replayed")
     aug_scale: list[float] = option([0.35, 1.0], "area range of the random crops (fraction of the image)")

@@ -63,6 +63,20 @@ def dataset_options(cfg) -> dict:
     return options
 
 
+def _expected_task(cfg, name: str) -> str:
+    """The task the result will report, known before evaluating (a wds set says it in dataset_type.txt)."""
+    from ..evaluation.datasets import default_task
+
+    if cfg.task != "auto":
+        return cfg.task
+    known = default_task(name)
+    if known:
+        return known
+    type_file = Path(cfg.dataset_root).expanduser() / "dataset_type.txt"
+    kind = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
+    return "zeroshot_retrieval" if kind == "retrieval" else "zeroshot_classification"
+
+
 def summary_line(result: dict) -> str:
     metrics = ", ".join(f"{k}={v * 100:.2f}" if isinstance(v, float) else f"{k}={v}"
                         for k, v in result["metrics"].items())
@@ -73,8 +87,10 @@ def summary_line(result: dict) -> str:
 def run(cfg: Config):
     from .. import config as config_lib
     from ..evaluation.datasets import DatasetMissing, canonical_name, default_task
-    from ..evaluation.runner import evaluate_model_on_dataset
+    from ..evaluation.runner import evaluate_model_on_dataset, weights_label
     from ..evaluation.suite import slug
+    from ..files import write_text_atomic
+    from ..outputs import check_file_target
     from ..towers import load_model
 
     device, precision = cfg.resolved_device_and_precision()
@@ -84,14 +100,19 @@ def run(cfg: Config):
     if not Path(cfg.dataset_root).expanduser().is_dir():
         raise DatasetMissing(name, Path(cfg.dataset_root).expanduser(), "no folder")
     tower = load_model(cfg.model, cfg.pretrained, device=device)
+    template = cfg.output or "{dataset}_{model}_{task}.json"
+
+    def output_path(dataset: str, pretrained: str, task_name: str) -> Path:
+        return Path(template.format(dataset=slug(dataset), model=slug(cfg.model), pretrained=slug(pretrained or "none"),
+                                    task=task_name))
+
+    # the output must be writable before the evaluation runs, not found unusable after it
+    check_file_target(output_path(name, cfg.pretrained or weights_label(tower), _expected_task(cfg, name)), "--output")
     result = evaluate_model_on_dataset(tower, cfg.dataset, cfg.dataset_root, task, batch_size=cfg.batch_size,
                                        workers=cfg.workers, recall_k=cfg.recall_k, device=device, precision=precision,
                                        options=dataset_options(cfg), pretrained=cfg.pretrained or None)
-    template = cfg.output or "{dataset}_{model}_{task}.json"
-    output = Path(template.format(dataset=slug(result["dataset"]), model=slug(cfg.model),
-                                  pretrained=slug(result["pretrained"] or "none"), task=result["task"]))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(json.dumps(result, indent=2) + "\n")
+    output = check_file_target(output_path(result["dataset"], result["pretrained"], result["task"]), "--output")
+    write_text_atomic(output, json.dumps(result, indent=2) + "\n")
     config_lib.save(cfg, output.with_suffix(".config.yaml"))
     print(summary_line(result))
     print(f"wrote {output}")

@@ -17,12 +17,13 @@ class Config:
     eval_results: Optional[str] = option(None, "results.md (or the folder) of `cifd-clip bench` for the model card; "
                                                "by default the run's eval/results.md when present")
     verify: bool = option(True, "reload the folder through open_clip and check it reproduces the checkpoint")
+    overwrite: bool = option(False, "replace an earlier export in --out (its files are removed first)")
 
 
 def run(cfg: Config) -> int:
     from ..export.open_clip_folder import export_student, verify_export
 
-    out = export_student(cfg.checkpoint, cfg.out, cfg.eval_results)
+    out = export_student(cfg.checkpoint, cfg.out, cfg.eval_results, overwrite=cfg.overwrite)
     message = f"exported {cfg.checkpoint} to {out} (load with open_clip: local-dir:{out})"
     if cfg.verify:
         diff = verify_export(out, cfg.checkpoint)

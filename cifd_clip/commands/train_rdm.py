@@ -33,6 +33,8 @@ class Config(RDMArchitecture):
     density_lr_factor: float = option(10.0, "the bottlenecks' densities learn this many times faster than the "
                                             "networks (at 1 every R keeps its initial rate for hundreds of steps)")
     out: Optional[str] = option(None, "checkpoint FILE.pt or an output folder (default: <logs>/<name>)")
+    overwrite: bool = option(False, "replace an RDM checkpoint that is already there (students trained on it keep "
+                                    "a path to it)")
     logs: str = option("./logs", "folder for run outputs when --out is not given")
     name: Optional[str] = option(None, "run name under --logs (default: rdm-<cache folder name>)")
     eval_cache: Optional[str] = option(None, "embedding cache of an eval set made by the same teacher; by "
@@ -76,6 +78,16 @@ def output_paths(cfg: Config) -> dict:
     return {"checkpoint": folder / "rdm.pt", "dir": folder, "stem": "rdm_eval", "config": folder / "config.yaml"}
 
 
+def check_outputs(cfg: Config, paths: dict) -> None:
+    from ..outputs import check_file_target, check_folder_target, refuse_to_replace
+
+    if cfg.out and cfg.out.endswith((".pt", ".pth")):
+        check_file_target(paths["checkpoint"], "--out")
+    else:
+        check_folder_target(paths["dir"], "--out" if cfg.out else "--logs/--name")
+    refuse_to_replace([paths["checkpoint"]], "--out", cfg.overwrite, "an RDM checkpoint")
+
+
 def run(cfg: Config) -> int:
     import logging
     from pathlib import Path
@@ -86,6 +98,7 @@ def run(cfg: Config) -> int:
     from ..rdm import zeroshot as rdm_zeroshot
     from ..embed.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
+    from ..outputs import hold_run_lock
     from ..errors import DataError
     from ..rdm.model import RDMFamily
     from ..rdm.report import write_report
@@ -106,7 +119,10 @@ def run(cfg: Config) -> int:
     if meta["num_samples"] < 1:
         raise DataError(f"embedding cache {cfg.cache} holds no samples")
     paths = output_paths(cfg)
+    check_outputs(cfg, paths)
     env = init_distributed(cfg.device)
+    if env.is_main:
+        hold_run_lock(paths["dir"], "output folder")
     try:
         if env.world_size > meta["num_samples"]:
             raise DataError(f"the cache has {meta['num_samples']} samples, fewer than the {env.world_size} processes")

@@ -91,6 +91,12 @@ class Distiller(nn.Module):
 
     def load_states(self, state_dict: dict, distill_state_dict: dict) -> None:
         full = {**{f"student.{k}": v for k, v in state_dict.items()}, **_migrate(distill_state_dict)}
+        own = self.state_dict()
+        for key, value in full.items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                raise UserError(f"the checkpoint holds weights of another shape than this run's model ({key}: "
+                                f"{list(value.shape)} in the checkpoint, {list(own[key].shape)} here); --resume needs "
+                                f"a checkpoint of the same --model and loss settings")
         result = self.load_state_dict(full, strict=False)
         if result.missing_keys or result.unexpected_keys:
             key = (result.missing_keys or result.unexpected_keys)[0]

@@ -19,6 +19,7 @@ from ..data.shards import BadSampleStats, count_samples, expand_urls, iter_sampl
 from ..engine.distributed import barrier, cleanup, init_distributed
 from ..engine.precision import autocast, resolve_precision
 from ..errors import DataError, UserError
+from ..outputs import check_folder_target, check_free_space, hold_run_lock
 from . import cache as cache_lib
 from .augment import AugmentSettings, apply_params, sample_views
 
@@ -62,6 +63,58 @@ def _teacher_settings(cfg, teacher, augment) -> dict:
         teacher_image_size=tower.model_cfg.get("vision_cfg", {}).get("image_size"),
         image_dim=tower.embed_dim, text_dim=tower.embed_dim, dtype=cfg.dtype, normalized=cfg.normalize,
         augmentation=augment.to_dict(), teacher_logit_scale=float(tower.model.logit_scale.detach().exp()))
+
+
+def source_identity(url: str) -> dict:
+    """What makes a finished cache shard belong to its source: the source file's absolute path, size and
+    modification time (a changed, replaced or other file with the same name is not the same source)."""
+    path = Path(url)
+    stat = path.stat() if path.is_file() else None
+    return {"path": str(path.resolve()), "size": stat.st_size if stat else None,
+            "mtime_ns": stat.st_mtime_ns if stat else None}
+
+
+def _is_done(out: Path, url: str) -> bool:
+    """A complete cache shard of exactly this source; one of another source is refused (--overwrite redoes it)."""
+    name = cache_lib.sibling_name(url)
+    done = cache_lib.read_done_marker(out, name)
+    if done is None:
+        return False
+    recorded = done.get("source_file") or {"path": str(Path(done.get("source", "")).resolve())}
+    current = source_identity(url)
+    if any(recorded.get(k) is not None and recorded.get(k) != current[k] for k in ("path", "size", "mtime_ns")):
+        what = "another file" if recorded.get("path") != current["path"] else "this file before it changed"
+        raise UserError(f"{out / name} holds the embeddings of {what} ({recorded.get('path')}), not of {url}; pass "
+                        f"--overwrite to embed everything again, or write this data to another --out")
+    return True
+
+
+def _refuse_other_shards(out: Path, names: list[str]) -> None:
+    """A cache holds one shard set: finished shards of another set would be mixed into this one."""
+    wanted = set(names)
+    others = sorted(m.name[:-len(cache_lib.DONE_SUFFIX)] for m in out.glob(f"*.tar{cache_lib.DONE_SUFFIX}")
+                    if m.name[:-len(cache_lib.DONE_SUFFIX)] not in wanted)
+    if others:
+        raise UserError(f"{out} also holds embeddings of other shards ({others[0]}{' ...' if len(others) > 1 else ''}) "
+                        f"than --train-data names; pass --overwrite to replace the whole cache, or use another --out")
+
+
+def _remove_cache_files(out: Path) -> None:
+    if not out.is_dir():
+        return
+    from ..rdm import zeroshot as rdm_zeroshot
+
+    for path in [*out.glob("*.tar"), *out.glob(f"*.tar{cache_lib.DONE_SUFFIX}"), out / cache_lib.META_FILE,
+                 out / rdm_zeroshot.FILE_NAME]:
+        path.unlink(missing_ok=True)
+
+
+def _check_space(out: Path, urls: list, todo: list, settings: dict) -> None:
+    count = count_samples(todo) if todo else 0
+    if count:
+        width = settings["augmentation"]["views"] * settings["image_dim"] + settings["text_dim"]
+        per_sample = width * (2 if settings["dtype"] == "float16" else 4) + 1536  # + tar headers of 2-3 members
+        check_free_space(out, count * per_sample, f"the embeddings of {count} samples")
 
 
 def _refuse_other_settings(out, settings: dict) -> None:
@@ -130,8 +183,13 @@ def embed_shards(cfg) -> Optional[str]:
                         f"so embed sources with clashing names into separate --out folders")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    out = check_folder_target(cfg.out, "--out")
     env = init_distributed(cfg.device)
-    out = Path(cfg.out)
+    if env.is_main:
+        hold_run_lock(out, "cache folder")
+        if cfg.overwrite:
+            _remove_cache_files(out)
+    barrier(env)
     out.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, env.device)
     torch.manual_seed(0)  # a teacher without weights (tests, demo) is then the same on every rank and restart
@@ -148,9 +206,13 @@ def embed_shards(cfg) -> Optional[str]:
     if env.is_main:
         config_lib.save(cfg, out / "embed_config.yaml")
 
+    if env.is_main:
+        _refuse_other_shards(out, names)
     # Shards are dealt to ranks by position in the full list, so a restart gives each rank the same ones.
     mine = [u for i, u in enumerate(urls) if i % env.world_size == env.rank]
-    todo = [u for u in mine if cache_lib.read_done_marker(out, cache_lib.sibling_name(u)) is None]
+    todo = [u for u in mine if not _is_done(out, u)]
+    if env.is_main:
+        _check_space(out, urls, todo, settings)
     for u in todo:  # leftovers of a killed run
         for stale in out.glob(f"{cache_lib.sibling_name(u)}{cache_lib.TMP_MARK}*"):
             stale.unlink()
@@ -182,8 +244,8 @@ def embed_shards(cfg) -> Optional[str]:
                 writer = writers.pop(url, None) or cache_lib.SiblingShardWriter(out, cache_lib.sibling_name(url),
                                                                                  cfg.dtype)
                 stats = item["stats"]
-                done_here.append(writer.commit({"source": url, "skipped": stats["bad"], "stats": stats,
-                                                "settings": settings}))
+                done_here.append(writer.commit({"source": url, "source_file": source_identity(url),
+                                                "skipped": stats["bad"], "stats": stats, "settings": settings}))
             elif embedder.add(item):
                 write(embedder.flush())
     except BaseException:

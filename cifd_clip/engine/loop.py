@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import DataError, UserError
+from ..outputs import check_free_space
 from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
 from .precision import autocast, resolve_precision
@@ -287,8 +288,18 @@ class Trainer:
                 self.stopped_early = True
                 return
 
+    def check_disk_space(self) -> None:
+        """The checkpoints still to be written fit on the disk (weights plus AdamW's two moments each)."""
+        per_checkpoint = 3 * sum(t.numel() * t.element_size() for t in self.module.state_dict().values())
+        steps_left = self.total_steps - self.step
+        epochs_left = self.cfg.epochs - self.step // self.steps_per_epoch
+        count = epochs_left + (steps_left // self.cfg.save_every_steps if self.cfg.save_every_steps else 0)
+        check_free_space(self.run_dir, per_checkpoint * count, f"the run's {count} checkpoints")
+
     def run(self) -> dict:
         self.resume()
+        if self.env.is_main:
+            self.check_disk_space()
         model = wrap_ddp(self.module, self.env, self.find_unused_parameters)
         self.writer = ckpt_lib.CheckpointWriter(self.run_dir)
         self.metrics = MetricsLog(self.run_dir, self.env.is_main)

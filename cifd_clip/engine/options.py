@@ -68,9 +68,21 @@ class TrainingOptions:
             raise ConfigError(f"--log-every-steps must be at least 1, got {self.log_every_steps}")
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}")
-        if self.lr <= 0:
-            raise ConfigError(f"--lr must be positive, got {self.lr}")
-        if self.grad_clip_norm is not None and self.grad_clip_norm <= 0:
-            raise ConfigError(f"--grad-clip-norm must be positive, got {self.grad_clip_norm}")
+        inf = float("inf")
+        if not 0 < self.lr < inf:
+            raise ConfigError(f"--lr must be a positive number, got {self.lr}")
+        if not 0 <= self.wd < inf:
+            raise ConfigError(f"--wd must be a non-negative number, got {self.wd}")
+        for key in ("beta1", "beta2"):
+            if not 0 <= getattr(self, key) < 1:
+                raise ConfigError(f"--{key} must be in [0, 1) (AdamW's moment decay), got {getattr(self, key)}")
+        if not 0 < self.eps < inf:
+            raise ConfigError(f"--eps must be a positive number, got {self.eps}")
+        if self.grad_clip_norm is not None and not 0 < self.grad_clip_norm < inf:
+            raise ConfigError(f"--grad-clip-norm must be a positive number, got {self.grad_clip_norm}")
+        if self.stop_after_steps is not None and self.stop_after_steps < 1:
+            raise ConfigError(f"--stop-after-steps must be at least 1, got {self.stop_after_steps}")
+        if self.train_num_samples is not None and self.train_num_samples < 1:
+            raise ConfigError(f"--train-num-samples must be at least 1, got {self.train_num_samples}")
         if self.eval_every_epochs and not (self.eval_datasets and self.eval_dataset_root):
             raise ConfigError("--eval-every-epochs needs --eval-datasets and --eval-dataset-root")

@@ -11,6 +11,8 @@ import torch
 
 from .. import config as config_lib
 from ..errors import UserError
+from ..files import remove_stale_temp_files
+from ..outputs import check_folder_target, hold_run_lock
 from .distributed import DistEnv, init_distributed
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,17 @@ def default_run_name(model: str) -> str:
 
 
 def start_run(cfg) -> tuple[DistEnv, Path]:
-    """Join the process group, pick <logs>/<name>/ (refusing to overwrite a run) and save config.yaml there."""
+    """Join the process group, pick <logs>/<name>/ (refusing to overwrite a run or to share it with a run still
+    going), check the run's other inputs, and save config.yaml there."""
+    check_folder_target(cfg.logs, "--logs")
+    check_eval_sets(cfg)
     env = init_distributed(cfg.device)
     name = _broadcast_str(env, cfg.name or default_run_name(cfg.model))
     cfg.name = name
     run_dir = Path(cfg.logs) / name
+    if env.is_main:
+        hold_run_lock(run_dir, "run folder")
+        remove_stale_temp_files(run_dir / "checkpoints")  # left by a run killed while saving
     has_checkpoints = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").glob("*.pt"))
     if has_checkpoints and not cfg.resume:
         raise UserError(f"run folder {run_dir} already holds checkpoints: pass --resume latest to continue it "
@@ -46,6 +54,19 @@ def start_run(cfg) -> tuple[DistEnv, Path]:
         if torch.get_num_threads() > 1 and env.device.type == "cpu" and env.world_size > 1:
             log.info("%d CPU threads per process", torch.get_num_threads())
     return env, run_dir
+
+
+def check_eval_sets(cfg) -> None:
+    """Every --eval-datasets set is on disk now, not found missing after the first epoch."""
+    if not cfg.eval_every_epochs:
+        return
+    root = Path(cfg.eval_dataset_root)
+    if not root.is_dir():
+        raise UserError(f"--eval-dataset-root {root} is not a folder")
+    missing = [d for d in cfg.eval_datasets if not (root / d).is_dir()]
+    if missing:
+        raise UserError(f"eval dataset {missing[0]} is not a folder under {root} (--eval-datasets "
+                        f"{' '.join(cfg.eval_datasets)}); fix the name or the root before training starts")
 
 
 def describe(tower, cfg) -> dict:

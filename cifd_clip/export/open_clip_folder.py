@@ -19,7 +19,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from ..files import write_atomic
+from ..files import write_atomic, write_text_atomic
+from ..outputs import check_folder_target
 from ..errors import UserError
 from ..towers import read_checkpoint, strip_prefixes
 
@@ -27,6 +28,7 @@ PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 STATE_DICT_FILE = "open_clip_state_dict.pt"
+MANIFEST = ".cifd-clip-export"  # the files an export wrote, so that --overwrite removes exactly those
 
 
 def read_student_checkpoint(path: str | os.PathLike) -> dict:
@@ -51,11 +53,28 @@ def _plain_preprocess(preprocess_cfg: dict) -> dict:
     return out
 
 
+def prepare_out(out: Path, overwrite: bool) -> None:
+    """A new or empty folder; or, with `overwrite`, one whose earlier export's files (named in its manifest) are
+    removed first, so that none of them lingers beside the new ones. Files the export did not write are kept."""
+    check_folder_target(out, "--out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise UserError(f"--out {out} is not empty; pass --overwrite to replace an earlier export there, or choose "
+                        f"a new folder")
+    manifest = out / MANIFEST
+    if manifest.is_file():
+        for name in manifest.read_text().split():
+            (out / name).unlink(missing_ok=True)
+
+
 def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                   eval_results: Optional[str | os.PathLike] = None) -> Path:
+                   eval_results: Optional[str | os.PathLike] = None, overwrite: bool = False) -> Path:
     """Write the export folder for `checkpoint`; returns the folder."""
     ckpt = read_student_checkpoint(checkpoint)
     out = Path(out_dir)
+    eval_table = _find_eval_table(checkpoint, eval_results)
+    prepare_out(out, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     state_dict = {k: v.contiguous() for k, v in strip_prefixes(ckpt["state_dict"]).items()}
     model_name = str(ckpt.get("model_name") or "student").replace("/", "-")
@@ -67,8 +86,10 @@ def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
     # clone() breaks any storage sharing, which safetensors refuses to write
     write_atomic(out / WEIGHTS_FILE, lambda p: save_file({k: v.clone() for k, v in state_dict.items()}, str(p)))
     write_atomic(out / STATE_DICT_FILE, lambda p: torch.save(state_dict, p))
-    (out / f"{model_name}.json").write_text(json.dumps(ckpt["model_cfg"], indent=2))
-    (out / "README.md").write_text(model_card(ckpt, checkpoint, model_name, _find_eval_table(checkpoint, eval_results)))
+    write_text_atomic(out / f"{model_name}.json", json.dumps(ckpt["model_cfg"], indent=2))
+    write_text_atomic(out / "README.md", model_card(ckpt, checkpoint, model_name, eval_table))
+    files = [CONFIG_FILE, WEIGHTS_FILE, STATE_DICT_FILE, f"{model_name}.json", "README.md"]
+    write_text_atomic(out / MANIFEST, "\n".join(files) + "\n")
     return out
 
 
