@@ -7,8 +7,10 @@ never with a traceback, and never suggest loading a file unsafely.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -49,9 +51,21 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], object], mode:
         _fsync_dir(path.parent)
     except OSError as e:
         raise _os_error(e, path) from None
+    except Exception:
+        # torch and safetensors report a full disk in their own words ("unexpected pos", "I/O error"): look
+        if _nearly_full(path.parent):
+            raise _os_error(OSError(errno.ENOSPC, "no space left on device"), path) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _nearly_full(folder: Path) -> bool:
+    try:
+        return shutil.disk_usage(folder).free < (1 << 20)
+    except OSError:
+        return False
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
@@ -59,7 +73,6 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 
 def _os_error(e: OSError, path: Path) -> UserError:
-    import errno
     if e.errno == errno.ENOSPC:
         return UserError(f"the disk is full: could not write {path}; free some space and run the command again")
     if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):

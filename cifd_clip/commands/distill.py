@@ -104,6 +104,7 @@ def run(cfg: Config) -> int:
             tower.model, cfg.loss_settings(), student_dim=tower.embed_dim, teacher_dims=teacher_dims, teacher=teacher,
             rdm=rdm, teacher_logit_scale=teacher_logit_scale, seed=cfg.seed, local_loss=cfg.local_loss,
             gather_with_grad=cfg.gather_with_grad, rank=env.rank, world_size=env.world_size)
+        session.save_config(cfg, run_dir, env)
         summary = fit(module, data, cfg, env, run_dir, describe=session.describe(tower, cfg),
                       evaluate=session.make_evaluator(cfg, tower, env),
                       find_unused_parameters=module.find_unused_parameters)

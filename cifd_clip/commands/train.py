@@ -35,6 +35,7 @@ def run(cfg: Config) -> int:
         module = Distiller.build(tower.model, LossSettings(loss="contrastive"), student_dim=tower.embed_dim,
                                  seed=cfg.seed, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
                                  rank=env.rank, world_size=env.world_size)
+        session.save_config(cfg, run_dir, env)
         summary = fit(module, data, cfg, env, run_dir, describe=session.describe(tower, cfg),
                       evaluate=session.make_evaluator(cfg, tower, env))
         if env.is_main:

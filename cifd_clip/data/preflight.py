@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from ..errors import DataError
 from .shards import (DEFAULT_IMAGE_KEY, DEFAULT_TEXT_KEY, BadSampleStats, UNREADABLE_SHARD, count_samples,
-                     expand_urls, is_local, iter_raw_samples, local_path)
+                     expand_urls, is_local, iter_raw_samples, key_alternatives, local_path)
 
 
 @dataclass
@@ -24,6 +24,10 @@ class PreflightReport:
 
 
 def _check_local_shards(urls: list[str]) -> None:
+    folders = [u for u in urls if local_path(u).is_dir()]
+    if folders:
+        raise DataError(f"shard {folders[0]} is a folder, not a tar file: name the shards inside it, e.g. "
+                        f"'{folders[0].rstrip('/')}/{{00000..00009}}.tar'")
     missing = [u for u in urls if not local_path(u).is_file()]
     if missing:
         raise DataError(f"{len(missing)} of {len(urls)} shards do not exist, e.g. {missing[0]}")
@@ -37,8 +41,29 @@ def _check_local_shards(urls: list[str]) -> None:
             raise DataError(f"shard {url} is not a readable tar file ({type(e).__name__})") from None
 
 
-def _alternatives(spec: str) -> list[str]:
-    return [k.strip().lower() for k in spec.split(";") if k.strip()]
+SIZES_CLAIM_FACTOR = 2  # sizes.json may not claim more than this many times a shard's real samples
+
+
+def _check_sizes_claim(url: str) -> None:
+    """A sizes.json that claims far more samples than the first shard holds would make every epoch read the
+    data many times over, silently: refuse it (tar headers only, no image is decoded)."""
+    if not is_local(url):
+        return
+    path = local_path(url)
+    sizes_file = path.parent / "sizes.json"
+    if not sizes_file.is_file():
+        return
+    claimed = count_samples([url])
+    if not claimed:
+        return
+    try:
+        with tarfile.open(path, "r:") as tar:
+            keys = {m.name.split("/")[-1].split(".", 1)[0] for m in tar if m.isfile()}
+    except (OSError, tarfile.TarError):
+        return  # an unreadable shard is reported when it is read
+    if keys and claimed > SIZES_CLAIM_FACTOR * len(keys):
+        raise DataError(f"{sizes_file} says {path.name} holds {claimed} samples but it holds {len(keys)}: fix "
+                        f"sizes.json (or give --train-num-samples), or every epoch would repeat the data")
 
 
 def preflight(train_data: str, *, workers: int, world_size: int, resampled: bool = False,
@@ -56,6 +81,7 @@ def preflight(train_data: str, *, workers: int, world_size: int, resampled: bool
                         f"worker(s) need at least {readers}: use fewer --workers, more shards, or --dataset-resampled")
     local = [u for u in urls if is_local(u)]
     _check_local_shards(local)
+    _check_sizes_claim(urls[0])
     stats = BadSampleStats()
     first = next(iter_raw_samples(urls[0], stats), None)
     if first is None:
@@ -64,9 +90,10 @@ def preflight(train_data: str, *, workers: int, world_size: int, resampled: bool
     members = sorted(k for k in first if not k.startswith("__"))
     needed = [image_key, "json" if caption_json_field else text_key, *needed_keys]
     for spec in needed:
-        if not any(ext in first for ext in _alternatives(spec)):
+        if not any(ext in first for ext in key_alternatives(spec)):
             raise DataError(f"the first sample ({first['__key__']} in {urls[0]}) has members {members} but the run "
-                            f"needs '{spec}': check --image-key/--text-key or the shards")
+                            f"needs '{spec}': the shards must hold an image (jpg, png or webp) and a caption (txt) "
+                            f"per sample, as img2dataset writes them")
     if caption_json_field:
         import json
 
@@ -76,6 +103,6 @@ def preflight(train_data: str, *, workers: int, world_size: int, resampled: bool
             caption = None
         if not isinstance(caption, str):
             raise DataError(f"the first sample ({first['__key__']} in {urls[0]}) has no string field "
-                            f"'{caption_json_field}' in its json member: check --caption-json-field")
+                            f"'{caption_json_field}' in its json member")
     return PreflightReport(urls=urls, num_shards=len(urls), num_samples=count_samples(urls),
                            first_sample_members=members)

@@ -228,7 +228,8 @@ def iter_raw_samples(url: str, stats: Optional[BadSampleStats] = None) -> Iterat
         yield done
 
 
-def _alternatives(spec: str) -> list[str]:
+def key_alternatives(spec: str) -> list[str]:
+    """'jpg;png' -> ['jpg', 'png']: the member extensions that may hold one field."""
     return [k.strip().lower() for k in spec.split(";") if k.strip()]
 
 
@@ -240,7 +241,7 @@ def decode_sample(raw: dict, *, image_key: str = DEFAULT_IMAGE_KEY, text_key: st
 
     stats = stats if stats is not None else BadSampleStats()
     key, url = raw["__key__"], raw["__url__"]
-    image_ext = next((e for e in _alternatives(image_key) if e in raw), None)
+    image_ext = next((e for e in key_alternatives(image_key) if e in raw), None)
     if image_ext is None:
         stats.record(MISSING_IMAGE, url, key)
         return None
@@ -251,7 +252,7 @@ def decode_sample(raw: dict, *, image_key: str = DEFAULT_IMAGE_KEY, text_key: st
         except (ValueError, AttributeError):
             text = None
     else:
-        text_ext = next((e for e in _alternatives(text_key) if e in raw), None)
+        text_ext = next((e for e in key_alternatives(text_key) if e in raw), None)
         if text_ext is not None:
             text = raw[text_ext].decode("utf-8", errors="replace")
     if not isinstance(text, str) or not text.strip():

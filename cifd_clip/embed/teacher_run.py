@@ -203,8 +203,6 @@ def embed_shards(cfg) -> Optional[str]:
                                                       cfg.zeroshot_root):
         # built on every rank before any embedding, so that a bad set stops all ranks at once
         zeroshot_set = rdm_zeroshot.build_zeroshot_dataset(cfg.zeroshot_dataset, cfg.zeroshot_root, teacher.preprocess)
-    if env.is_main:
-        config_lib.save(cfg, out / "embed_config.yaml")
 
     if env.is_main:
         _refuse_other_shards(out, names)
@@ -213,6 +211,7 @@ def embed_shards(cfg) -> Optional[str]:
     todo = [u for u in mine if not _is_done(out, u)]
     if env.is_main:
         _check_space(out, urls, todo, settings)
+        config_lib.save(cfg, out / "embed_config.yaml")
     for u in todo:  # leftovers of a killed run
         for stale in out.glob(f"{cache_lib.sibling_name(u)}{cache_lib.TMP_MARK}*"):
             stale.unlink()

@@ -50,10 +50,15 @@ def start_run(cfg) -> tuple[DistEnv, Path]:
                         f"or choose another --name")
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_lib.save(cfg, run_dir / "config.yaml")
         if torch.get_num_threads() > 1 and env.device.type == "cpu" and env.world_size > 1:
             log.info("%d CPU threads per process", torch.get_num_threads())
     return env, run_dir
+
+
+def save_config(cfg, run_dir: Path, env: DistEnv) -> None:
+    """config.yaml, written once the run's inputs have been checked and training is about to start."""
+    if env.is_main:
+        config_lib.save(cfg, run_dir / "config.yaml")
 
 
 def check_eval_sets(cfg) -> None:
