@@ -25,6 +25,7 @@ from open_clip.loss import ClipLoss, DistillClipLoss
 from torch import nn
 
 from ..errors import UserError
+from ..rdm.model import distortion_per_sample
 
 Projection = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
@@ -36,14 +37,7 @@ def feature_distance(prediction: torch.Tensor, target: torch.Tensor, kind: str =
     if prediction.shape != target.shape:
         raise UserError(f"cannot compare embeddings of shape {list(prediction.shape)} with targets of shape "
                         f"{list(target.shape)}: give the student a projection to the teacher's width")
-    if kind == "mse":
-        per_element = (prediction - target).pow(2)
-    elif kind == "smooth_l1":
-        per_element = F.smooth_l1_loss(prediction, target, reduction="none", beta=1.0)
-    else:
-        raise UserError(f"distortion must be 'mse' or 'smooth_l1', got {kind!r}")
-    per_sample = per_element.sum(-1) if reduction == "sum" else per_element.mean(-1)
-    return per_sample.mean()
+    return distortion_per_sample(target, prediction, kind, reduction).mean()
 
 
 def soft_cross_entropy(target_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

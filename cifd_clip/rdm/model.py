@@ -48,13 +48,17 @@ def _mlp(dims: list[int], activation_after: set[int], first_index: int, activati
     return nn.Sequential(*layers)
 
 
-def distortion_per_sample(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "mse") -> torch.Tensor:
-    """D(x, x̂) summed over the last dimension: ‖x − x̂‖² ("mse") or Σ smooth-L1 (β = 1)."""
+def distortion_per_sample(x: torch.Tensor, x_hat: torch.Tensor, kind: str = "mse",
+                          reduction: str = "sum") -> torch.Tensor:
+    """D(x, x̂) per sample: ‖x − x̂‖² ("mse") or smooth-L1 (β = 1), summed ("sum") or averaged ("mean") over
+    the last dimension. The one feature distance of the project (RDMs, CIFD terms, CLIP-KD's FD)."""
     if kind == "mse":
-        return (x - x_hat).pow(2).sum(-1)
-    if kind == "smooth_l1":
-        return F.smooth_l1_loss(x_hat, x, reduction="none", beta=1.0).sum(-1)
-    raise UserError(f"distortion must be one of {list(DISTORTIONS)}, got {kind!r}")
+        per_element = (x - x_hat).pow(2)
+    elif kind == "smooth_l1":
+        per_element = F.smooth_l1_loss(x_hat, x, reduction="none", beta=1.0)
+    else:
+        raise UserError(f"distortion must be one of {list(DISTORTIONS)}, got {kind!r}")
+    return per_element.sum(-1) if reduction == "sum" else per_element.mean(-1)
 
 
 class RateDistortionModule(nn.Module):

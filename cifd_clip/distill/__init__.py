@@ -1,0 +1,7 @@
+"""Stage `distill`: the student, its teacher targets and the CIFD method (or a baseline).
+
+settings.py (every method's weights as one torch-free object, the distill stage's options), methods.py (one
+module per method, and the registry), ibm.py (the information bottleneck and its decoders), losses.py (the
+loss terms), distiller.py (what DDP wraps and the loop checkpoints), inputs.py (the training stream the
+student sees).
+"""
