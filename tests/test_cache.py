@@ -184,3 +184,16 @@ def test_cache_view_auto_draws_among_several_views_and_random_on_one_view_is_ref
     assert cache_lib.CacheJoin(tmp_path / "one").view == "first"
     with pytest.raises(UserError, match="--cache-view random needs a cache with several views"):
         cache_lib.CacheJoin(tmp_path / "one", view="random")
+
+
+def test_rdm_training_batches_carry_every_cached_view(tmp_path):
+    from cifd_clip.rdm.training import family_loss
+    from cifd_clip.rdm.model import RDMFamily
+
+    write_synthetic_cache(tmp_path, [4, 4], views=3)
+    batches = list(cache_lib.iter_cached_embeddings(tmp_path, batch_size=4, shuffle=False, all_views=True))
+    assert [b["t_image_emb"].shape for b in batches] == [(4, 3, D_IMG)] * 2
+    assert batches[0]["t_image_emb"][1, 2, 0] == 1 + 1.0  # sample 1, view 2
+    family = RDMFamily.build({"image": D_IMG, "text": D_TXT}, [10.0], hidden_dim=8, bottleneck_dim=2)
+    loss, terms = family_loss(family, batches[0])  # all 12 image views and 4 captions go through the RDMs
+    assert torch.isfinite(loss)

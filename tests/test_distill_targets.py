@@ -79,6 +79,37 @@ def test_distill_run_writes_all_terms_and_a_loadable_student(teacher_and_cache, 
     open_clip.create_model_and_transforms("tiny-vit-student", pretrained=str(run / "checkpoints" / "epoch_1.pt"))
 
 
+def test_cached_affinity_targets_use_the_teachers_own_logit_scale(teacher_and_cache, demo_train_spec):
+    """The cache records exp(teacher logit scale); the KD baseline from the cache equals the online teacher's."""
+    from cifd_clip.commands.distill import Config
+    from cifd_clip.config import parse
+    from cifd_clip.distill.distiller import Distiller
+    from cifd_clip.distill.inputs import build_distill_loader
+    from cifd_clip.distill.settings import LossSettings
+    from cifd_clip.embed.cache import read_cache_meta
+    from cifd_clip.engine.distributed import init_distributed
+    from cifd_clip.towers import load_model, load_teacher
+
+    root, teacher_file = teacher_and_cache
+    teacher = load_teacher(str(teacher_file))
+    scale = float(teacher.model.logit_scale.exp())
+    assert read_cache_meta(root / "cache")["teacher_logit_scale"] == pytest.approx(scale)
+    assert abs(scale - 100.0) > 1.0  # the trained teacher's scale is not the old fixed 100
+    student = load_model("tiny-vit-student")
+
+    cfg = parse(Config, ["--train-data", demo_train_spec, "--model", "tiny-vit-student", "--cache", str(root / "cache"),
+                         "--batch-size", "8", "--workers", "0"])
+    data = build_distill_loader(cfg, student, init_distributed("cpu"), teacher=teacher)
+    data.dataset.sample_stages = build_distill_loader(cfg, student, init_distributed("cpu")).dataset.sample_stages
+    batch = next(iter(data.iterate(0)))  # both the cached targets and the online teacher's inputs
+    settings = LossSettings(loss="distill_clip")
+    cached = Distiller.build(student.model, settings, student_dim=64, teacher_dims=(128, 128),
+                             teacher_logit_scale=read_cache_meta(root / "cache")["teacher_logit_scale"])
+    online = Distiller.build(student.model, settings, student_dim=64, teacher_dims=(128, 128), teacher=teacher)
+    a, b = cached(batch), online(batch)
+    assert float(a["distill"]) == pytest.approx(float(b["distill"]), rel=1e-3)
+
+
 def test_online_teacher_run_and_baseline_losses(teacher_and_cache, demo_train_spec, tmp_path):
     root, teacher = teacher_and_cache
     common = ["--model", "tiny-vit-student", "--train-data", demo_train_spec, "--batch-size", "8", "--workers", "0",
