@@ -41,10 +41,14 @@ def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
         assert f"({image})" in report
     assert (out / "runs" / "rdm" / "rdm.pt").is_file() and (out / "cache" / "cache.json").is_file()
     assert "zeroshot_acc1" in (out / "runs" / "rdm" / "rdm_eval.md").read_text()  # RDMs scored on the zero-shot set
+    # train-rdm at its defaults: rate rises and distortion falls with R, for both modalities
+    rdm_report = json.loads((out / "runs" / "rdm" / "rdm_eval.json").read_text())
+    assert rdm_report["warnings"] == [] and len(rdm_report["rdms"]) == 6
 
 
 @pytest.mark.slow
 def test_every_model_beats_chance_widely(small_demo):
+    """The CIFD student at every default option, beside no-KD and KD students trained the same way."""
     from cifd_clip.data.shapes import CLASSNAMES
 
     results = json.loads((small_demo[0] / "report" / "results.json").read_text())
@@ -53,6 +57,7 @@ def test_every_model_beats_chance_widely(small_demo):
         assert row["acc1"] > 4 * chance, f"{label}: zero-shot top-1 {row['acc1']:.3f} vs chance {chance:.3f}"
         assert row["text_retrieval_recall@5"] > 0.1, label
     assert len(results["verdict"]) >= 3
+    assert any("no-KD student" in line for line in results["verdict"])
 
 
 @pytest.mark.slow

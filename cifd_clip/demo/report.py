@@ -145,7 +145,10 @@ def write_report(layout: Layout, timings: list[tuple[str, str, float]], *, scale
           f"torch {torch.__version__}. Teacher: {table[MODELS[0][1]]['model']}, trained here on the demo data; "
           f"students: {', '.join(sorted({table[label]['model'] for _, label in MODELS[1:]}))}. Zero-shot and "
           f"retrieval on the demo's held-out sets (36 classes, chance top-1 2.8%).",
-          "", "## Verdict", "", *[f"- {s}" for s in sentences], "",
+          "", "## Verdict", "", *[f"- {s}" for s in sentences],
+          "- Each student was trained once (seed 0). Seed-to-seed spread at this scale is several points of "
+          "top-1; docs/studies/clip-cifd.md trains every student with 3 seeds (mean ± std) and says where CIFD "
+          "stands beyond one run.", "",
           "## Results", "", markdown_table(table), "",
           f"The exported CIFD student (`{layout.export}`) reloads through "
           f"`open_clip.create_model_and_transforms('local-dir:...')` with the same embeddings "
