@@ -111,3 +111,22 @@ def test_warmup_is_a_fraction_of_the_run_by_default_or_a_number_of_steps():
     for bad in ("1.5", "-1", "nan"):
         with pytest.raises(ConfigError, match="--warmup"):
             parse(Config, [*base, "--warmup", bad])
+
+
+def test_step_schedule_and_sgd_for_the_classification_recipes():
+    from cifd_clip.commands.train import Config
+    from cifd_clip.config import parse
+    from cifd_clip.engine.schedule import make_schedule
+    from cifd_clip.errors import ConfigError
+
+    base = ["--train-data", "x.tar", "--model", "m", "--epochs", "4", "--optimizer", "sgd", "--lr", "0.1"]
+    cfg = parse(Config, [*base, "--lr-schedule", "step", "--lr-decay-epochs", "2", "3", "--warmup", "0"])
+    opt = make_optimizer(torch.nn.Linear(2, 2), cfg.lr, cfg.wd, kind=cfg.optimizer, momentum=cfg.momentum)
+    assert isinstance(opt, torch.optim.SGD) and opt.param_groups[0]["momentum"] == 0.9
+    sched = make_schedule(opt, cfg, total_steps=40, steps_per_epoch=10)
+    lrs = [sched.step(s) for s in range(40)]
+    assert lrs[19] == pytest.approx(0.1) and lrs[20] == pytest.approx(0.01) and lrs[30] == pytest.approx(0.001)
+    with pytest.raises(ConfigError, match="--lr-decay-epochs"):
+        parse(Config, [*base, "--lr-schedule", "step"])
+    with pytest.raises(ConfigError, match="within the run"):
+        parse(Config, [*base, "--lr-schedule", "step", "--lr-decay-epochs", "9"])

@@ -37,7 +37,7 @@ from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
 from .precision import autocast, resolve_precision
 from .progress import Progress
-from .schedule import WarmupCosine, make_optimizer
+from .schedule import make_optimizer, make_schedule
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +141,9 @@ class Trainer:
                             f"{self.accum}: lower --batch-size or --accum-freq, or use more data")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         module.to(self.device)
-        self.optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps)
-        self.scheduler = WarmupCosine(self.optimizer, cfg.warmup_steps(self.total_steps), self.total_steps)
+        self.optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps, cfg.optimizer,
+                                        cfg.momentum)
+        self.scheduler = make_schedule(self.optimizer, cfg, self.total_steps, self.steps_per_epoch)
         self.scaler = (torch.amp.GradScaler("cuda") if self.precision == "amp" and self.device.type == "cuda"
                        else None)
         self.step = 0

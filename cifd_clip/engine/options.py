@@ -21,11 +21,18 @@ class TrainingOptions:
     name: Optional[str] = option(None, "run name: outputs go to <logs>/<name>/ (default: date-model)")
     epochs: int = option(1, "number of epochs")
     batch_size: int = option(64, "batch size per process (global batch = batch size × processes × accum-freq)")
-    lr: float = option(5e-4, "peak learning rate (AdamW)")
+    lr: float = option(5e-4, "peak learning rate")
     wd: float = option(0.2, "weight decay (not applied to gains, biases, logit scale, densities)")
+    optimizer: str = option("adamw", "adamw (open_clip's) or sgd with --momentum (the classification recipes')",
+                            choices=["adamw", "sgd"])
     beta1: float = option(0.9, "AdamW beta1")
     beta2: float = option(0.98, "AdamW beta2")
     eps: float = option(1e-6, "AdamW epsilon")
+    momentum: float = option(0.9, "SGD momentum")
+    lr_schedule: str = option("cosine", "after the warm-up: cosine decay to 0, or step decay (×--lr-decay-rate at "
+                                        "each of --lr-decay-epochs)", choices=["cosine", "step"])
+    lr_decay_epochs: list[float] = option([], "step schedule: epochs at which the learning rate is decayed")
+    lr_decay_rate: float = option(0.1, "step schedule: factor applied at each decay epoch")
     warmup: float = option(0.1, "linear warm-up before the cosine decay: a fraction of the run's optimizer steps "
                                 "when below 1, else a number of steps (open_clip's fixed 10000 exceeds a short "
                                 "run; 0.1 is its share at paper scale)")
@@ -78,6 +85,17 @@ class TrainingOptions:
                 raise ConfigError(f"--{key} must be in [0, 1) (AdamW's moment decay), got {getattr(self, key)}")
         if not 0 < self.eps < inf:
             raise ConfigError(f"--eps must be a positive number, got {self.eps}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"--momentum must be in [0, 1), got {self.momentum}")
+        if not 0 < self.lr_decay_rate <= 1:
+            raise ConfigError(f"--lr-decay-rate must be in (0, 1], got {self.lr_decay_rate}")
+        if self.lr_schedule == "step" and not self.lr_decay_epochs:
+            raise ConfigError("--lr-schedule step needs --lr-decay-epochs (e.g. 150 180 210)")
+        if self.lr_decay_epochs and self.lr_schedule != "step":
+            raise ConfigError("--lr-decay-epochs is used by --lr-schedule step only")
+        if any(not 0 < e <= self.epochs for e in self.lr_decay_epochs):
+            raise ConfigError(f"--lr-decay-epochs must lie within the run's {self.epochs} epochs, got "
+                              f"{self.lr_decay_epochs}")
         if self.grad_clip_norm is not None and not 0 < self.grad_clip_norm < inf:
             raise ConfigError(f"--grad-clip-norm must be a positive number, got {self.grad_clip_norm}")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:

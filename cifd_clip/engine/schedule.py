@@ -41,8 +41,13 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 
 def make_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.2, beta1: float = 0.9,
-                   beta2: float = 0.98, eps: float = 1e-6) -> torch.optim.AdamW:
-    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=(beta1, beta2), eps=eps)
+                   beta2: float = 0.98, eps: float = 1e-6, kind: str = "adamw",
+                   momentum: float = 0.9) -> torch.optim.Optimizer:
+    """AdamW (open_clip's defaults) or SGD with momentum (the classification recipes'), same groups."""
+    groups = param_groups(model, weight_decay)
+    if kind == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps)
 
 
 class WarmupCosine:
@@ -80,3 +85,27 @@ class WarmupCosine:
 
     def load_state_dict(self, state: dict) -> None:
         self.last_step = int(state["last_step"])
+
+
+class WarmupStep(WarmupCosine):
+    """Linear warm-up, then the base rate multiplied by `rate` at each milestone step (RepDistiller's CIFAR
+    schedule: ×0.1 at epochs 150, 180 and 210 of 240)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
+                 milestones: list[int], rate: float = 0.1):
+        super().__init__(optimizer, warmup_steps, total_steps)
+        self.milestones, self.rate = sorted(int(m) for m in milestones), float(rate)
+
+    def lr_at(self, base_lr: float, step: int) -> float:
+        if step < self.warmup:
+            return base_lr * (step + 1) / self.warmup
+        return base_lr * self.rate ** sum(step >= m for m in self.milestones)
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int) -> WarmupCosine:
+    """`--lr-schedule cosine` (default) or `step` (decay by --lr-decay-rate at each --lr-decay-epochs)."""
+    warmup = cfg.warmup_steps(total_steps)
+    if getattr(cfg, "lr_schedule", "cosine") == "step":
+        milestones = [round(e * steps_per_epoch) for e in cfg.lr_decay_epochs]
+        return WarmupStep(optimizer, warmup, total_steps, milestones, cfg.lr_decay_rate)
+    return WarmupCosine(optimizer, warmup, total_steps)
