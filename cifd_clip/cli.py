@@ -26,6 +26,8 @@ STAGES = [
     ("eval", "cifd_clip.commands.eval"), ("bench", "cifd_clip.commands.bench"),
     ("export", "cifd_clip.commands.export"),
     ("demo", "cifd_clip.commands.demo"),
+    # the classification path
+    ("cls-train", "cifd_clip.commands.cls_train"),
 ]
 
 

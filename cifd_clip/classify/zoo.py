@@ -17,13 +17,25 @@ from ..errors import UserError
 
 
 class ClassifierNet(nn.Module):
-    """A backbone to pooled features, then one linear head."""
+    """A backbone to its last feature map, global pooling (+ `after_pool`), then one linear head."""
 
     feature_dim: int
     num_classes: int
 
-    def embed(self, x: torch.Tensor) -> torch.Tensor:
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def after_pool(self, pooled: torch.Tensor) -> torch.Tensor:
+        return pooled
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        return self.after_pool(F.adaptive_avg_pool2d(self.feature_map(x), 1).flatten(1))
+
+    def forward_with_map(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(last feature map, pooled features, logits): for losses on spatial maps (attention transfer)."""
+        fmap = self.feature_map(x)
+        features = self.after_pool(F.adaptive_avg_pool2d(fmap, 1).flatten(1))
+        return fmap, features, self.fc(features)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.embed(x)
@@ -68,9 +80,8 @@ class CifarResNet(ClassifierNet):
         self.feature_dim, self.num_classes = inplanes, num_classes
         self.fc = nn.Linear(inplanes, num_classes)
 
-    def embed(self, x):
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+    def feature_map(self, x):
+        return self.layers(F.relu(self.bn1(self.conv1(x))))
 
 
 # ---------------------------------------------------------------- Wide ResNets (Zagoruyko & Komodakis)
@@ -108,9 +119,8 @@ class WideResNet(ClassifierNet):
         self.feature_dim, self.num_classes = inplanes, num_classes
         self.fc = nn.Linear(inplanes, num_classes)
 
-    def embed(self, x):
-        x = F.relu(self.bn(self.blocks(self.conv1(x))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+    def feature_map(self, x):
+        return F.relu(self.bn(self.blocks(self.conv1(x))))
 
 
 # ---------------------------------------------------------------- VGG with batch norm (CIFAR)
@@ -132,8 +142,8 @@ class CifarVGG(ClassifierNet):
         self.feature_dim, self.num_classes = 512, num_classes
         self.fc = nn.Linear(512, num_classes)
 
-    def embed(self, x):
-        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+    def feature_map(self, x):
+        return self.features(x)
 
 
 # ---------------------------------------------------------------- MobileNetV2 (CIFAR: stride 1 stem)
@@ -174,8 +184,8 @@ class CifarMobileNetV2(ClassifierNet):
         self.feature_dim, self.num_classes = last, num_classes
         self.fc = nn.Linear(last, num_classes)
 
-    def embed(self, x):
-        return F.adaptive_avg_pool2d(self.features(x), 1).flatten(1)
+    def feature_map(self, x):
+        return self.features(x)
 
 
 # ---------------------------------------------------------------- ShuffleNet V1 / V2 (CIFAR)
@@ -221,9 +231,8 @@ class ShuffleNetV1(ClassifierNet):
         self.feature_dim, self.num_classes = inplanes, num_classes
         self.fc = nn.Linear(inplanes, num_classes)
 
-    def embed(self, x):
-        x = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+    def feature_map(self, x):
+        return self.layers(F.relu(self.bn1(self.conv1(x))))
 
 
 class ShuffleV2Block(nn.Module):
@@ -265,9 +274,8 @@ class ShuffleNetV2(ClassifierNet):
         self.feature_dim, self.num_classes = out_channels[3], num_classes
         self.fc = nn.Linear(out_channels[3], num_classes)
 
-    def embed(self, x):
-        x = F.relu(self.bn2(self.conv2(self.layers(F.relu(self.bn1(self.conv1(x)))))))
-        return F.adaptive_avg_pool2d(x, 1).flatten(1)
+    def feature_map(self, x):
+        return F.relu(self.bn2(self.conv2(self.layers(F.relu(self.bn1(self.conv1(x)))))))
 
 
 # ---------------------------------------------------------------- plain CNNs (TAKD / the paper's simple CNNs)
@@ -295,8 +303,11 @@ class PlainCNN(ClassifierNet):
         self.feature_dim, self.num_classes = 306, num_classes
         self.fc = nn.Linear(306, num_classes)
 
-    def embed(self, x):
-        return self.mlp(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+    def feature_map(self, x):
+        return self.features(x)
+
+    def after_pool(self, pooled):
+        return self.mlp(pooled)
 
 
 # ---------------------------------------------------------------- ImageNet models by name
@@ -322,6 +333,10 @@ class ExternalNet(ClassifierNet):
         self.source, self.name = source, name
         self.feature_dim = head.in_features if isinstance(head, nn.Linear) else head[-1].in_features
         self.num_classes = num_classes
+
+    def feature_map(self, x):
+        raise UserError(f"{self.source}:{self.name} exposes pooled features only; a loss on feature maps needs a "
+                        f"model of this project's zoo")
 
     def embed(self, x):
         return self.net(x)

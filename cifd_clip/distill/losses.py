@@ -292,3 +292,47 @@ class CIFDClassificationLoss(nn.Module):
         emb = self.embedding(ibm["output"], ibm.get("rate"), teacher_embedding, rdm_embeddings, keep)
         out.update({("rate" if k == "emb_rate" else k): v for k, v in emb.items()})
         return out
+
+
+def _pearson_distance(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
+    """1 - Pearson correlation of a and b along `dim`, averaged over the other dimension."""
+    a = a - a.mean(dim, keepdim=True)
+    b = b - b.mean(dim, keepdim=True)
+    return 1 - (F.cosine_similarity(a, b, dim=dim, eps=1e-8)).mean()
+
+
+def dist_loss(teacher_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0, beta: float = 1.0,
+              gamma: float = 1.0) -> torch.Tensor:
+    """DIST (Huang et al. 2022): τ²·[β·inter + γ·intra], inter = 1 - Pearson over classes per sample, intra =
+    1 - Pearson over the batch per class, on softmax(·/τ)."""
+    p_s, p_t = (logits / temperature).softmax(-1), (teacher_logits / temperature).softmax(-1)
+    inter, intra = _pearson_distance(p_s, p_t, dim=1), _pearson_distance(p_s, p_t, dim=0)
+    return temperature ** 2 * (beta * inter + gamma * intra)
+
+
+def normalized_kd(teacher_logits: torch.Tensor, logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """NormKD (Chi et al. 2023): KD where each sample's logits are divided by their own standard deviation
+    times τ (a per-sample temperature), scaled by τ² as Hinton's KD."""
+    t = teacher_logits / (teacher_logits.std(-1, keepdim=True) + 1e-6)
+    s = logits / (logits.std(-1, keepdim=True) + 1e-6)
+    return kl_divergence(t, s, temperature)
+
+
+def in_batch_contrastive(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """InfoNCE between L2-normalised student and teacher embeddings, the batch as negatives, both directions."""
+    logits = student @ teacher.T / temperature
+    labels = torch.arange(len(student), device=student.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+def attention_map(feature_map: torch.Tensor) -> torch.Tensor:
+    """Zagoruyko & Komodakis: mean over channels of the squared activations, flattened and L2-normalised."""
+    return F.normalize(feature_map.pow(2).mean(1).flatten(1), dim=-1)
+
+
+def attention_transfer(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
+    """mean of (a_S - a_T)² (RepDistiller's AT, on one pair of maps); the student's map is resized to the
+    teacher's spatial size when they differ."""
+    if student_map.shape[-2:] != teacher_map.shape[-2:]:
+        student_map = F.adaptive_avg_pool2d(student_map, teacher_map.shape[-2:])
+    return (attention_map(student_map) - attention_map(teacher_map)).pow(2).mean()

@@ -11,12 +11,10 @@ PRECISIONS = ["auto", "fp32", "amp", "amp_bf16"]
 
 
 @dataclass
-class TrainingOptions:
-    train_data: str = required("training shards: brace-expanded tar list, `::` joins sources (img2dataset layout)")
-    model: str = required("student model spec: open_clip name, NAME@FILE, local-dir:PATH or a JSON config")
-    pretrained: Optional[str] = option(None, "initialise the student from this checkpoint file (or open_clip tag)")
-    train_num_samples: Optional[int] = option(None, "samples per epoch (default: the shards' sizes.json/__len__)")
-    dataset_resampled: bool = option(False, "draw shards with replacement (open_clip's --dataset-resampled)")
+class LoopOptions:
+    """What the training loop itself reads: run folder, optimizer, schedule, precision, checkpoints, resume.
+    Every training stage (CLIP and classification) inherits these, with the stage's own data and model."""
+
     logs: str = option("./logs", "folder holding one sub-folder per run")
     name: Optional[str] = option(None, "run name: outputs go to <logs>/<name>/ (default: date-model)")
     epochs: int = option(1, "number of epochs")
@@ -37,15 +35,10 @@ class TrainingOptions:
                                 "when below 1, else a number of steps (open_clip's fixed 10000 exceeds a short "
                                 "run; 0.1 is its share at paper scale)")
     workers: int = option(1, "data-loading worker processes per training process")
-    max_bad_fraction: float = option(0.05, "stop when more than this fraction of the samples read are bad "
-                                           "(undecodable, missing image or caption; checked as data arrives and at "
-                                           "each epoch's end)")
     precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto (open_clip's amp is ~10x slower on CPU)",
                             choices=PRECISIONS)
     accum_freq: int = option(1, "micro-batches per optimizer step (losses are summed, see docs/training.md)")
     grad_clip_norm: Optional[float] = option(None, "clip the gradient norm to this value")
-    local_loss: bool = option(False, "contrastive loss on local rows only against all gathered features")
-    gather_with_grad: bool = option(False, "all-gather features with gradients (exact full-batch gradients under DDP)")
     resume: Optional[str] = option(None, "`latest` (this run's newest checkpoint, if any) or a checkpoint file")
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
@@ -54,9 +47,8 @@ class TrainingOptions:
     skip_nonfinite: bool = option(False, "skip an optimizer step whose loss or gradient is NaN/inf instead of stopping")
     stop_after_steps: Optional[int] = option(None, "stop once this many optimizer steps are done in total, "
                                                    "with a checkpoint (time-boxed jobs; resume later)")
-    eval_every_epochs: int = option(0, "zero-shot evaluation every N epochs on --eval-datasets (0: never)")
-    eval_datasets: list[str] = option([], "CLIP_benchmark-layout datasets under --eval-dataset-root to evaluate")
-    eval_dataset_root: Optional[str] = option(None, "folder holding the eval datasets (DATASET/ sub-folders)")
+    eval_every_epochs: int = option(0, "evaluate every N epochs (CLIP: zero-shot on --eval-datasets; classification: "
+                                          "the val split; 0: never)")
 
     def warmup_steps(self, total_steps: int) -> int:
         return int(round(self.warmup * total_steps)) if self.warmup < 1 else int(self.warmup)
@@ -73,8 +65,6 @@ class TrainingOptions:
                 raise ConfigError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
         if self.log_every_steps < 1:
             raise ConfigError(f"--log-every-steps must be at least 1, got {self.log_every_steps}")
-        if not 0 <= self.max_bad_fraction <= 1:
-            raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}")
         inf = float("inf")
         if not 0 < self.lr < inf:
             raise ConfigError(f"--lr must be a positive number, got {self.lr}")
@@ -100,6 +90,29 @@ class TrainingOptions:
             raise ConfigError(f"--grad-clip-norm must be a positive number, got {self.grad_clip_norm}")
         if self.stop_after_steps is not None and self.stop_after_steps < 1:
             raise ConfigError(f"--stop-after-steps must be at least 1, got {self.stop_after_steps}")
+
+
+@dataclass
+class TrainingOptions(LoopOptions):
+    """`cifd-clip train` and `cifd-clip distill`: CLIP training on image-text shards (names as open_clip_train)."""
+
+    train_data: str = required("training shards: brace-expanded tar list, `::` joins sources (img2dataset layout)")
+    model: str = required("student model spec: open_clip name, NAME@FILE, local-dir:PATH or a JSON config")
+    pretrained: Optional[str] = option(None, "initialise the student from this checkpoint file (or open_clip tag)")
+    train_num_samples: Optional[int] = option(None, "samples per epoch (default: the shards' sizes.json/__len__)")
+    dataset_resampled: bool = option(False, "draw shards with replacement (open_clip's --dataset-resampled)")
+    max_bad_fraction: float = option(0.05, "stop when more than this fraction of the samples read are bad "
+                                           "(undecodable, missing image or caption; checked as data arrives and at "
+                                           "each epoch's end)")
+    local_loss: bool = option(False, "contrastive loss on local rows only against all gathered features")
+    gather_with_grad: bool = option(False, "all-gather features with gradients (exact full-batch gradients under DDP)")
+    eval_datasets: list[str] = option([], "CLIP_benchmark-layout datasets under --eval-dataset-root to evaluate")
+    eval_dataset_root: Optional[str] = option(None, "folder holding the eval datasets (DATASET/ sub-folders)")
+
+    def validate(self) -> None:
+        LoopOptions.validate(self)
+        if not 0 <= self.max_bad_fraction <= 1:
+            raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}")
         if self.train_num_samples is not None and self.train_num_samples < 1:
             raise ConfigError(f"--train-num-samples must be at least 1, got {self.train_num_samples}")
         if self.eval_every_epochs and not (self.eval_datasets and self.eval_dataset_root):

@@ -63,7 +63,7 @@ def save_config(cfg, run_dir: Path, env: DistEnv) -> None:
 
 def check_eval_sets(cfg) -> None:
     """Every --eval-datasets set is on disk now, not found missing after the first epoch."""
-    if not cfg.eval_every_epochs:
+    if not cfg.eval_every_epochs or not hasattr(cfg, "eval_datasets"):
         return
     root = Path(cfg.eval_dataset_root)
     if not root.is_dir():
@@ -81,7 +81,7 @@ def describe(tower, cfg) -> dict:
 
 def make_evaluator(cfg, tower, env: DistEnv) -> Optional[Callable]:
     """evaluate(student, epoch) -> {dataset: metrics} with the evaluation runner, or None when not asked for."""
-    if not cfg.eval_every_epochs:
+    if not cfg.eval_every_epochs or not hasattr(cfg, "eval_datasets"):
         return None
     try:
         from ..evaluation.runner import evaluate_model_on_dataset

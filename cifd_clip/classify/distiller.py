@@ -1,0 +1,134 @@
+"""What the training loop drives for the classification path: the student classifier and its method.
+
+The frozen teacher, the teacher assistants and the RDM family are held outside the module registry (as in
+`cifd_clip.distill.distiller`): they follow `.to()` but DDP never syncs them and checkpoints never store them.
+Targets come from the online teacher on the batch's own view (`teacher_image`, or `image` when both share a
+recipe), or from the batch's cached fields (`t_image_emb`: pooled features, `t_logits`).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+from ..errors import DataError, UserError
+from .methods import ClassifyMethod, StudentOut, Targets, build_classify_method
+from .settings import ClassifySettings
+
+
+class FrozenClassifier(nn.Module):
+    """A teacher or assistant: eval mode whatever `.train()` says, no gradients."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net.eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, with_map: bool = False):
+        return self.net.forward_with_map(x) if with_map else self.net(x)
+
+
+class ClassifierDistiller(nn.Module):
+    def __init__(self, student: nn.Module, method: ClassifyMethod, *, teacher=None, assistants=(), rdm=None,
+                 seed: int = 0):
+        super().__init__()
+        self.student = student
+        self.method = method
+        self._frozen = {"teacher": teacher, "assistants": list(assistants), "rdm": rdm}
+        self.seed = int(seed)
+        self._generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def build(cls, student: nn.Module, settings: ClassifySettings, *, teacher: Optional[nn.Module] = None,
+              assistants=(), rdm=None, teacher_dim: Optional[int] = None, seed: int = 0) -> "ClassifierDistiller":
+        num_rdms = len(rdm.rdms("image")) if rdm is not None else 0
+        if teacher is not None:
+            teacher_dim = teacher.net.feature_dim
+        method = build_classify_method(settings, student_dim=student.feature_dim, teacher_dim=teacher_dim,
+                                       num_rdms=num_rdms)
+        if assistants and settings.loss not in ("kd", "crd", "at"):
+            raise UserError(f"--assistants are KD teachers (TAKD/DGKD); --loss {settings.loss} does not use them")
+        return cls(student, method, teacher=teacher if method.needs_teacher else None, assistants=assistants,
+                   rdm=rdm if method.uses_rdms else None, seed=seed)
+
+    # ---------------------------------------------------------------- what the loop calls
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for frozen in (self._frozen["teacher"], self._frozen["rdm"], *self._frozen["assistants"]):
+            if frozen is not None:
+                frozen._apply(fn)
+        return self
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        return self.method.find_unused_parameters
+
+    def begin_step(self, step: int) -> None:
+        self._generator.manual_seed(self.seed * 1_000_003 + step)
+
+    def post_step(self) -> None:
+        pass
+
+    def student_state_dict(self) -> dict:
+        return self.student.state_dict()
+
+    def distill_state_dict(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
+
+    def load_states(self, state_dict: dict, distill_state_dict: dict) -> None:
+        full = {**{f"student.{k}": v for k, v in state_dict.items()}, **distill_state_dict}
+        own = self.state_dict()
+        for key, value in full.items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                raise UserError(f"the checkpoint holds weights of another shape than this run's model ({key}: "
+                                f"{list(value.shape)} vs {list(own[key].shape)}); --resume needs the same --model")
+        result = self.load_state_dict(full, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            key = (result.missing_keys or result.unexpected_keys)[0]
+            raise UserError(f"the checkpoint does not fit this run's model/loss set-up (e.g. {key!r}); check --model "
+                            f"and --loss")
+
+    # ---------------------------------------------------------------- forward
+
+    @torch.no_grad()
+    def targets(self, batch: dict) -> Targets:
+        labels = batch["label"]
+        out = Targets(labels)
+        if not self.method.needs_teacher:
+            return out
+        teacher = self._frozen["teacher"]
+        if teacher is not None:
+            view = batch.get("teacher_image", batch["image"])
+            if self.method.uses_feature_maps:
+                out.feature_map, out.features, out.logits = teacher(view, with_map=True)
+            else:
+                out.features, out.logits = teacher(view)
+        elif "t_image_emb" in batch and "t_logits" in batch:
+            out.features, out.logits = batch["t_image_emb"].float(), batch["t_logits"].float()
+        else:
+            raise DataError("this loss needs the teacher's outputs: give --teacher or a --cache made by cls-embed")
+        out.assistant_logits = [ta(batch.get("teacher_image", batch["image"]))[1] for ta in self._frozen["assistants"]]
+        rdm = self._frozen["rdm"]
+        if rdm is not None:
+            for module in rdm.rdms("image"):
+                recon = module.teach(out.features)
+                out.rdm_features.append(recon)
+                out.rdm_logits.append(module.head(recon))
+        return out
+
+    def forward(self, batch: dict) -> dict:
+        if self.method.uses_feature_maps:
+            fmap, features, logits = self.student.forward_with_map(batch["image"])
+        else:
+            (features, logits), fmap = self.student(batch["image"]), None
+        with torch.autocast(features.device.type, enabled=False):
+            targets = self.targets(batch)
+            student = StudentOut(features.float(), logits.float(), fmap)
+            return self.method(student, targets, self._generator)
