@@ -28,6 +28,11 @@ STAGES = [
     ("demo", "cifd_clip.commands.demo"),
     # the classification path
     ("cls-train", "cifd_clip.commands.cls_train"),
+    ("cls-embed", "cifd_clip.commands.cls_embed"),
+    ("cls-train-rdm", "cifd_clip.commands.cls_train_rdm"),
+    ("cls-distill", "cifd_clip.commands.cls_distill"),
+    ("cls-eval", "cifd_clip.commands.cls_eval"),
+    ("cls-export", "cifd_clip.commands.cls_export"),
 ]
 
 

@@ -27,7 +27,8 @@ def draw_view(recipe: Recipe, seed: int, epoch: int, index: int, width: int, hei
 
 class Views(Dataset):
     """`(image tensor, label, index, view)` per index; random views in training, the plain one otherwise.
-    `views_for` replaces the random draw (e.g. a cached view to replay)."""
+    `views_for(index, epoch) -> (view, fields)` replaces the random draw: a cached view to replay, and the
+    cached teacher outputs for it (added to the item)."""
 
     def __init__(self, data: ClassificationSet, recipe: Recipe, *, train: bool, seed: int = 0,
                  teacher_recipe: Optional[Recipe] = None, views_for=None):
@@ -40,14 +41,16 @@ class Views(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         image = self.data.image(index)
+        fields = {}
         if self.views_for is not None:
-            view = tuple(self.views_for(index, self.epoch))
+            view, fields = self.views_for(index, self.epoch)
+            view = tuple(float(v) for v in view)
         elif self.train:
             view = draw_view(self.recipe, self.seed, self.epoch, index, *image.size)
         else:
             view = PLAIN
         item = {"image": view_tensor(self.recipe, image, view, self.train), "label": int(self.data.labels[index]),
-                "index": index, "view": torch.tensor(view, dtype=torch.float32)}
+                "index": index, "view": torch.tensor(view, dtype=torch.float32), **fields}
         if self.teacher_recipe is not None:
             item["teacher_image"] = view_tensor(self.teacher_recipe, image, view, self.train)
         return item

@@ -36,14 +36,17 @@ FORMAT = "cifd-clip-embedding-cache"
 FORMAT_VERSION = 1
 META_FILE = "cache.json"
 IMAGE_MEMBER, TEXT_MEMBER, PAUG_MEMBER = "t_img.npy", "t_txt.npy", "paug.json"
+# a classifier teacher's cache (cls-embed): pooled features in t_img.npy, and per sample
+LOGITS_MEMBER, LABEL_MEMBER = "t_logits.npy", "cls"  # [K, C] logits of each view, the label
 DONE_SUFFIX = ".json"  # NAME.tar.json marks NAME.tar complete
 TMP_MARK = ".tmp-"
 DTYPES = ("float16", "float32")
 
 # Settings that must agree between a cache and whoever reads or extends it (the teacher spec string
 # may differ, e.g. after moving the weights file, as long as the weights fingerprint is the same).
+_UNRECORDED = {"kind": "clip"}  # what a cache written before a setting existed meant by it
 COMPARED_SETTINGS = ("format_version", "teacher_fingerprint", "image_dim", "text_dim", "dtype", "normalized",
-                     "augmentation")
+                     "augmentation", "kind", "dataset")
 
 
 def sibling_name(url: str) -> str:
@@ -56,7 +59,8 @@ def sibling_name(url: str) -> str:
 
 def make_settings(*, teacher_spec: str, teacher_pretrained: Optional[str], teacher_model_name: str,
                   teacher_fingerprint: str, teacher_image_size, image_dim: int, text_dim: int, dtype: str,
-                  normalized: bool, augmentation: dict, teacher_logit_scale: Optional[float] = None) -> dict:
+                  normalized: bool, augmentation: dict, teacher_logit_scale: Optional[float] = None,
+                  kind: str = "clip", num_classes: Optional[int] = None, dataset: Optional[dict] = None) -> dict:
     """The part of cache.json that describes how the embeddings were made."""
     if dtype not in DTYPES:
         raise UserError(f"cache dtype must be one of {', '.join(DTYPES)}, got {dtype}")
@@ -73,6 +77,8 @@ def make_settings(*, teacher_spec: str, teacher_pretrained: Optional[str], teach
         "augmentation": dict(augmentation),
         # exp of the teacher's learned logit scale: the affinity baselines weigh its batch logits with it
         "teacher_logit_scale": None if teacher_logit_scale is None else float(teacher_logit_scale),
+        # "classification": a classifier's pooled features (image_dim), logits and labels; no captions
+        "kind": kind, "num_classes": num_classes, "dataset": dataset,
     }
 
 
@@ -80,7 +86,7 @@ def settings_differences(have: dict, want: dict) -> list[str]:
     """Human-readable differences between two settings dicts on the keys that matter."""
     out = []
     for key in COMPARED_SETTINGS:
-        if key in want and have.get(key) != want.get(key):
+        if key in want and have.get(key, _UNRECORDED.get(key)) != want.get(key):
             label = {"teacher_fingerprint": "teacher weights fingerprint"}.get(key, key.replace("_", " "))
             out.append(f"{label} is {have.get(key)!r} in the cache but {want.get(key)!r} here")
     return out
@@ -114,10 +120,17 @@ class SiblingShardWriter:
         self._tar = wds.TarWriter(self._file, encoder=False, mtime=0)
         self.count = 0
 
-    def write(self, key: str, image_emb: np.ndarray, text_emb: np.ndarray, paug: Optional[np.ndarray] = None) -> None:
-        """image_emb [K, D_img], text_emb [D_txt], paug [K, 5] (stored only when K > 1)."""
-        sample = {"__key__": key, IMAGE_MEMBER: _npy_bytes(np.asarray(image_emb, dtype=self.dtype)),
-                  TEXT_MEMBER: _npy_bytes(np.asarray(text_emb, dtype=self.dtype))}
+    def write(self, key: str, image_emb: np.ndarray, text_emb: Optional[np.ndarray], paug: Optional[np.ndarray] = None,
+              logits: Optional[np.ndarray] = None, label: Optional[int] = None) -> None:
+        """image_emb [K, D_img], text_emb [D_txt] (CLIP) or logits [K, C] and label (classifier), paug [K, 5]
+        (stored only when K > 1)."""
+        sample = {"__key__": key, IMAGE_MEMBER: _npy_bytes(np.asarray(image_emb, dtype=self.dtype))}
+        if text_emb is not None:
+            sample[TEXT_MEMBER] = _npy_bytes(np.asarray(text_emb, dtype=self.dtype))
+        if logits is not None:
+            sample[LOGITS_MEMBER] = _npy_bytes(np.asarray(logits, dtype=np.float32))
+        if label is not None:
+            sample[LABEL_MEMBER] = str(int(label)).encode()
         if image_emb.shape[0] > 1:
             sample[PAUG_MEMBER] = json.dumps([[round(float(v), 6) for v in row] for row in paug]).encode()
         self._tar.write(sample)
@@ -220,15 +233,17 @@ class CachedShard:
     name: str
     keys: list
     image_emb: np.ndarray  # [N, K, D_img]
-    text_emb: np.ndarray  # [N, D_txt]
+    text_emb: Optional[np.ndarray]  # [N, D_txt] (CLIP caches)
     paug: Optional[np.ndarray]  # [N, K, 5] or None when K == 1
 
     def __post_init__(self):
         self.index = {k: i for i, k in enumerate(self.keys)}
+        self.logits: Optional[np.ndarray] = None  # [N, K, C] (classifier caches)
+        self.labels: Optional[np.ndarray] = None  # [N]
 
     @property
     def nbytes(self) -> int:
-        return self.image_emb.nbytes + self.text_emb.nbytes + (self.paug.nbytes if self.paug is not None else 0)
+        return sum(a.nbytes for a in (self.image_emb, self.text_emb, self.paug, self.logits) if a is not None)
 
 
 def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count: Optional[int] = None,
@@ -247,13 +262,18 @@ def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count
         raise DataError(f"cache shard {path} is missing; re-run cifd-clip embed to complete the cache") from None
     except (tarfile.TarError, OSError) as e:
         raise DataError(f"cache shard {path} is unreadable ({e}); delete it and re-run cifd-clip embed") from None
-    keys, images, texts, paugs = [], [], [], []
+    keys, images, texts, paugs, logits, labels = [], [], [], [], [], []
     for key, m in members.items():
-        if IMAGE_MEMBER not in m or TEXT_MEMBER not in m:
-            raise DataError(f"cache shard {path} sample {key} lacks {IMAGE_MEMBER} or {TEXT_MEMBER}")
+        if IMAGE_MEMBER not in m or (TEXT_MEMBER not in m and LOGITS_MEMBER not in m):
+            raise DataError(f"cache shard {path} sample {key} lacks {IMAGE_MEMBER} or {TEXT_MEMBER}/{LOGITS_MEMBER}")
         keys.append(key)
         images.append(np.load(io.BytesIO(m[IMAGE_MEMBER]), allow_pickle=False))
-        texts.append(np.load(io.BytesIO(m[TEXT_MEMBER]), allow_pickle=False))
+        if TEXT_MEMBER in m:
+            texts.append(np.load(io.BytesIO(m[TEXT_MEMBER]), allow_pickle=False))
+        if LOGITS_MEMBER in m:
+            logits.append(np.load(io.BytesIO(m[LOGITS_MEMBER]), allow_pickle=False))
+        if LABEL_MEMBER in m:
+            labels.append(int(m[LABEL_MEMBER]))
         if PAUG_MEMBER in m:
             paugs.append(np.asarray(json.loads(m[PAUG_MEMBER]), dtype=np.float32))
     if expected_count is not None and len(keys) != expected_count:
@@ -265,7 +285,10 @@ def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count
     if views is not None and image_emb.shape[1] != views:
         raise DataError(f"cache shard {path} stores {image_emb.shape[1]} views per sample but cache.json says {views}")
     paug = np.stack(paugs) if len(paugs) == len(keys) and image_emb.shape[1] > 1 else None
-    return CachedShard(name, keys, image_emb, np.stack(texts), paug)
+    shard = CachedShard(name, keys, image_emb, np.stack(texts) if texts else None, paug)
+    shard.logits = np.stack(logits) if len(logits) == len(keys) else None
+    shard.labels = np.asarray(labels, dtype=np.int64) if len(labels) == len(keys) else None
+    return shard
 
 
 def check_keys_line_up(shard: str, cached_keys: Iterable[str], source_keys: Iterable[str]) -> None:

@@ -18,6 +18,7 @@ def markdown_table(report: dict) -> str:
     rows = report["rdms"]
     recall_keys = sorted({k for r in rows for k in r if "recall@" in k})
     recall_keys += sorted({k for r in rows for k in r if k.startswith("zeroshot_acc")})
+    recall_keys += [k for k in ("acc1", "acc5") if any(k in r for r in rows)]  # classification RDMs
     header = ["modality", "R", "rate (bits/sample, rounded)", "rate (noisy estimate)", "MSE", "‖X−X̂‖²",
               "cosine"] + recall_keys
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -57,7 +58,7 @@ def plot_rate_distortion(report: dict, path: str | os.PathLike) -> Path:
 
     rows = report["rdms"]
     modalities = list(dict.fromkeys(r["modality"] for r in rows))
-    with_recall = any("recall@1" in k for r in rows for k in r)
+    with_recall = any("recall@1" in k or k == "acc1" for r in rows for k in r)
     fig, axes = plt.subplots(1, 2 if with_recall else 1, figsize=(10 if with_recall else 5.5, 4), squeeze=False)
     ax = axes[0][0]
     for modality in modalities:
@@ -75,13 +76,16 @@ def plot_rate_distortion(report: dict, path: str | os.PathLike) -> Path:
         ax = axes[0][1]
         for modality in modalities:
             metric = "text_retrieval_recall@1" if modality == "image" else "image_retrieval_recall@1"
+            if any("acc1" in r for r in rows):
+                metric = "acc1"  # a classifier's RDMs: accuracy against rate, the paper's Fig. 5
             pts = sorted((r for r in rows if r["modality"] == modality and metric in r), key=lambda r: r["rate_weight"])
-            line, = ax.plot([p["rate_bits"] for p in pts], [p[metric] for p in pts], "o-",
-                            label=f"{modality} RDM → teacher {'text' if modality == 'image' else 'image'}")
+            label = "RDM top-1 accuracy" if metric == "acc1" else \
+                f"{modality} RDM → teacher {'text' if modality == 'image' else 'image'}"
+            line, = ax.plot([p["rate_bits"] for p in pts], [p[metric] for p in pts], "o-", label=label)
             if "teacher" in report:
                 ax.axhline(report["teacher"][metric], color=line.get_color(), ls="--", lw=1)
         ax.set_xlabel("rate (bits per sample, rounded)")
-        ax.set_ylabel("retrieval recall@1 (dashed: teacher)")
+        ax.set_ylabel(("top-1 accuracy" if metric == "acc1" else "retrieval recall@1") + " (dashed: teacher)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()

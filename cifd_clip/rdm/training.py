@@ -43,7 +43,7 @@ def split_batch(batch: dict, fraction: float, held_out: bool) -> dict:
     if fraction <= 0 or keys is None:
         return batch if not held_out else {}
     mask = torch.tensor([is_held_out(k, fraction) == held_out for k in keys], dtype=torch.bool)
-    out = {name: batch[name][mask] for name in MODALITY_KEYS.values() if name in batch}
+    out = {name: value[mask] for name, value in batch.items() if torch.is_tensor(value) and len(value) == len(keys)}
     out["key"] = [k for k, m in zip(keys, mask.tolist()) if m]
     return out
 
@@ -67,7 +67,9 @@ def family_loss(family: RDMFamily, batch: dict) -> tuple[torch.Tensor, dict]:
         x = batch[MODALITY_KEYS[modality]]
         x = x.reshape(-1, x.shape[-1])  # [B, K, D] views -> [B·K, D]
         for rdm in family.rdms(modality):
-            parts = rdm.loss(rdm(x))
+            # a classifier teacher's RDMs (with a head) also learn the labels and the teacher's logits
+            parts = rdm.loss(rdm(x), batch.get("label"), batch.get("t_logits")) if rdm.head is not None \
+                else rdm.loss(rdm(x))
             loss = sum(parts.values())
             total = loss if total is None else total + loss
             terms.update({f"{modality}/R={rdm.rate_weight:g}/{k}": v.detach() for k, v in parts.items()})
@@ -99,7 +101,8 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
                  lr: float = 1e-3, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
                  steps_per_epoch: Optional[int] = None, holdout_fraction: float = 0.0, log_every: int = 50,
                  density_lr_factor: float = DENSITY_LR_FACTOR,
-                 on_step: Optional[Callable[[int, dict], None]] = None) -> TrainStats:
+                 on_step: Optional[Callable[[int, dict], None]] = None,
+                 on_epoch: Optional[Callable[[int], None]] = None) -> TrainStats:
     """Train every RDM of `family` in one pass per epoch over `epoch_batches(epoch)`.
 
     Adam on all parameters (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known. The
@@ -154,6 +157,8 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
                 log.info("step %d epoch %d: %s", stats.steps, epoch, _summarise(stats.last_terms))
         if seen_this_epoch == 0 and rank == 0:
             raise DataError("the embedding cache yielded no training samples this epoch")
+        if on_epoch is not None:
+            on_epoch(epoch)
     stats.seconds = time.perf_counter() - start
     for modality in family.modalities:
         for rdm in family.rdms(modality):

@@ -1,0 +1,116 @@
+"""Train the classification RDMs on a classifier teacher's cached features (no teacher model loaded).
+
+Each RDM: CE(y, RDM logits) + λ_KL·KL(teacher‖RDM) + R·D(X, X̂) + rate (METHOD.md's L'_R), every cached view
+trained on. 5% of the samples (by key) are held out; after each epoch each RDM's held-out accuracy is
+measured and its best epoch is kept (the paper's 95:5 split). The report shows each RDM's accuracy against
+its rate: the paper's rate-distortion curve. Paper settings: R = 1.0/0.8/0.6 (CIFAR), 1e4/5e3/1e3 with
+--distortion smooth_l1 (ImageNet), 30 epochs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from ..config import option, required
+from ..errors import ConfigError
+from ..rdm.config import RDMArchitecture
+
+
+@dataclass
+class Config(RDMArchitecture):
+    cache: str = required("cache folder written by `cifd-clip cls-embed`")
+    out: str = required("output folder (rdm.pt, rdm_eval.md/json/png, config.yaml)")
+    rates: list[float] = option([1.0, 0.8, 0.6], "rate weights R, one RDM each (the paper's CIFAR values)")
+    epochs: int = option(30, "passes over the cache (the paper: 30)")
+    batch_size: int = option(256, "cached views per step")
+    lr: float = option(1e-3, "Adam learning rate (cosine decay to lr/100)")
+    density_lr_factor: float = option(10.0, "the bottlenecks' densities learn this many times faster")
+    kl_weight: float = option(1.0, "λ_KL on KL(teacher ‖ RDM)")
+    temperature: float = option(2.0, "τ of that KL")
+    holdout_fraction: float = option(0.05, "fraction of the samples held out to pick each RDM's best epoch")
+    seed: int = option(0, "random seed")
+    overwrite: bool = option(False, "replace an RDM checkpoint already in --out")
+    hidden_dim: int = option(512, "width of the RDMs' hidden layers (the paper's ImageNet RDM: 512)")
+    bottleneck_dim: int = option(64, "channels of the entropy bottleneck")
+    normalize_input: bool = option(False, "L2-normalise the features first (the paper reconstructs them as they are)")
+
+    def validate(self) -> None:
+        if not self.rates or any(not r > 0 for r in self.rates) or len(set(self.rates)) != len(self.rates):
+            raise ConfigError(f"--rates must be distinct positive numbers, got {self.rates}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError("--epochs and --batch-size must be at least 1")
+        if not 0 < self.holdout_fraction < 0.5:
+            raise ConfigError(f"--holdout-fraction must be in (0, 0.5), got {self.holdout_fraction}")
+
+
+def run(cfg: Config) -> int:
+    import copy
+    import logging
+
+    import torch
+
+    from .. import config as config_lib
+    from ..classify.cache import iter_cached_outputs
+    from ..embed.cache import read_cache_meta
+    from ..errors import UserError
+    from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
+    from ..rdm.model import RDMFamily
+    from ..rdm.report import write_report
+    from ..rdm.training import evaluate_rdm, split_batch, train_family
+
+    log = logging.getLogger("cifd_clip.cls_train_rdm")
+    out = check_folder_target(cfg.out, "--out")
+    refuse_to_replace([out / "rdm.pt"], "--out", cfg.overwrite, "an RDM checkpoint")
+    meta = read_cache_meta(cfg.cache)
+    if meta.get("kind") != "classification":
+        raise UserError(f"{cfg.cache} is not a classifier's cache: make one with cifd-clip cls-embed")
+    hold_run_lock(out, "output folder")
+    held = [split_batch(b, cfg.holdout_fraction, held_out=True) for b in iter_cached_outputs(cfg.cache, batch_size=4096)]
+    held = {k: torch.cat([b[k] for b in held if b]) for k in ("t_image_emb", "t_logits", "label")}
+    if not len(held["label"]):
+        raise UserError(f"no held-out samples at --holdout-fraction {cfg.holdout_fraction}: raise it")
+    torch.manual_seed(cfg.seed)
+    arch = cfg.architecture()
+    family = RDMFamily.build({"image": int(meta["image_dim"])}, cfg.rates,
+                             meta={"teacher": meta.get("teacher"), "teacher_fingerprint": meta.get("teacher_fingerprint"),
+                                   "kind": "classification", "cache": str(cfg.cache)},
+                             num_classes=int(meta["num_classes"]), kl_weight=cfg.kl_weight,
+                             temperature=cfg.temperature, **arch)
+
+    def accuracy(rdm) -> float:
+        with torch.no_grad():
+            return float((rdm.head(rdm.teach(held["t_image_emb"])).argmax(-1) == held["label"]).float().mean())
+
+    best = {id(r): (-1.0, None) for r in family.rdms("image")}
+
+    def keep_best(epoch: int) -> None:
+        for rdm in family.rdms("image"):
+            acc = accuracy(rdm)
+            if acc > best[id(rdm)][0]:
+                best[id(rdm)] = (acc, copy.deepcopy(rdm.state_dict()))
+
+    steps = -(-int(meta["num_samples"]) * int(meta["augmentation"]["views"]) // cfg.batch_size)
+    stats = train_family(family, lambda epoch: iter_cached_outputs(cfg.cache, batch_size=cfg.batch_size,
+                                                                   seed=cfg.seed, epoch=epoch),
+                         epochs=cfg.epochs, lr=cfg.lr, steps_per_epoch=steps, holdout_fraction=cfg.holdout_fraction,
+                         density_lr_factor=cfg.density_lr_factor, on_epoch=keep_best, log_every=0)
+    rows = []
+    for rdm in family.rdms("image"):
+        # the best epoch's weights; the coding tables are rebuilt for them (their sizes depend on the weights)
+        tables = ("bottleneck._offset", "bottleneck._quantized_cdf", "bottleneck._cdf_length")
+        rdm.load_state_dict({k: v for k, v in best[id(rdm)][1].items() if k not in tables}, strict=False)
+        rdm.finalize()
+        rdm.eval()
+        rows.append({"modality": "image", "rate_weight": rdm.rate_weight, **evaluate_rdm(rdm, held["t_image_emb"]),
+                     "acc1": accuracy(rdm)})
+    teacher_acc = float((held["t_logits"].argmax(-1) == held["label"]).float().mean())
+    family.save(out / "rdm.pt")
+    config_lib.save(cfg, out / "config.yaml")
+    report = {"num_samples": int(len(held["label"])), "eval_source": f"{cfg.holdout_fraction:g} held out of {cfg.cache}",
+              "rdms": rows, "teacher": {"acc1": teacher_acc}, "warnings": [],
+              "train": {"epochs": cfg.epochs, "steps": stats.steps, "samples": stats.samples, "seconds": stats.seconds,
+                        "embeddings_per_second": stats.embeddings_per_second, "num_rdms": len(rows)}}
+    files = write_report(report, out, "rdm_eval")
+    for row in rows:
+        log.info("R=%g: %.1f bits, held-out top-1 %.2f%% (teacher %.2f%%)", row["rate_weight"], row["rate_bits"],
+                 100 * row["acc1"], 100 * teacher_acc)
+    print(f"wrote {len(rows)} RDMs to {out / 'rdm.pt'}; evaluation in {files['markdown']} and {files['plot']}")
+    return 0
