@@ -187,6 +187,9 @@ def test_kd_takd_and_dgkd_run_in_the_same_loop(shapes):
                    "--kd-dropout", "0.25") == 0
     terms = last_terms(shapes, "dgkd")
     assert {"ce", "kd_teacher", "kd_ta1"} <= set(terms)
+    cost = {run: json.loads((shapes["root"] / "runs" / run / "summary.json").read_text())["macs_per_sample"]
+            for run in ("takd", "dgkd")}  # the paper's Fig. 1b, per training sample
+    assert cost["dgkd"]["assistants"] == cost["takd"]["teacher"] > 0 and cost["dgkd"]["total"] > cost["takd"]["total"]
     for loss, term in (("dist", "dist"), ("normkd", "normkd"), ("crd", "crd"), ("at", "at")):
         assert distill(shapes, loss, "--loss", loss, "--teacher", shapes["teacher"]) == 0
         assert term in last_terms(shapes, loss)
@@ -206,6 +209,8 @@ def test_cifd_with_cached_targets_and_rdms_end_to_end(shapes):
     assert {"ce", "kd_teacher", "kd_rdm1", "kd_rdm3", "emb_teacher", "emb_rdm2", "rate"} <= set(terms)
     summary = json.loads((root / "runs" / "cifd" / "summary.json").read_text())
     assert 0 <= summary["eval"]["val"]["metrics"]["acc1"] <= 1
+    cost = summary["macs_per_sample"]  # cached targets: no teacher forward pass, the RDMs are nearly free
+    assert cost["teacher"] == 0 and 0 < cost["rdms"] < 0.01 * cost["student"]
 
 
 def test_cached_teacher_outputs_are_the_teachers_on_the_replayed_view(shapes):

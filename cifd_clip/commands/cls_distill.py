@@ -42,6 +42,7 @@ def run(cfg: Config) -> int:
 
     from ..classify import run as cls_run
     from ..classify.data import recipe_for
+    from ..classify.cost import training_macs
     from ..classify.distiller import ClassifierDistiller, FrozenClassifier
     from ..classify.models import load_classifier
     from ..engine import session
@@ -84,10 +85,14 @@ def run(cfg: Config) -> int:
         module = ClassifierDistiller.build(student.net, cfg.classify_settings(), teacher=teacher,
                                            assistants=assistants or (), rdm=rdm, teacher_dim=teacher_dim,
                                            seed=cfg.seed)
+        cost = training_macs(student.net, data.views.recipe.image_size, teacher=teacher, assistants=assistants or (),
+                             rdm=rdm, feature_dim=teacher.net.feature_dim if teacher is not None else teacher_dim)
         session.save_config(cfg, run_dir, env)
         summary = fit(module, data, cfg, env, run_dir, describe=cls_run.describe(student, cfg, train),
                       evaluate=cls_run.make_evaluator(cfg, val, env),
-                      find_unused_parameters=module.find_unused_parameters)
+                      find_unused_parameters=module.find_unused_parameters,
+                      summary_extra={"macs_per_sample": cost,
+                                     "macs_total": cost["total"] * cfg.epochs * data.num_batches * cfg.batch_size})
         if env.is_main:
             log.info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"], summary["samples_per_s"],
                      run_dir)

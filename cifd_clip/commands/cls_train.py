@@ -21,6 +21,7 @@ def run(cfg: Config) -> int:
     import logging
 
     from ..classify import run as cls_run
+    from ..classify.cost import training_macs
     from ..classify.distiller import ClassifierDistiller
     from ..classify.settings import ClassifySettings
     from ..engine import session
@@ -34,9 +35,12 @@ def run(cfg: Config) -> int:
         student = cls_run.load_student(cfg, train)
         data = cls_run.make_stream(cfg, train, env)
         module = ClassifierDistiller.build(student.net, ClassifySettings(loss="ce"), seed=cfg.seed)
+        cost = training_macs(student.net, data.views.recipe.image_size)
         session.save_config(cfg, run_dir, env)
         summary = fit(module, data, cfg, env, run_dir, describe=cls_run.describe(student, cfg, train),
-                      evaluate=cls_run.make_evaluator(cfg, val, env))
+                      evaluate=cls_run.make_evaluator(cfg, val, env),
+                      summary_extra={"macs_per_sample": cost,
+                                     "macs_total": cost["total"] * cfg.epochs * data.num_batches * cfg.batch_size})
         if env.is_main:
             logging.getLogger(__name__).info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"],
                                              summary["samples_per_s"], run_dir)

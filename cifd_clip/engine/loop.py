@@ -155,6 +155,7 @@ class Trainer:
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.global_batch = cfg.batch_size * env.world_size * self.accum
         self.find_unused_parameters = find_unused_parameters
+        self.summary_extra: dict = {}
 
     # ---------------------------------------------------------------- set-up
 
@@ -326,7 +327,7 @@ class Trainer:
             "samples_per_s": self.steps_this_run * self.global_batch / wall if wall > 0 else 0.0,
             "bad_samples": _bad_samples(self.data),
             "last_checkpoint": str(self.last_saved) if self.last_saved else None,
-            "precision": self.precision, "world_size": self.env.world_size,
+            "precision": self.precision, "world_size": self.env.world_size, **self.summary_extra,
         }
         if self.env.is_main and self.steps_this_run == 0 and (self.run_dir / "summary.json").is_file():
             log.info("the run in %s had already finished; its summary.json is kept", self.run_dir)
@@ -336,13 +337,17 @@ class Trainer:
 
 
 def fit(module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, *, describe: dict,
-        evaluate: Optional[Callable[[nn.Module, int], dict]] = None, find_unused_parameters: bool = False) -> dict:
+        evaluate: Optional[Callable[[nn.Module, int], dict]] = None, find_unused_parameters: bool = False,
+        summary_extra: Optional[dict] = None) -> dict:
     """Train `module` on `data` (a DataInfo with num_batches and iterate(epoch, skip_batches)).
 
     `describe` carries model_name/model_cfg/preprocess_cfg for the checkpoints; `evaluate(student, epoch)`
-    runs on the main process every --eval-every-epochs. Returns the summary also written to summary.json.
+    runs on the main process every --eval-every-epochs; `summary_extra` joins summary.json (e.g. the run's
+    cost). Returns the summary also written to summary.json.
     """
-    return Trainer(module, data, cfg, env, run_dir, describe, evaluate, find_unused_parameters).run()
+    trainer = Trainer(module, data, cfg, env, run_dir, describe, evaluate, find_unused_parameters)
+    trainer.summary_extra = dict(summary_extra or {})
+    return trainer.run()
 
 
 def _bad_samples(data) -> dict:
