@@ -19,11 +19,15 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m cifd_clip demo --out $(DEMO_OUT)
 
+# Two workers (the machine's two cores; every test process runs torch on one thread); a test module's tests
+# stay on one worker so that they share its fixtures. --durations shows the slow ones.
+PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
+
 test: setup
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 bench: setup
 	$(PY) benchmarks/run_all.py

@@ -27,12 +27,14 @@ STAGES = [
     ("export", "cifd_clip.commands.export"),
     ("demo", "cifd_clip.commands.demo"),
     # the classification path
+    ("cls-make-demo-data", "cifd_clip.commands.cls_make_demo_data"),
     ("cls-train", "cifd_clip.commands.cls_train"),
     ("cls-embed", "cifd_clip.commands.cls_embed"),
     ("cls-train-rdm", "cifd_clip.commands.cls_train_rdm"),
     ("cls-distill", "cifd_clip.commands.cls_distill"),
     ("cls-eval", "cifd_clip.commands.cls_eval"),
     ("cls-export", "cifd_clip.commands.cls_export"),
+    ("cls-demo", "cifd_clip.commands.cls_demo"),
 ]
 
 

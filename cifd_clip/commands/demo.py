@@ -28,27 +28,18 @@ def run(cfg: Config) -> int:
     import time
     from pathlib import Path
 
+    from ..demo.execute import StepFailed, prepare_out, run_steps
     from ..demo.plan import Layout, build_plan, resolve_recipes
-    from ..demo.execute import command_line, prepare_out, run_step, tail
 
     recipes = resolve_recipes(cfg.recipes)
     steps = build_plan(recipes, cfg.scale)
     layout = Layout(Path(cfg.out))
     prepare_out(layout.out)
-    timings, commands = [], []
     start = time.perf_counter()
-    for number, step in enumerate(steps, 1):
-        argv = step.argv(layout, recipes)
-        commands.append(command_line(argv))
-        print(f"\n[{number}/{len(steps)}] {step.name}: {commands[-1]}", flush=True)
-        log_file = layout.logs / f"{step.name}.log"
-        code, seconds = run_step(argv, log_file, stream=cfg.stream)
-        if code != 0:
-            print(f"\n{tail(log_file)}\n\ndemo stopped: step '{step.name}' failed with exit code {code} after "
-                  f"{seconds:.0f} s; its full output is in {log_file}", flush=True)
-            return 1
-        timings.append((step.name, step.stage, seconds))
-        print(f"[{number}/{len(steps)}] {step.name} done in {seconds:.1f} s", flush=True)
+    try:
+        timings, commands = run_steps(steps, lambda step: step.argv(layout, recipes), layout.logs, stream=cfg.stream)
+    except StepFailed:
+        return 1
 
     from ..demo.report import write_report
     from ..export.open_clip_folder import verify_export

@@ -56,3 +56,26 @@ def run_step(argv: list[str], log_file: Path, *, stream: bool) -> tuple[int, flo
 def tail(path: Path, lines: int = 15) -> str:
     text = path.read_text(errors="replace").replace("\r", "\n")
     return "\n".join([line for line in text.splitlines() if line.strip()][-lines:])
+
+
+class StepFailed(Exception):
+    """A demo step exited non-zero; the driver has printed where to look."""
+
+
+def run_steps(steps, argv_of, logs: Path, *, stream: bool) -> tuple[list, list]:
+    """Run each step as its own `cifd-clip` process (printed first, logged to LOGS/STEP.log, timed).
+    Returns (timings [(name, stage, seconds)], command lines); raises StepFailed after printing the failure."""
+    timings, commands = [], []
+    for number, step in enumerate(steps, 1):
+        argv = argv_of(step)
+        commands.append(command_line(argv))
+        print(f"\n[{number}/{len(steps)}] {step.name}: {commands[-1]}", flush=True)
+        log_file = logs / f"{step.name}.log"
+        code, seconds = run_step(argv, log_file, stream=stream)
+        if code != 0:
+            print(f"\n{tail(log_file)}\n\ndemo stopped: step '{step.name}' failed with exit code {code} after "
+                  f"{seconds:.0f} s; its full output is in {log_file}", flush=True)
+            raise StepFailed(step.name)
+        timings.append((step.name, step.stage, seconds))
+        print(f"[{number}/{len(steps)}] {step.name} done in {seconds:.1f} s", flush=True)
+    return timings, commands

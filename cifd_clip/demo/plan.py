@@ -124,18 +124,19 @@ def resolve_recipes(recipes: str | None) -> Path:
     return folder
 
 
-def build_plan(recipes: Path, scale: str) -> list[Step]:
-    """The steps with the scale's overrides (recipes/demo/scale-SCALE.yaml, if present) applied."""
+def build_plan(recipes: Path, scale: str, steps: list[Step] = None) -> list[Step]:
+    """The steps with the scale's overrides (RECIPES/scale-SCALE.yaml, if present) applied."""
+    steps = STEPS if steps is None else steps
     if scale not in SCALES:
         raise UserError(f"--scale must be one of {', '.join(SCALES)}, got {scale}")
     overrides = {}
     scale_file = recipes / f"scale-{scale}.yaml"
     if scale_file.is_file():
         overrides = yaml.safe_load(scale_file.read_text()) or {}
-        unknown = set(overrides) - {s.name for s in STEPS}
+        unknown = set(overrides) - {s.name for s in steps}
         if unknown:
             raise UserError(f"{scale_file} names unknown steps: {', '.join(sorted(unknown))} "
-                            f"(steps: {', '.join(s.name for s in STEPS)})")
+                            f"(steps: {', '.join(s.name for s in steps)})")
     elif scale != "full":
         raise UserError(f"--scale {scale} needs {scale_file}")
-    return [Step(s.name, s.stage, s.recipe, s.paths, dict(overrides.get(s.name) or {})) for s in STEPS]
+    return [Step(s.name, s.stage, s.recipe, s.paths, dict(overrides.get(s.name) or {})) for s in steps]

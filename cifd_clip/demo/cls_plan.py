@@ -1,0 +1,78 @@
+"""The classification demo's steps (`cifd-clip cls-demo`): the paper's CIFAR comparison at CPU size.
+
+data → teacher → teacher assistant → embed → RDMs → five students (no KD, KD, TAKD, DGKD, CIFD), each a
+`cifd-clip` command with its settings in recipes_classification/STEP.yaml; the driver only wires paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .plan import Step, build_plan as _build_plan
+
+RECIPES = Path(__file__).resolve().parent / "recipes_classification"
+STUDENTS = [("student-nokd", "no KD"), ("student-kd", "KD"), ("student-takd", "TAKD"), ("student-dgkd", "DGKD"),
+            ("student-cifd", "CIFD (3 RDMs + IBM)")]
+
+
+@dataclass
+class ClsLayout:
+    out: Path
+
+    @property
+    def data(self) -> Path:
+        return self.out / "data"
+
+    @property
+    def runs(self) -> Path:
+        return self.out / "runs"
+
+    @property
+    def cache(self) -> Path:
+        return self.out / "cache"
+
+    @property
+    def logs(self) -> Path:
+        return self.out / "logs"
+
+    @property
+    def report(self) -> Path:
+        return self.out / "report"
+
+    def checkpoint(self, run: str) -> Path:
+        return self.runs / run / "checkpoints" / "epoch_latest.pt"
+
+    def spec(self) -> str:
+        return f"cifar100:{self.data}"
+
+
+def _run(name: str, *, teacher: str = "", assistants: bool = False, rdm: bool = False):
+    def paths(layout: ClsLayout) -> list[str]:
+        args = ["--train-data", layout.spec(), "--logs", str(layout.runs), "--name", name]
+        if teacher:
+            args += ["--teacher", str(layout.checkpoint(teacher))]
+        if assistants:
+            args += ["--assistants", str(layout.checkpoint("assistant"))]
+        if rdm:
+            args += ["--rdm", str(layout.runs / "rdm" / "rdm.pt")]
+        return args
+    return paths
+
+
+STEPS = [
+    Step("data", "cls-make-demo-data", "data.yaml", lambda l: ["--out", str(l.data)]),
+    Step("teacher", "cls-train", "teacher.yaml", _run("teacher")),
+    Step("assistant", "cls-distill", "assistant.yaml", _run("assistant", teacher="teacher")),
+    Step("embed", "cls-embed", "embed.yaml", lambda l: ["--teacher", str(l.checkpoint("teacher")), "--train-data",
+                                                        l.spec(), "--out", str(l.cache)]),
+    Step("rdm", "cls-train-rdm", "rdm.yaml", lambda l: ["--cache", str(l.cache), "--out", str(l.runs / "rdm")]),
+    Step("student-nokd", "cls-train", "student-nokd.yaml", _run("student-nokd")),
+    Step("student-kd", "cls-distill", "student-kd.yaml", _run("student-kd", teacher="teacher")),
+    Step("student-takd", "cls-distill", "student-takd.yaml", _run("student-takd", teacher="assistant")),
+    Step("student-dgkd", "cls-distill", "student-dgkd.yaml", _run("student-dgkd", teacher="teacher", assistants=True)),
+    Step("student-cifd", "cls-distill", "student-cifd.yaml", _run("student-cifd", teacher="teacher", rdm=True)),
+]
+
+
+def build_plan(recipes: Path, scale: str) -> list[Step]:
+    return _build_plan(recipes, scale, steps=STEPS)

@@ -1,0 +1,89 @@
+"""The classification demo's report: every student side by side (accuracy, training cost), the RDMs'
+accuracy-against-rate curve, validation curves, wall time per step, and a verdict computed from the numbers."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from .cls_plan import STUDENTS, ClsLayout
+from .report import TIE, stage_table
+
+
+def collect(layout: ClsLayout) -> dict:
+    table = {}
+    for run, label in [("teacher", "teacher"), ("assistant", "assistant (cnn6)")] + STUDENTS:
+        summary = json.loads((layout.runs / run / "summary.json").read_text())
+        metrics = summary["eval"]["val"]["metrics"]
+        cost = summary.get("macs_per_sample", {})
+        table[label] = {"run": run, "acc1": metrics["acc1"], "acc5": metrics["acc5"],
+                        "mean_per_class_recall": metrics["mean_per_class_recall"],
+                        "train_seconds": summary["wall_time_s"], "macs": cost.get("total", 0),
+                        "student_macs": cost.get("student", 0)}
+    return table
+
+
+def markdown_table(table: dict) -> str:
+    lines = ["| model | top-1 (%) | top-5 (%) | mean per-class recall (%) | training MMACs / sample | "
+             "training time (s) |", "|---|---:|---:|---:|---:|---:|"]
+    for label, row in table.items():
+        lines.append(f"| {label} | {100 * row['acc1']:.1f} | {100 * (row['acc5'] or 0):.1f} | "
+                     f"{100 * row['mean_per_class_recall']:.1f} | {row['macs'] / 1e6:.1f} | {row['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def verdict(table: dict) -> list[str]:
+    cifd = table[STUDENTS[-1][1]]
+    lines = []
+    for _, label in STUDENTS[:-1]:
+        diff = 100 * (cifd["acc1"] - table[label]["acc1"])
+        word = "ties" if abs(diff) < TIE else ("beats" if diff > 0 else "does NOT beat")
+        lines.append(f"CIFD {word} {label} on top-1 ({100 * cifd['acc1']:.1f}% vs {100 * table[label]['acc1']:.1f}%).")
+    takd = table["TAKD"]["macs"] + table["assistant (cnn6)"]["macs"]
+    dgkd = table["DGKD"]["macs"] + table["assistant (cnn6)"]["macs"]
+    kd = table["KD"]["macs"]
+    lines.append(f"Training cost per sample relative to KD (the assistant's own training counted for TAKD and DGKD; "
+                 f"CIFD's RDMs read cached features): TAKD {takd / kd:.2f}x, DGKD {dgkd / kd:.2f}x, "
+                 f"CIFD {cifd['macs'] / kd:.2f}x.")
+    return lines
+
+
+def plot_curves(layout: ClsLayout, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for run, label in STUDENTS:
+        epochs, acc = [], []
+        for line in (layout.runs / run / "metrics.jsonl").read_text().splitlines():
+            record = json.loads(line)
+            if "eval" in record:
+                epochs.append(record["epoch"])
+                acc.append(100 * record["eval"]["val"]["metrics"]["acc1"])
+        ax.plot(epochs, acc, marker="o", label=label)
+    ax.set(xlabel="epoch", ylabel="val top-1 (%)", title="students")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def write_report(layout: ClsLayout, timings: list, *, scale: str, commands: list) -> dict:
+    layout.report.mkdir(parents=True, exist_ok=True)
+    table = collect(layout)
+    shutil.copyfile(layout.runs / "rdm" / "rdm_eval.png", layout.report / "rate_distortion.png")
+    plot_curves(layout, layout.report / "training_curves.png")
+    sentences = verdict(table)
+    md = [f"# cifd_clip classification demo report ({scale} scale)", "",
+          "The paper's CIFAR-100 simple-CNN comparison at CPU size, on the built-in shape scenes (36 classes, chance "
+          "2.8%): teacher cnn10, assistant cnn6, students cnn2. One seed per student.", "",
+          "## Verdict", "", *[f"- {s}" for s in sentences], "", "## Results", "", markdown_table(table), "",
+          "## Wall time per step", "", stage_table(timings), "",
+          "## Rate-distortion modules (held-out cached features)", "", (layout.runs / "rdm" / "rdm_eval.md").read_text(),
+          "", "![rate-distortion](rate_distortion.png)", "", "## Validation curves", "",
+          "![training curves](training_curves.png)", "", "## Commands run", "", "```", *commands, "```", ""]
+    (layout.report / "report.md").write_text("\n".join(md))
+    (layout.report / "results.json").write_text(json.dumps({"scale": scale, "models": table, "verdict": sentences,
+                                                            "stages": timings}, indent=2) + "\n")
+    return {"table": markdown_table(table), "stages": stage_table(timings), "verdict": sentences}
