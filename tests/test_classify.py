@@ -164,6 +164,14 @@ def test_in_batch_contrastive_and_attention_transfer():
     assert attention_transfer(fs, ft).item() == pytest.approx(((0.5 - 1) ** 2 + 3 * 0.25) / 4, rel=1e-5)
 
 
+def test_factor_transfer_is_l1_of_normalised_factors():
+    from cifd_clip.distill.losses import factor_transfer
+
+    s, t = torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2)
+    s[..., 0], t[..., 1] = 3.0, 5.0  # (1, 0) against (0, 1) once normalised
+    assert factor_transfer(s, t).item() == pytest.approx(1.0)
+
+
 def test_classification_rdm_loss_has_ce_kl_distortion_and_rate():
     from cifd_clip.rdm.model import RDMFamily
     from cifd_clip.rdm.training import family_loss
@@ -190,7 +198,7 @@ def test_kd_takd_and_dgkd_run_in_the_same_loop(shapes):
     cost = {run: json.loads((shapes["root"] / "runs" / run / "summary.json").read_text())["macs_per_sample"]
             for run in ("takd", "dgkd")}  # the paper's Fig. 1b, per training sample
     assert cost["dgkd"]["assistants"] == cost["takd"]["teacher"] > 0 and cost["dgkd"]["total"] > cost["takd"]["total"]
-    for loss, term in (("dist", "dist"), ("normkd", "normkd"), ("crd", "crd"), ("at", "at")):
+    for loss, term in (("dist", "dist"), ("normkd", "normkd"), ("crd", "crd"), ("at", "at"), ("ft", "ft")):
         assert distill(shapes, loss, "--loss", loss, "--teacher", shapes["teacher"]) == 0
         assert term in last_terms(shapes, loss)
 

@@ -48,11 +48,17 @@ class ClassifierDistiller(nn.Module):
     def build(cls, student: nn.Module, settings: ClassifySettings, *, teacher: Optional[nn.Module] = None,
               assistants=(), rdm=None, teacher_dim: Optional[int] = None, seed: int = 0) -> "ClassifierDistiller":
         num_rdms = len(rdm.rdms("image")) if rdm is not None else 0
+        channels = {}
         if teacher is not None:
             teacher_dim = teacher.net.feature_dim
+            if settings.loss in ("at", "ft"):  # the maps' channels, from one small forward pass
+                with torch.no_grad():
+                    probe = torch.zeros(1, 3, 32, 32)
+                    channels = {"teacher_channels": teacher.net.feature_map(probe).shape[1],
+                                "student_channels": student.feature_map(probe).shape[1]}
         method = build_classify_method(settings, student_dim=student.feature_dim, teacher_dim=teacher_dim,
-                                       num_rdms=num_rdms)
-        if assistants and settings.loss not in ("kd", "crd", "at"):
+                                       num_rdms=num_rdms, **channels)
+        if assistants and settings.loss not in ("kd", "crd", "at", "ft"):
             raise UserError(f"--assistants are KD teachers (TAKD/DGKD); --loss {settings.loss} does not use them")
         return cls(student, method, teacher=teacher if method.needs_teacher else None, assistants=assistants,
                    rdm=rdm if method.uses_rdms else None, seed=seed)

@@ -137,14 +137,41 @@ class AT(ClassifyMethod):
                 "at": self.s.at_weight * L.attention_transfer(student.feature_map, targets.feature_map.detach())}
 
 
-REGISTRY = {"ce": CrossEntropy, "kd": KD, "cifd": CIFD, "dist": DIST, "normkd": NormKD, "crd": CRD, "at": AT}
+class FT(ClassifyMethod):
+    """Paraphraser (teacher side: encoder to factors + decoder back, trained on reconstruction here) and
+    translator (student side); the student matches the teacher's normalised factors in L1."""
+
+    uses_feature_maps = True
+
+    def __init__(self, settings, *, student_channels: int, teacher_channels: int, **_):
+        super().__init__(settings)
+        factors = max(1, round(teacher_channels * settings.ft_rate))
+        self.paraphraser = nn.Sequential(nn.Conv2d(teacher_channels, factors, 3, padding=1), nn.LeakyReLU(0.1))
+        self.reconstruct = nn.Conv2d(factors, teacher_channels, 3, padding=1)
+        self.translator = nn.Sequential(nn.Conv2d(student_channels, factors, 3, padding=1), nn.LeakyReLU(0.1))
+
+    def forward(self, student, targets, generator=None):
+        teacher_map = targets.feature_map.detach()
+        factor_t = self.paraphraser(teacher_map)
+        factor_s = self.translator(student.feature_map)
+        if factor_s.shape[-2:] != factor_t.shape[-2:]:
+            factor_s = F.adaptive_avg_pool2d(factor_s, factor_t.shape[-2:])
+        ft = L.factor_transfer(factor_s, factor_t.detach())
+        rebuild = F.mse_loss(self.reconstruct(factor_t), teacher_map)
+        return {**self.ce(student, targets), **self.kd_terms(student, targets, generator),
+                "ft": self.s.ft_weight * ft, "ft_paraphraser": rebuild}
+
+
+REGISTRY = {"ce": CrossEntropy, "kd": KD, "cifd": CIFD, "dist": DIST, "normkd": NormKD, "crd": CRD, "at": AT,
+            "ft": FT}
 assert set(REGISTRY) == set(METHODS), "every classification --loss needs a method class"
 
 
 def build_classify_method(settings: ClassifySettings, *, student_dim: int, teacher_dim: Optional[int],
-                          num_rdms: int = 0) -> ClassifyMethod:
+                          num_rdms: int = 0, student_channels: int = 0, teacher_channels: int = 0) -> ClassifyMethod:
     settings.validate()
     cls = REGISTRY[settings.loss]
     if cls.needs_teacher and teacher_dim is None:
         raise UserError(f"--loss {settings.loss} needs a teacher (--teacher CHECKPOINT)")
-    return cls(settings, student_dim=student_dim, teacher_dim=teacher_dim, num_rdms=num_rdms)
+    return cls(settings, student_dim=student_dim, teacher_dim=teacher_dim, num_rdms=num_rdms,
+               student_channels=student_channels, teacher_channels=teacher_channels)

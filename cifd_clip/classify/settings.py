@@ -27,6 +27,10 @@ METHODS = {
             "features (the paper keeps a 16384-sample memory bank; here the batch is the negatives)",
             ("ce_weight", "kd_weight", "temperature", "crd_weight", "crd_dim", "crd_temperature"),
             "Tian et al. 2020"),
+    "ft": ("Factor transfer on the last feature map: a paraphraser's factor of the teacher's map against a "
+           "translator's of the student's (L1 of normalised factors); the paraphraser learns its reconstruction "
+           "in the same run instead of beforehand", ("ce_weight", "kd_weight", "temperature", "ft_weight",
+                                                       "ft_rate"), "Kim et al. 2018"),
     "at": ("Attention transfer on the last feature map: ‖a_S − a_T‖ of L2-normalised spatial attention "
            "(the paper uses every stage; here the last one)", ("ce_weight", "kd_weight", "temperature",
                                                               "at_weight"), "Zagoruyko & Komodakis 2017"),
@@ -56,6 +60,8 @@ class ClassifySettings:
     crd_dim: int = option(128, "CRD: width of the projected features")
     crd_temperature: float = option(0.07, "CRD: temperature of the contrastive term")
     at_weight: float = option(1000.0, "AT: weight of the attention-transfer term (RepDistiller's 1000)")
+    ft_weight: float = option(200.0, "FT: weight of the factor term (RepDistiller's 200)")
+    ft_rate: float = option(0.5, "FT: paraphraser factor channels as a fraction of the teacher map's")
 
     def validate(self) -> None:
         used = set(METHODS[self.loss][1])
@@ -67,7 +73,7 @@ class ClassifySettings:
                 raise ConfigError(f"--{f.name.replace('_', '-')} is not used by --loss {self.loss}")
         inf = float("inf")
         for name in ("ce_weight", "kd_weight", "embedding_weight", "ibm_weight", "dist_beta", "dist_gamma",
-                     "crd_weight", "at_weight"):
+                     "crd_weight", "at_weight", "ft_weight"):
             if not 0 <= getattr(self, name) < inf:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative number, got {getattr(self, name)}")
         if any(not 0 <= w < inf for w in self.rdm_weights):
@@ -77,6 +83,8 @@ class ClassifySettings:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(self, name)}")
         if not 0 <= self.kd_dropout < 1:
             raise ConfigError(f"--kd-dropout must be in [0, 1), got {self.kd_dropout}")
+        if not 0 < self.ft_rate <= 4:
+            raise ConfigError(f"--ft-rate must be in (0, 4], got {self.ft_rate}")
         if self.crd_dim < 1 or self.ibm_hidden_dim < 0:
             raise ConfigError("--crd-dim must be positive and --ibm-hidden-dim not negative")
 

@@ -1,4 +1,4 @@
-"""Distill an image classifier: CIFD (RDMs + IBM), KD, TAKD, DGKD, DIST, NormKD, CRD or AT, in one loop.
+"""Distill an image classifier: CIFD (RDMs + IBM), KD, TAKD, DGKD, AT, FT, CRD, DIST or NormKD, in one loop.
 
 The teacher runs on each batch's own view (`--teacher`), or its features and logits come from a cache made by
 `cifd-clip cls-embed` (`--cache`, no teacher forward pass). `--rdm` (from `cls-train-rdm`) adds the RDMs'
@@ -33,8 +33,8 @@ class Config(ClassifyTrainOptions, ClassifySettings):
             raise ConfigError(f"--rdm is used by --loss cifd only, not {self.loss}")
         if self.cache and (self.teacher or self.assistants):
             raise ConfigError("give --teacher (online) or --cache (cached targets), not both")
-        if self.cache and self.loss == "at":
-            raise ConfigError("--loss at needs the teacher's feature maps: give --teacher, not --cache")
+        if self.cache and self.loss in ("at", "ft"):
+            raise ConfigError(f"--loss {self.loss} needs the teacher's feature maps: give --teacher, not --cache")
 
 
 def run(cfg: Config) -> int:

@@ -336,3 +336,10 @@ def attention_transfer(student_map: torch.Tensor, teacher_map: torch.Tensor) -> 
     if student_map.shape[-2:] != teacher_map.shape[-2:]:
         student_map = F.adaptive_avg_pool2d(student_map, teacher_map.shape[-2:])
     return (attention_map(student_map) - attention_map(teacher_map)).pow(2).mean()
+
+
+def factor_transfer(student_factor: torch.Tensor, teacher_factor: torch.Tensor) -> torch.Tensor:
+    """Kim et al.'s FT: mean absolute difference of the L2-normalised, flattened factors."""
+    s = F.normalize(student_factor.flatten(1), dim=-1)
+    t = F.normalize(teacher_factor.flatten(1), dim=-1)
+    return (s - t).abs().mean()
