@@ -13,7 +13,7 @@ import pytest
 import torch
 
 GLOBAL_BATCH = 8
-LOSSES = ("contrastive", "cifd", "cifd_ibm", "clipkd")
+LOSSES = ("contrastive", "cifd", "cifd_ibm", "clipkd", "classification_cifd")
 
 
 def _global_batch() -> dict:
@@ -24,8 +24,35 @@ def _global_batch() -> dict:
             "t_text_emb": torch.nn.functional.normalize(torch.randn(GLOBAL_BATCH, 128, generator=g), dim=-1)}
 
 
+def classification_gradients(env) -> dict:
+    """The classification path: a cnn2 student distilled with CIFD (teacher + RDMs + IBM) from a cnn4 teacher."""
+    from cifd_clip.classify.distiller import ClassifierDistiller, FrozenClassifier
+    from cifd_clip.classify.settings import ClassifySettings
+    from cifd_clip.classify.zoo import build_classifier
+    from cifd_clip.engine.loop import wrap_ddp
+    from cifd_clip.rdm.model import RDMFamily
+
+    torch.manual_seed(0)
+    student, teacher = build_classifier("cnn2", 10), FrozenClassifier(build_classifier("cnn4", 10))
+    rdm = RDMFamily.build({"image": 306}, [1.0, 0.6], num_classes=10, hidden_dim=16, bottleneck_dim=4,
+                          normalize_input=False)
+    module = ClassifierDistiller.build(student, ClassifySettings(loss="cifd"), teacher=teacher, rdm=rdm)
+    module.student.eval()  # batch norm from running statistics: a per-process batch must not change them
+    module.method.ibm.eval()  # no noise, so that 1 and 2 processes draw the same
+    g = torch.Generator().manual_seed(2)
+    full = {"image": torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g), "label": torch.arange(GLOBAL_BATCH) % 10}
+    share = GLOBAL_BATCH // env.world_size
+    batch = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in full.items()}
+    model = wrap_ddp(module, env)
+    module.begin_step(0)
+    sum(model(batch).values()).backward()
+    return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
+
+
 def gradients(loss: str, env) -> dict:
     """Gradients of every trainable parameter after one DDP backward pass on this rank's share."""
+    if loss == "classification_cifd":
+        return classification_gradients(env)
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
     from cifd_clip.engine.loop import wrap_ddp
