@@ -276,3 +276,37 @@ def test_classification_stage_mistakes_are_one_sentence(shapes, capsys):
     not_a_model.write_text("x")
     assert distill(shapes, "bad3", "--loss", "kd", "--teacher", not_a_model) == 1
     assert "not a PyTorch checkpoint" in capsys.readouterr().err
+
+
+def test_the_paper_recipes_start(shapes, tmp_path):
+    """recipes/classification/: every CIFAR-100 step, and the ImageNet ones on a tiny ImageFolder, run a step."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    recipes = Path(__file__).resolve().parents[1] / "recipes" / "classification"
+    runs, common = str(tmp_path / "runs"), ["--stop-after-steps", "1", "--workers", "0", "--batch-size", "8"]
+    assert main(["cls-train", "--config", str(recipes / "cifar100-teacher.yaml"), "--model", "cnn2", "--train-data",
+                 shapes["data"], "--logs", runs, "--name", "teacher", *common]) == 0
+    assert main(["cls-embed", "--config", str(recipes / "cifar100-embed.yaml"), "--teacher", str(shapes["teacher"]),
+                 "--train-data", shapes["data"], "--out", str(tmp_path / "cache")]) == 0
+    assert main(["cls-train-rdm", "--config", str(recipes / "cifar100-rdm.yaml"), "--cache", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "rdm"), "--epochs", "1", "--holdout-fraction", "0.2"]) == 0
+    assert main(["cls-train-rdm", "--config", str(recipes / "imagenet-rdm.yaml"), "--cache", str(tmp_path / "cache"),
+                 "--out", str(tmp_path / "rdm-inet"), "--epochs", "1", "--holdout-fraction", "0.2"]) == 0
+    for recipe in sorted(recipes.glob("cifar100-student-*.yaml")):
+        extra = ["--rdm", str(tmp_path / "rdm" / "rdm.pt")] if recipe.stem.endswith("cifd") else []
+        assert main(["cls-distill", "--config", str(recipe), "--model", "cnn2", "--teacher", str(shapes["teacher"]),
+                     "--train-data", shapes["data"], "--logs", runs, "--name", recipe.stem, *extra, *common]) == 0, recipe
+    for split in ("train", "val"):
+        for c in range(2):
+            (tmp_path / "inet" / split / f"n0{c}").mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (80, 70), (90 * c, 40 * i, 0)).save(tmp_path / "inet" / split / f"n0{c}" / f"{i}.jpg")
+    small = ["--image-size", "64", "--precision", "fp32", *common]
+    assert main(["cls-train", "--config", str(recipes / "imagenet-teacher.yaml"), "--model", "resnet18",
+                 "--train-data", f"imagefolder:{tmp_path / 'inet'}", "--logs", runs, "--name", "r18", *small]) == 0
+    assert main(["cls-distill", "--config", str(recipes / "imagenet-student-cifd.yaml"), "--model", "resnet18",
+                 "--teacher", str(tmp_path / "runs" / "r18" / "checkpoints" / "epoch_latest.pt"),
+                 "--train-data", f"imagefolder:{tmp_path / 'inet'}", "--logs", runs, "--name", "r18-cifd",
+                 *small]) == 0

@@ -32,3 +32,17 @@ def training_macs(student, image_size: int, *, teacher=None, assistants=(), rdm=
     cost["total"] = sum(cost.values())
     cost["relative_to_student_only"] = cost["total"] / cost["student"]
     return cost
+
+
+A100_BF16_PEAK = 312e12  # FLOP/s
+ASSUMED_MFU = 0.4
+
+
+def projection(cost: dict, samples: int, epochs: int) -> str:
+    """One paragraph: what the run will cost, from the per-sample MACs."""
+    total = cost["total"] * samples * epochs
+    hours = 2 * total / (ASSUMED_MFU * A100_BF16_PEAK) / 3600
+    parts = ", ".join(f"{k} {v / 1e6:.1f}" for k, v in cost.items() if k not in ("total", "relative_to_student_only"))
+    return (f"per training sample: {cost['total'] / 1e6:.1f} MMACs ({parts}; {cost['relative_to_student_only']:.2f}x "
+            f"the student alone); this run: {samples} samples x {epochs} epochs = {total:.3g} MACs, about "
+            f"{hours:.2f} A100-hours at {int(100 * ASSUMED_MFU)}% of bf16 peak")

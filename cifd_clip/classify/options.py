@@ -36,6 +36,8 @@ class ClassifyTrainOptions(LoopOptions, ClassifyData):
     model: str = required("classifier: a zoo name (resnet8x4, wrn_40_2, cnn10, resnet18, timm:NAME, ...), "
                           "NAME@FILE, or a checkpoint of ours")
     pretrained: Optional[str] = option(None, "initial weights file for --model")
+    dry_run: bool = option(False, "print the run's cost (MACs per sample and in all, A100-hours at 40% of bf16 "
+                                  "peak) and stop before training")
 
     def validate(self) -> None:
         LoopOptions.validate(self)

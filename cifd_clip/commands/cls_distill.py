@@ -42,7 +42,7 @@ def run(cfg: Config) -> int:
 
     from ..classify import run as cls_run
     from ..classify.data import recipe_for
-    from ..classify.cost import training_macs
+    from ..classify.cost import projection, training_macs
     from ..classify.distiller import ClassifierDistiller, FrozenClassifier
     from ..classify.models import load_classifier
     from ..engine import session
@@ -87,6 +87,9 @@ def run(cfg: Config) -> int:
                                            seed=cfg.seed)
         cost = training_macs(student.net, data.views.recipe.image_size, teacher=teacher, assistants=assistants or (),
                              rdm=rdm, feature_dim=teacher.net.feature_dim if teacher is not None else teacher_dim)
+        if cfg.dry_run:
+            print(projection(cost, len(train), cfg.epochs))
+            return 0
         session.save_config(cfg, run_dir, env)
         summary = fit(module, data, cfg, env, run_dir, describe=cls_run.describe(student, cfg, train),
                       evaluate=cls_run.make_evaluator(cfg, val, env),

@@ -21,7 +21,7 @@ def run(cfg: Config) -> int:
     import logging
 
     from ..classify import run as cls_run
-    from ..classify.cost import training_macs
+    from ..classify.cost import projection, training_macs
     from ..classify.distiller import ClassifierDistiller
     from ..classify.settings import ClassifySettings
     from ..engine import session
@@ -36,6 +36,9 @@ def run(cfg: Config) -> int:
         data = cls_run.make_stream(cfg, train, env)
         module = ClassifierDistiller.build(student.net, ClassifySettings(loss="ce"), seed=cfg.seed)
         cost = training_macs(student.net, data.views.recipe.image_size)
+        if cfg.dry_run:
+            print(projection(cost, len(train), cfg.epochs))
+            return 0
         session.save_config(cfg, run_dir, env)
         summary = fit(module, data, cfg, env, run_dir, describe=cls_run.describe(student, cfg, train),
                       evaluate=cls_run.make_evaluator(cfg, val, env),
