@@ -310,3 +310,20 @@ def test_the_paper_recipes_start(shapes, tmp_path):
                  "--teacher", str(tmp_path / "runs" / "r18" / "checkpoints" / "epoch_latest.pt"),
                  "--train-data", f"imagefolder:{tmp_path / 'inet'}", "--logs", runs, "--name", "r18-cifd",
                  *small]) == 0
+
+
+@pytest.mark.slow
+def test_the_classification_demo_at_small_scale(tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "demo"
+    result = subprocess.run([sys.executable, "-m", "cifd_clip", "cls-demo", "--out", str(out), "--scale", "small",
+                             "--no-stream"], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    results = json.loads((out / "report" / "results.json").read_text())
+    assert set(results["models"]) >= {"teacher", "no KD", "KD", "TAKD", "DGKD", "CIFD (3 RDMs + IBM)"}
+    cost = results["relative_cost"]  # the paper's Fig. 1b: no assistant to train
+    assert cost["CIFD"] < cost["TAKD"] and cost["CIFD"] < cost["DGKD"] and "DGKD" in results["verdict"][-1]
+    report = (out / "report" / "report.md").read_text()
+    assert "cifd-clip cls-train-rdm" in report and (out / "report" / "rate_distortion.png").is_file()

@@ -34,7 +34,11 @@ class Config:
 
 
 def run(cfg: Config) -> int:
+    import json
+
     import torch
+
+    from ..files import write_text_atomic
 
     from ..classify.cache import SHARD_SIZE, dataset_identity, sample_views, shard_name
     from ..classify.data import open_set, recipe_for, view_tensor
@@ -88,6 +92,11 @@ def run(cfg: Config) -> int:
             done.append(writer.commit({"source": f"{data.name}[{start}:{indices.stop}]", "skipped": 0,
                                        "settings": settings}))
     meta = cache_lib.write_cache_meta(out, settings, done)
+    from ..classify.cost import forward_macs
+    image_macs = forward_macs(net.cpu(), torch.zeros(3, recipe.image_size, recipe.image_size))
+    write_text_atomic(out / "embed_cost.json", json.dumps(
+        {"teacher_forward_macs": image_macs, "views": cfg.augmentations, "samples": len(data),
+         "macs_total": image_macs * cfg.augmentations * len(data)}, indent=1))
     print(f"cache {out}: {meta['num_samples']} samples x {cfg.augmentations} views of {loaded.name} "
           f"({net.feature_dim}-d features, {data.num_classes} logits), {meta['bytes'] / 1e6:.1f} MB")
     return 0

@@ -46,9 +46,11 @@ class ClsLayout:
         return f"cifar100:{self.data}"
 
 
-def _run(name: str, *, teacher: str = "", assistants: bool = False, rdm: bool = False):
+def _run(name: str, *, teacher: str = "", assistants: bool = False, rdm: bool = False, cache: bool = False):
     def paths(layout: ClsLayout) -> list[str]:
         args = ["--train-data", layout.spec(), "--logs", str(layout.runs), "--name", name]
+        if cache:
+            args += ["--cache", str(layout.cache)]
         if teacher:
             args += ["--teacher", str(layout.checkpoint(teacher))]
         if assistants:
@@ -70,7 +72,7 @@ STEPS = [
     Step("student-kd", "cls-distill", "student-kd.yaml", _run("student-kd", teacher="teacher")),
     Step("student-takd", "cls-distill", "student-takd.yaml", _run("student-takd", teacher="assistant")),
     Step("student-dgkd", "cls-distill", "student-dgkd.yaml", _run("student-dgkd", teacher="teacher", assistants=True)),
-    Step("student-cifd", "cls-distill", "student-cifd.yaml", _run("student-cifd", teacher="teacher", rdm=True)),
+    Step("student-cifd", "cls-distill", "student-cifd.yaml", _run("student-cifd", cache=True, rdm=True)),
 ]
 
 
