@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..distill.distiller import DistillerBase
 from ..errors import DataError, UserError
 from .methods import ClassifyMethod, StudentOut, Targets, build_classify_method
 from .settings import ClassifySettings
@@ -34,15 +35,10 @@ class FrozenClassifier(nn.Module):
         return self.net.forward_with_map(x) if with_map else self.net(x)
 
 
-class ClassifierDistiller(nn.Module):
+class ClassifierDistiller(DistillerBase):
     def __init__(self, student: nn.Module, method: ClassifyMethod, *, teacher=None, assistants=(), rdm=None,
                  seed: int = 0):
-        super().__init__()
-        self.student = student
-        self.method = method
-        self._frozen = {"teacher": teacher, "assistants": list(assistants), "rdm": rdm}
-        self.seed = int(seed)
-        self._generator = torch.Generator().manual_seed(self.seed)
+        super().__init__(student, method, {"teacher": teacher, "assistants": list(assistants), "rdm": rdm}, seed)
 
     @classmethod
     def build(cls, student: nn.Module, settings: ClassifySettings, *, teacher: Optional[nn.Module] = None,
@@ -62,44 +58,6 @@ class ClassifierDistiller(nn.Module):
             raise UserError(f"--assistants are KD teachers (TAKD/DGKD); --loss {settings.loss} does not use them")
         return cls(student, method, teacher=teacher if method.needs_teacher else None, assistants=assistants,
                    rdm=rdm if method.uses_rdms else None, seed=seed)
-
-    # ---------------------------------------------------------------- what the loop calls
-
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        for frozen in (self._frozen["teacher"], self._frozen["rdm"], *self._frozen["assistants"]):
-            if frozen is not None:
-                frozen._apply(fn)
-        return self
-
-    @property
-    def find_unused_parameters(self) -> bool:
-        return self.method.find_unused_parameters
-
-    def begin_step(self, step: int) -> None:
-        self._generator.manual_seed(self.seed * 1_000_003 + step)
-
-    def post_step(self) -> None:
-        pass
-
-    def student_state_dict(self) -> dict:
-        return self.student.state_dict()
-
-    def distill_state_dict(self) -> dict:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
-
-    def load_states(self, state_dict: dict, distill_state_dict: dict) -> None:
-        full = {**{f"student.{k}": v for k, v in state_dict.items()}, **distill_state_dict}
-        own = self.state_dict()
-        for key, value in full.items():
-            if key in own and tuple(own[key].shape) != tuple(value.shape):
-                raise UserError(f"the checkpoint holds weights of another shape than this run's model ({key}: "
-                                f"{list(value.shape)} vs {list(own[key].shape)}); --resume needs the same --model")
-        result = self.load_state_dict(full, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            key = (result.missing_keys or result.unexpected_keys)[0]
-            raise UserError(f"the checkpoint does not fit this run's model/loss set-up (e.g. {key!r}); check --model "
-                            f"and --loss")
 
     # ---------------------------------------------------------------- forward
 
@@ -137,4 +95,4 @@ class ClassifierDistiller(nn.Module):
         with torch.autocast(features.device.type, enabled=False):
             targets = self.targets(batch)
             student = StudentOut(features.float(), logits.float(), fmap)
-            return self.method(student, targets, self._generator)
+            return self.method(student, targets, self._kd_generator)

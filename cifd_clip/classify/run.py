@@ -63,3 +63,8 @@ def load_student(cfg, train: ClassificationSet) -> LoadedClassifier:
         raise UserError(f"--model {cfg.model} predicts {loaded.num_classes} classes but the data has "
                         f"{train.num_classes}")
     return loaded
+
+
+def cost_summary(cost: dict, cfg, data) -> dict:
+    """summary.json's cost: MACs per training sample and for the whole run."""
+    return {"macs_per_sample": cost, "macs_total": cost["total"] * cfg.epochs * data.num_batches * cfg.batch_size}

@@ -38,22 +38,17 @@ class Config(ClassifyTrainOptions, ClassifySettings):
 
 
 def run(cfg: Config) -> int:
-    import logging
-
     from ..classify import run as cls_run
     from ..classify.data import recipe_for
     from ..classify.cost import projection, training_macs
     from ..classify.distiller import ClassifierDistiller, FrozenClassifier
     from ..classify.models import load_classifier
     from ..engine import session
-    from ..engine.distributed import cleanup
-    from ..engine.loop import fit, seed_everything
+    from ..engine.loop import seed_everything
     from ..errors import UserError
     from ..rdm.model import RDMFamily
 
-    log = logging.getLogger(__name__)
-    env, run_dir = session.start_run(cfg)
-    try:
+    def prepare(env, run_dir):
         train, val = cls_run.open_splits(cfg)
         seed_everything(cfg.seed)
         student = cls_run.load_student(cfg, train)
@@ -89,19 +84,11 @@ def run(cfg: Config) -> int:
                              rdm=rdm, feature_dim=teacher.net.feature_dim if teacher is not None else teacher_dim)
         if cfg.dry_run:
             print(projection(cost, len(train), cfg.epochs))
-            return 0
-        session.save_config(cfg, run_dir, env)
-        summary = fit(module, data, cfg, env, run_dir, describe=cls_run.describe(student, cfg, train),
-                      evaluate=cls_run.make_evaluator(cfg, val, env),
-                      find_unused_parameters=module.find_unused_parameters,
-                      summary_extra={"macs_per_sample": cost,
-                                     "macs_total": cost["total"] * cfg.epochs * data.num_batches * cfg.batch_size})
-        if env.is_main:
-            log.info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"], summary["samples_per_s"],
-                     run_dir)
-    finally:
-        cleanup(env)
-    return 0
+            return None
+        return session.TrainingPlan(module, data, cls_run.describe(student, cfg, train),
+                                    cls_run.make_evaluator(cfg, val, env), cls_run.cost_summary(cost, cfg, data))
+
+    return session.run_training(cfg, prepare)
 
 
 def _recipe_of(spec: str, kind: str):

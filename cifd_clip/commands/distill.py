@@ -53,15 +53,14 @@ def run(cfg: Config) -> int:
     from ..distill.distiller import Distiller
     from ..distill.inputs import build_distill_loader
     from ..engine import session
-    from ..engine.distributed import cleanup
-    from ..engine.loop import fit, seed_everything
+    from ..engine.loop import seed_everything
     from ..errors import UserError
     from ..rdm.model import RDMFamily
     from ..towers import load_model, load_teacher, weights_fingerprint
 
     log = logging.getLogger(__name__)
-    env, run_dir = session.start_run(cfg)
-    try:
+
+    def prepare(env, run_dir):
         session.preflight(cfg, env)
         meta = read_cache_meta(cfg.cache) if cfg.cache else None
         rdm = RDMFamily.load(cfg.rdm) if cfg.rdm else None
@@ -104,13 +103,6 @@ def run(cfg: Config) -> int:
             tower.model, cfg.loss_settings(), student_dim=tower.embed_dim, teacher_dims=teacher_dims, teacher=teacher,
             rdm=rdm, teacher_logit_scale=teacher_logit_scale, seed=cfg.seed, local_loss=cfg.local_loss,
             gather_with_grad=cfg.gather_with_grad, rank=env.rank, world_size=env.world_size)
-        session.save_config(cfg, run_dir, env)
-        summary = fit(module, data, cfg, env, run_dir, describe=session.describe(tower, cfg),
-                      evaluate=session.make_evaluator(cfg, tower, env),
-                      find_unused_parameters=module.find_unused_parameters)
-        if env.is_main:
-            log.info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"], summary["samples_per_s"],
-                     run_dir)
-    finally:
-        cleanup(env)
-    return 0
+        return session.TrainingPlan(module, data, session.describe(tower, cfg), session.make_evaluator(cfg, tower, env))
+
+    return session.run_training(cfg, prepare)

@@ -17,31 +17,20 @@ class Config(TrainingOptions):
 
 
 def run(cfg: Config) -> int:
-    import logging
-
     from ..distill.distiller import Distiller
     from ..distill.settings import LossSettings
     from ..engine import session
-    from ..engine.distributed import cleanup
-    from ..engine.loop import fit, seed_everything
+    from ..engine.loop import seed_everything
     from ..towers import load_model
 
-    env, run_dir = session.start_run(cfg)
-    try:
+    def prepare(env, run_dir):
         session.preflight(cfg, env)
         seed_everything(cfg.seed)  # same initial weights on every rank
         tower = load_model(cfg.model, cfg.pretrained, device="cpu")
-        data = session.build_loader(cfg, tower, env)
         module = Distiller.build(tower.model, LossSettings(loss="contrastive"), student_dim=tower.embed_dim,
                                  seed=cfg.seed, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
                                  rank=env.rank, world_size=env.world_size)
-        session.save_config(cfg, run_dir, env)
-        summary = fit(module, data, cfg, env, run_dir, describe=session.describe(tower, cfg),
-                      evaluate=session.make_evaluator(cfg, tower, env))
-        if env.is_main:
-            logging.getLogger(__name__).info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"],
-                                             summary["samples_per_s"], run_dir)
-    finally:
-        cleanup(env)
-    return 0
+        return session.TrainingPlan(module, session.build_loader(cfg, tower, env), session.describe(tower, cfg),
+                                    session.make_evaluator(cfg, tower, env))
 
+    return session.run_training(cfg, prepare)

@@ -27,16 +27,72 @@ _OLD_PREFIXES = {"ibm_image.decoder.": "method.decoders.0.", "ibm_text.decoder."
                  "proj_image.": "method.proj_image.", "proj_text.": "method.proj_text.", "losses.": "method."}
 
 
-class Distiller(nn.Module):
-    def __init__(self, student: nn.Module, method: Method, *, teacher=None, rdm=None,
-                 teacher_logit_scale: Optional[float] = None, seed: int = 0):
+class DistillerBase(nn.Module):
+    """What the training loop needs of any distiller (CLIP or classification): a student and a method that are
+    trained and checkpointed, frozen parts (teacher, assistants, RDMs) that follow `.to()` but are neither
+    parameters nor buffers, and a KD-dropout generator seeded from (seed, step)."""
+
+    def __init__(self, student: nn.Module, method: nn.Module, frozen: dict, seed: int = 0):
         super().__init__()
         self.student = student
         self.method = method
-        self._frozen = {"teacher": teacher, "rdm": rdm}
-        self.teacher_logit_scale = teacher_logit_scale
+        self._frozen = dict(frozen)
         self.seed = int(seed)
         self._kd_generator = torch.Generator().manual_seed(self.seed)
+
+    def _frozen_modules(self):
+        for value in self._frozen.values():
+            for module in (value if isinstance(value, (list, tuple)) else [value]):
+                if module is not None:
+                    yield module
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        for module in self._frozen_modules():
+            module._apply(fn)
+        return self
+
+    @property
+    def find_unused_parameters(self) -> bool:
+        return self.method.find_unused_parameters
+
+    def begin_step(self, step: int) -> None:
+        """KD dropout draws from (seed, step): the same on every rank and again after a resume."""
+        self._kd_generator.manual_seed(self.seed * 1_000_003 + step)
+
+    def post_step(self) -> None:
+        pass
+
+    def student_state_dict(self) -> dict:
+        return self.student.state_dict()
+
+    def distill_state_dict(self) -> dict:
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
+
+    def migrate(self, distill_state_dict: dict) -> dict:
+        """Map the keys of checkpoints written by older versions (none by default)."""
+        return distill_state_dict
+
+    def load_states(self, state_dict: dict, distill_state_dict: dict) -> None:
+        full = {**{f"student.{k}": v for k, v in state_dict.items()}, **self.migrate(distill_state_dict)}
+        own = self.state_dict()
+        for key, value in full.items():
+            if key in own and tuple(own[key].shape) != tuple(value.shape):
+                raise UserError(f"the checkpoint holds weights of another shape than this run's model ({key}: "
+                                f"{list(value.shape)} in the checkpoint, {list(own[key].shape)} here); --resume needs "
+                                f"a checkpoint of the same --model and loss settings")
+        result = self.load_state_dict(full, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            key = (result.missing_keys or result.unexpected_keys)[0]
+            raise UserError(f"the checkpoint does not fit this run's student/loss set-up (e.g. {key!r} "
+                            f"{'missing' if result.missing_keys else 'unexpected'}); check --model and --loss")
+
+
+class Distiller(DistillerBase):
+    def __init__(self, student: nn.Module, method: Method, *, teacher=None, rdm=None,
+                 teacher_logit_scale: Optional[float] = None, seed: int = 0):
+        super().__init__(student, method, {"teacher": teacher, "rdm": rdm}, seed)
+        self.teacher_logit_scale = teacher_logit_scale
 
     @classmethod
     def build(cls, student: nn.Module, settings: LossSettings, *, student_dim: int,
@@ -62,46 +118,12 @@ class Distiller(nn.Module):
     def rdm(self):
         return self._frozen["rdm"]
 
-    def _apply(self, fn, recurse=True):
-        super()._apply(fn, recurse)
-        for module in self._frozen.values():
-            if module is not None:
-                module._apply(fn)
-        return self
-
-    # ---------------------------------------------------------------- loop hooks
-
-    @property
-    def find_unused_parameters(self) -> bool:
-        return self.method.find_unused_parameters
-
-    def begin_step(self, step: int) -> None:
-        """KD dropout draws from (seed, step): the same on every rank and again after a resume."""
-        self._kd_generator.manual_seed(self.seed * 1_000_003 + step)
-
     @torch.no_grad()
     def post_step(self) -> None:
         self.student.logit_scale.clamp_(0, LOGIT_SCALE_MAX)  # as open_clip_train
 
-    def student_state_dict(self) -> dict:
-        return self.student.state_dict()
-
-    def distill_state_dict(self) -> dict:
-        return {k: v for k, v in self.state_dict().items() if not k.startswith("student.")}
-
-    def load_states(self, state_dict: dict, distill_state_dict: dict) -> None:
-        full = {**{f"student.{k}": v for k, v in state_dict.items()}, **_migrate(distill_state_dict)}
-        own = self.state_dict()
-        for key, value in full.items():
-            if key in own and tuple(own[key].shape) != tuple(value.shape):
-                raise UserError(f"the checkpoint holds weights of another shape than this run's model ({key}: "
-                                f"{list(value.shape)} in the checkpoint, {list(own[key].shape)} here); --resume needs "
-                                f"a checkpoint of the same --model and loss settings")
-        result = self.load_state_dict(full, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            key = (result.missing_keys or result.unexpected_keys)[0]
-            raise UserError(f"the checkpoint does not fit this run's student/loss set-up (e.g. {key!r} "
-                            f"{'missing' if result.missing_keys else 'unexpected'}); check --model and --loss")
+    def migrate(self, distill_state_dict: dict) -> dict:
+        return _migrate(distill_state_dict)
 
     # ---------------------------------------------------------------- forward
 

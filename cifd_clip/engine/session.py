@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -128,3 +129,37 @@ def preflight(cfg, env: DistEnv, needed_keys: Sequence[str] = ()) -> None:
     from ..data.preflight import preflight as check_shards
     check_shards(cfg.train_data, workers=cfg.workers, world_size=env.world_size, resampled=cfg.dataset_resampled,
                  needed_keys=needed_keys)
+
+
+@dataclass
+class TrainingPlan:
+    """What a training stage hands the loop: the module, its data, and how to describe and evaluate it."""
+
+    module: object
+    data: object
+    describe: dict
+    evaluate: Optional[Callable] = None
+    summary_extra: dict = field(default_factory=dict)
+
+
+def run_training(cfg, prepare: Callable[[DistEnv, Path], Optional[TrainingPlan]]) -> int:
+    """Every training stage: start the run, `prepare` its plan (None: nothing to train, e.g. --dry-run), save the
+    config, train, and leave the process group whatever happens."""
+    from .distributed import cleanup
+    from .loop import fit
+
+    env, run_dir = start_run(cfg)
+    try:
+        plan = prepare(env, run_dir)
+        if plan is None:
+            return 0
+        save_config(cfg, run_dir, env)
+        summary = fit(plan.module, plan.data, cfg, env, run_dir, describe=plan.describe, evaluate=plan.evaluate,
+                      find_unused_parameters=getattr(plan.module, "find_unused_parameters", False),
+                      summary_extra=plan.summary_extra)
+        if env.is_main:
+            log.info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"], summary["samples_per_s"],
+                     run_dir)
+    finally:
+        cleanup(env)
+    return 0
