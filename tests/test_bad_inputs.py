@@ -175,7 +175,10 @@ def test_a_full_disk_while_writing_is_one_sentence(world, tmp_path, capsys):
     try:
         for argv in (["export", "--checkpoint", world["student"], "--out", full / "export", "--no-verify"],
                      ["train-rdm", "--cache", world["cache"], "--out", full / "rdm.pt", "--epochs", "1",
-                      "--hidden-dim", "512"]):
+                      "--hidden-dim", "512"],
+                     ["embed", "--teacher", f"tiny-vit-teacher@{world['teacher']}", "--train-data", world["spec"],
+                      "--out", full / "cache", "--augmentations", "4", "--dtype", "float32", "--workers", "0"],
+                     train_args(world, "--logs", full / "runs", "--name", "full")):
             err = refused(capsys, tmp_path, argv, 1)
             assert "disk is full" in err or "not enough disk space" in err, err
             assert not [p for p in full.rglob("*") if p.is_file() and p.stat().st_size > 0 and ".tmp-" in p.name]
