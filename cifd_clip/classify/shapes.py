@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.shapes import CLASSNAMES, random_scene, render
+from ..data.shapes import CLASSNAMES, FILLS, Scene, Shape, render
 from ..errors import UserError
 
 
@@ -20,7 +20,12 @@ def _images(count: int, seed: int, split: int, image_size: int) -> tuple[np.ndar
         rng = random.Random(f"cls:{seed}:{split}:{i}")
         label = rng.randrange(len(CLASSNAMES))
         colour, kind = CLASSNAMES[label].split(" ")
-        scene = random_scene(rng, 1, kind=kind, colour=colour)
+        # one large shape near the centre: at 32 px a small one would be a few pixels, its kind unreadable
+        radius = rng.uniform(0.26, 0.4)
+        grey, tint = rng.randint(60, 200), rng.randint(-12, 12)
+        shape = Shape(kind, colour, "large", rng.choice(FILLS), rng.uniform(radius, 1 - radius),
+                      rng.uniform(radius, 1 - radius), radius)
+        scene = Scene((shape,), (grey + tint, grey, grey - tint))
         image = np.asarray(render(scene, image_size, (seed, 7, split, i)).convert("RGB"), dtype=np.uint8)
         data[i] = image.transpose(2, 0, 1).reshape(-1)
         labels.append(label)

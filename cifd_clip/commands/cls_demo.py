@@ -1,6 +1,6 @@
 """The classification path end to end on built-in data: teacher, assistant, RDMs, five students, one report.
 
-cls-make-demo-data → cls-train a cnn10 teacher → cls-distill a cnn6 assistant → cls-embed → cls-train-rdm →
+cls-make-demo-data → cls-train a cnn8 teacher → cls-distill a cnn4 assistant → cls-embed → cls-train-rdm →
 cnn2 students with no KD, KD, TAKD, DGKD and CIFD, each the `cifd-clip` command a user would run (settings in
 the package's demo/recipes_classification/STEP.yaml, printed and logged to OUT/logs/STEP.log).
 Report: OUT/report/report.md (table, verdict with relative training cost, RDM curve, validation curves).

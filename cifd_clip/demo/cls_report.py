@@ -11,7 +11,7 @@ from .report import TIE, stage_table
 
 def collect(layout: ClsLayout) -> dict:
     table = {}
-    for run, label in [("teacher", "teacher"), ("assistant", "assistant (cnn6)")] + STUDENTS:
+    for run, label in [("teacher", "teacher"), ("assistant", "assistant (cnn4)")] + STUDENTS:
         summary = json.loads((layout.runs / run / "summary.json").read_text())
         metrics = summary["eval"]["val"]["metrics"]
         cost = summary.get("macs_per_sample", {})
@@ -37,7 +37,7 @@ def relative_costs(table: dict) -> dict:
     """Whole-pipeline training MACs relative to KD: an assistant's training counts for TAKD and DGKD, the teacher's
     one pass over the cached views for CIFD (whose student then trains on them without a teacher forward pass;
     the RDMs' own training on cached features is under 1%)."""
-    assistant, kd = table["assistant (cnn6)"]["macs_total"], table["KD"]["macs_total"]
+    assistant, kd = table["assistant (cnn4)"]["macs_total"], table["KD"]["macs_total"]
     cifd = table[STUDENTS[-1][1]]
     return {"TAKD": (assistant + table["TAKD"]["macs_total"]) / kd, "DGKD": (assistant + table["DGKD"]["macs_total"]) / kd,
             "CIFD": (cifd["macs_total"] + cifd["embed_macs_total"]) / kd}
@@ -88,7 +88,7 @@ def write_report(layout: ClsLayout, timings: list, *, scale: str, commands: list
     sentences = verdict(table)
     md = [f"# cifd_clip classification demo report ({scale} scale)", "",
           "The paper's CIFAR-100 simple-CNN comparison at CPU size, on the built-in shape scenes (36 classes, chance "
-          "2.8%): teacher cnn10, assistant cnn6, students cnn2. One seed per student.", "",
+          "2.8%): teacher cnn8, assistant cnn4, students cnn2. One seed per student.", "",
           "## Verdict", "", *[f"- {s}" for s in sentences], "", "## Results", "", markdown_table(table), "",
           "## Wall time per step", "", stage_table(timings), "",
           "## Rate-distortion modules (held-out cached features)", "", (layout.runs / "rdm" / "rdm_eval.md").read_text(),
