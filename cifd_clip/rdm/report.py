@@ -31,7 +31,9 @@ def markdown_table(report: dict) -> str:
            *lines, ""]
     if "teacher" in report:
         teacher = ", ".join(f"{k} {v:.4f}" for k, v in sorted(report["teacher"].items()))
-        out += [f"Teacher with its own embeddings of both modalities: {teacher}.", ""]
+        whose = "The teacher's own predictions on these samples" if any("acc1" in r for r in rows) else \
+            "Teacher with its own embeddings of both modalities"
+        out += [f"{whose}: {teacher}.", ""]
     if "zeroshot" in report:
         z = report["zeroshot"]
         out += [f"Zero-shot accuracy on {z['images']} images of {z['dataset']} at {z['dataset_root']} ({z['classes']} "
@@ -39,7 +41,8 @@ def markdown_table(report: dict) -> str:
                 f"against the teacher's text classifier; the teacher's images against a classifier of a text RDM's "
                 f"reconstructed prompts.", ""]
     out += ["Rates are -log2 q(round(Y)) summed over bottleneck channels (ideal code length); MSE is per "
-            "element, ‖X−X̂‖² per sample; targets are the RDMs' (L2-normalised) teacher embeddings.", ""]
+            "element, ‖X−X̂‖² per sample; targets are the RDMs' inputs (L2-normalised teacher embeddings unless the "
+            "family reconstructs raw features).", ""]
     for w in report.get("warnings", []):
         out.append(f"**WARNING**: {w}")
     if "train" in report:
