@@ -119,7 +119,7 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         help_text = meta.get("help", "")
         if "default" not in help_text:  # a help text that explains its own default keeps it
             help_text = f"{help_text} ({shown})"
-        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
+        kwargs: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text.replace("%", "%%"))
         if meta.get("choices"):
             kwargs["choices"] = meta["choices"]
         if tp is bool and not is_list:
