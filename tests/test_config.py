@@ -88,3 +88,13 @@ def test_every_stage_has_help_with_defaults():
         sub = subprocess.run([sys.executable, "-m", "cifd_clip", stage, "--help"], capture_output=True, text=True,
                              timeout=120)
         assert sub.returncode == 0 and "--config" in sub.stdout and "default:" in sub.stdout
+
+
+def test_the_package_and_every_stage_module_import_without_torch():
+    """`cifd-clip --help` stays fast: importing the package or any stage's options never loads torch."""
+    from cifd_clip.cli import STAGES
+    code = ("import sys, importlib, cifd_clip, cifd_clip.cli; "
+            f"[importlib.import_module(m) for m in {[m for _, m in STAGES]!r}]; "
+            "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'heavy import'")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from compressai.entropy_models import EntropyBottleneck
 from torch import nn
 
-from ..files import read_torch_file, write_atomic
+from ..files import check_format, read_torch_file, write_atomic
 from ..errors import UserError
 from .config import ACTIVATION_NAMES, DISTORTIONS, RateDistortionConfig
 
@@ -221,10 +221,8 @@ class RDMFamily(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> "RDMFamily":
-        if not isinstance(ckpt, dict) or ckpt.get("format") != FAMILY_FORMAT:
-            raise UserError(f"{source} is not an RDM checkpoint written by `cifd-clip train-rdm`")
-        if int(ckpt.get("version", 0)) > FAMILY_VERSION:
-            raise UserError(f"{source} was written by a newer cifd_clip (RDM format version {ckpt['version']})")
+        check_format(ckpt, source, "RDM checkpoint written by `cifd-clip train-rdm`", FAMILY_FORMAT, FAMILY_VERSION,
+                     version_key="version", exact=False, remedy="a newer cifd-clip wrote it, or another program")
         rdms = {}
         for modality, entries in ckpt["modalities"].items():
             modules = []
