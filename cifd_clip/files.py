@@ -154,11 +154,12 @@ def read_json_file(path: str | os.PathLike, what: str, missing_hint: str = "") -
 
 def check_format(payload: Any, path, what: str, fmt: str, version: int, *, version_key: str = "format_version",
                  exact: bool = True, remedy: str = "") -> dict:
-    """Refuse a payload that is not `fmt`, or of another version (`exact`) or a newer one (one sentence each)."""
+    """Refuse a payload that is not `fmt`, or of another version (`exact`) or a newer one (one sentence each).
+    `what` names the kind with its article ("an RDM checkpoint")."""
     if not isinstance(payload, dict) or payload.get("format") != fmt:
-        raise UserError(f"{path} is not a {what}" + (f" ({remedy})" if remedy else ""))
+        raise UserError(f"{path} is not {what}" + (f" ({remedy})" if remedy else ""))
     found = payload.get(version_key)
     if not isinstance(found, int) or found > version or (exact and found != version):
-        raise UserError(f"{path} has {what} format version {found}, this cifd-clip reads version {version}"
+        raise UserError(f"{path} has format version {found}, this cifd-clip reads version {version}"
                         + (f"; {remedy}" if remedy else ""))
     return payload

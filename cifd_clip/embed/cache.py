@@ -198,7 +198,7 @@ def read_cache_meta(cache_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise UserError(f"{cache_dir} is not a finished embedding cache (no {META_FILE}); run or resume cifd-clip embed")
     meta = read_json_file(path, "embedding cache description")
-    check_format(meta, path, "cifd-clip embedding cache description", FORMAT, FORMAT_VERSION,
+    check_format(meta, path, "a cifd-clip embedding cache description", FORMAT, FORMAT_VERSION,
                  remedy="re-run cifd-clip embed")
     meta["cache_dir"] = str(cache_dir)
     return meta

@@ -221,7 +221,7 @@ class RDMFamily(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, ckpt: dict, source: str = "checkpoint") -> "RDMFamily":
-        check_format(ckpt, source, "RDM checkpoint written by `cifd-clip train-rdm`", FAMILY_FORMAT, FAMILY_VERSION,
+        check_format(ckpt, source, "an RDM checkpoint written by `cifd-clip train-rdm`", FAMILY_FORMAT, FAMILY_VERSION,
                      version_key="version", exact=False, remedy="a newer cifd-clip wrote it, or another program")
         rdms = {}
         for modality, entries in ckpt["modalities"].items():

@@ -115,7 +115,7 @@ def write_zeroshot_eval(path, payload: dict) -> Path:
 
 def read_zeroshot_eval(path) -> dict:
     payload = read_torch_file(path, "zero-shot eval file", "; make it with cifd-clip embed --zeroshot-root")
-    check_format(payload, path, "cifd-clip zero-shot eval file", FORMAT, FORMAT_VERSION,
+    check_format(payload, path, "a cifd-clip zero-shot eval file", FORMAT, FORMAT_VERSION,
                  remedy="written by cifd-clip embed --zeroshot-root")
     payload["path"] = str(path)
     return payload
