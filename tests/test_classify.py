@@ -327,3 +327,11 @@ def test_the_classification_demo_at_small_scale(tmp_path):
     assert cost["CIFD"] < cost["TAKD"] and cost["CIFD"] < cost["DGKD"] and "DGKD" in results["verdict"][-1]
     report = (out / "report" / "report.md").read_text()
     assert "cifd-clip cls-train-rdm" in report and (out / "report" / "rate_distortion.png").is_file()
+
+
+def test_dry_run_prints_the_cost_and_trains_nothing(shapes, capsys):
+    """`--dry-run` projects the run's MACs and A100-hours (teacher included) and leaves no run behind."""
+    assert distill(shapes, "dry", "--loss", "kd", "--teacher", shapes["teacher"], "--dry-run") == 0
+    out = capsys.readouterr().out
+    assert "A100-hours" in out and "96 samples x 1 epochs" in out and "teacher" in out
+    assert not (shapes["root"] / "runs" / "dry").exists()

@@ -68,3 +68,16 @@ def load_student(cfg, train: ClassificationSet) -> LoadedClassifier:
 def cost_summary(cost: dict, cfg, data) -> dict:
     """summary.json's cost: MACs per training sample and for the whole run."""
     return {"macs_per_sample": cost, "macs_total": cost["total"] * cfg.epochs * data.num_batches * cfg.batch_size}
+
+
+def training_plan(cfg, module, cost: dict, student: LoadedClassifier, train: ClassificationSet,
+                  val: Optional[ClassificationSet], data, env):
+    """What session.run_training runs, or None after printing the cost projection for --dry-run."""
+    from ..engine import session
+    from .cost import projection
+
+    if cfg.dry_run:
+        print(projection(cost, len(train), cfg.epochs))
+        return None
+    return session.TrainingPlan(module, data, describe(student, cfg, train), make_evaluator(cfg, val, env),
+                                cost_summary(cost, cfg, data))

@@ -40,7 +40,7 @@ class Config(ClassifyTrainOptions, ClassifySettings):
 def run(cfg: Config) -> int:
     from ..classify import run as cls_run
     from ..classify.data import recipe_for
-    from ..classify.cost import projection, training_macs
+    from ..classify.cost import training_macs
     from ..classify.distiller import ClassifierDistiller, FrozenClassifier
     from ..classify.models import load_classifier
     from ..engine import session
@@ -82,11 +82,7 @@ def run(cfg: Config) -> int:
                                            seed=cfg.seed)
         cost = training_macs(student.net, data.views.recipe.image_size, teacher=teacher, assistants=assistants or (),
                              rdm=rdm, feature_dim=teacher.net.feature_dim if teacher is not None else teacher_dim)
-        if cfg.dry_run:
-            print(projection(cost, len(train), cfg.epochs))
-            return None
-        return session.TrainingPlan(module, data, cls_run.describe(student, cfg, train),
-                                    cls_run.make_evaluator(cfg, val, env), cls_run.cost_summary(cost, cfg, data))
+        return cls_run.training_plan(cfg, module, cost, student, train, val, data, env)
 
     return session.run_training(cfg, prepare)
 

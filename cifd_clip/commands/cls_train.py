@@ -19,7 +19,7 @@ class Config(ClassifyTrainOptions):
 
 def run(cfg: Config) -> int:
     from ..classify import run as cls_run
-    from ..classify.cost import projection, training_macs
+    from ..classify.cost import training_macs
     from ..classify.distiller import ClassifierDistiller
     from ..classify.settings import ClassifySettings
     from ..engine import session
@@ -32,10 +32,6 @@ def run(cfg: Config) -> int:
         data = cls_run.make_stream(cfg, train, env)
         module = ClassifierDistiller.build(student.net, ClassifySettings(loss="ce"), seed=cfg.seed)
         cost = training_macs(student.net, data.views.recipe.image_size)
-        if cfg.dry_run:
-            print(projection(cost, len(train), cfg.epochs))
-            return None
-        return session.TrainingPlan(module, data, cls_run.describe(student, cfg, train),
-                                    cls_run.make_evaluator(cfg, val, env), cls_run.cost_summary(cost, cfg, data))
+        return cls_run.training_plan(cfg, module, cost, student, train, val, data, env)
 
     return session.run_training(cfg, prepare)

@@ -1,7 +1,7 @@
 """AdamW with open_clip's parameter groups and its cosine schedule with linear warm-up.
 
-Defaults follow open_clip_train (lr 5e-4, wd 0.2, betas 0.9/0.98, eps 1e-6, warm-up 10000
-steps); small runs should lower --warmup to a fraction of their steps.
+Defaults follow open_clip_train (lr 5e-4, wd 0.2, betas 0.9/0.98, eps 1e-6) except the warm-up, which is a
+fraction of the run (0.1) rather than open_clip's fixed 10000 steps, so a short run still reaches its lr.
 """
 from __future__ import annotations
 
