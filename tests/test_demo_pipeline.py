@@ -36,6 +36,7 @@ def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
     for _, label in MODELS:
         assert label in report and label in stdout
     assert "## Verdict" in report and "wall time" in report.lower()
+    assert "mean ± std" in report and "clip-cifd.md" in report  # the seed spread the study measured
     for image in ("rate_distortion.png", "training_curves.png"):
         assert (out / "report" / image).read_bytes()[:8] == PNG_MAGIC
         assert f"({image})" in report
