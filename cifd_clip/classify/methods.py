@@ -72,7 +72,7 @@ class KD(ClassifyMethod):
 
 
 class CIFD(ClassifyMethod):
-    """METHOD.md's classification loss, with the IBM on the student's pooled features (its decoder maps them
+    """The paper's classification loss, with the IBM on the student's pooled features (its decoder maps them
     to the teacher's width). Terms: ce, kd_teacher, kd_rdm{n}, emb_teacher, emb_rdm{n}, rate."""
 
     uses_rdms = True

@@ -17,7 +17,7 @@ METHODS = {
     "kd": ("Hinton's KD from the teacher; with --assistants the teacher is the first assistant (TAKD) or all "
            "of them join the teacher with KD dropout (DGKD: --kd-dropout 0.25)", _KD,
            "Hinton et al. 2015; Mirzadeh et al. 2020 (TAKD); Son et al. 2021 (DGKD)"),
-    "cifd": ("CIFD: CE + KD from the teacher and each RDM + feature terms through the IBM (METHOD.md)",
+    "cifd": ("CIFD: CE + KD from the teacher and each RDM + feature terms through the IBM (the paper)",
              _KD + _IBM, "Saidutta et al. 2024"),
     "dist": ("DIST: inter- and intra-class Pearson correlation of the softened predictions",
              ("ce_weight", "kd_weight", "temperature", "dist_beta", "dist_gamma"), "Huang et al. 2022"),

@@ -1,6 +1,6 @@
 """Train the classification RDMs on a classifier teacher's cached features (no teacher model loaded).
 
-Each RDM: CE(y, RDM logits) + λ_KL·KL(teacher‖RDM) + R·D(X, X̂) + rate (METHOD.md's L'_R), every cached view
+Each RDM: CE(y, RDM logits) + λ_KL·KL(teacher‖RDM) + R·D(X, X̂) + rate (the paper's L'_R), every cached view
 trained on. 5% of the samples (by key) are held out; after each epoch each RDM's held-out accuracy is
 measured and its best epoch is kept (the paper's 95:5 split). The report shows each RDM's accuracy against
 its rate: the paper's rate-distortion curve. Paper settings: R = 1.0/0.8/0.6 (CIFAR), 1e4/5e3/1e3 with

@@ -1,5 +1,5 @@
 """Information Bottleneck Module (IBM): a training-only, noisy, rate-penalised layer on the student's
-embedding that regularises it against overfitting to many RDM targets (METHOD.md).
+embedding that regularises it against overfitting to many RDM targets (the paper).
 
     Z = W (raw) or √d·W/‖W‖ (normalized);   Ŵ = Z + U(-0.5, 0.5) in train mode, Ŵ = Z in eval mode;
     rate = -log2 r(Ŵ) (bits/sample)

@@ -11,7 +11,7 @@ different widths, the caller passes its projection (`image_projection=`, `text_p
 that lives in the caller's model, inside DDP and in the checkpoint — unlike CLIP-KD, which hides
 trainable projections inside its loss.
 
-Feature distances follow METHOD.md: D(u, v) = ‖u − v‖² summed over the embedding dimension and averaged
+Feature distances follow the paper: D(u, v) = ‖u − v‖² summed over the embedding dimension and averaged
 over the batch (`reduction="sum"`); `reduction="mean"` averages over dimensions too (PyTorch's MSE), which
 the classification embedding weight (100) and CLIP-KD's FD weight (2000) assume. Rates are in bits.
 """
@@ -253,7 +253,7 @@ class KDLoss(nn.Module):
 
 
 class CIFDClassificationLoss(nn.Module):
-    """METHOD.md's classification loss:
+    """The paper's classification loss:
     λ_CE·CE(y, v_S) + λ_KL·KL(v_T‖v_S) + λ_KL·Σ_n λ_n·KL(v_n‖v_S)
       + w_emb·(D(Û, u_T) + Σ_n λ_n·D(Û, u_n)) + λ_I·(-log2 r(Ŵ)),   KL at temperature τ (× τ²).
 

@@ -69,7 +69,7 @@ class Contrastive(Method):
 
 
 class CIFD(Method):
-    """λ_CL·contrastive + Σ_modality [ w_T·D(Û, X) + Σ_n λ_n·D(Û, X_n) + λ_I·rate(Ŵ) ]  (METHOD.md).
+    """λ_CL·contrastive + Σ_modality [ w_T·D(Û, X) + Σ_n λ_n·D(Û, X_n) + λ_I·rate(Ŵ) ]  (the paper).
 
     Û = dec(Ŵ), Ŵ the IBM's noisy copy of the student embedding. With `ibm_decoder="shared"` one decoder maps
     both modalities (so that Û-space alignment between image and text carries over to the student's own

@@ -37,8 +37,8 @@ class RDMArchitecture:
         "ste", "what the decoder reads while training: the rounded Ŷ with a straight-through gradient, as when "
                "teaching (ste), or Y + U(-½,½) (noise, the paper's literal reading); the rate always uses the "
                "noise. With noise, high-R RDMs came out of order (docs/method.md)", choices=list(QUANTIZATIONS))
-    init_scale: float = option(1.0, "initial width of the bottleneck's factorised density (CompressAI's default 10 "
-                                    "suits image codecs; at 10 every rate starts at ~5 bits per channel)")
+    init_scale: float = option(1.0, "initial width of the bottleneck's factorised density (CompressAI's 10 suits "
+                                    "image codecs; at 10 every rate starts at ~5 bits per channel)")
     aux_weight: float = option(1.0, "weight of the bottleneck's quantile loss (it trains only the quantiles)")
 
     def architecture(self) -> dict:

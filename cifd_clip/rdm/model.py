@@ -1,5 +1,5 @@
 """Rate-Distortion Modules (RDMs): small autoencoders that squeeze a frozen teacher's embedding through a
-rate-constrained bottleneck, so that one teacher yields "weaker teachers" at several rates (METHOD.md).
+rate-constrained bottleneck, so that one teacher yields "weaker teachers" at several rates (the paper).
 
     Y = enc(X);  Ŷ = round(Y) when teaching / evaluating;  X̂ = dec(Ŷ)
     while training: the rate reads Y + U(-0.5, 0.5); the decoder reads round(Y) with a straight-through
@@ -16,7 +16,7 @@ likelihood of the rounded values, i.e. the ideal code length under q. We do not 
 coder (that would need `EntropyBottleneck.update()` and adds at most a few bytes of overhead per sample).
 
 The module knows nothing about CLIP: the classification variant adds a linear head on X̂ and the
-CE + λ_KL·KL(v̂_T ‖ v̂_RDM) terms of METHOD.md.
+CE + λ_KL·KL(v̂_T ‖ v̂_RDM) terms of the paper.
 """
 from __future__ import annotations
 
