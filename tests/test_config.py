@@ -98,3 +98,11 @@ def test_the_package_and_every_stage_module_import_without_torch():
             "assert 'torch' not in sys.modules and 'open_clip' not in sys.modules, 'heavy import'")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_the_entropy_models_import_without_a_warning_for_the_user():
+    """CompressAI's torch_geometric dependency warns about torch.jit.script at import; no stage shows it."""
+    code = "import cifd_clip.rdm.model, cifd_clip.distill.ibm, cifd_clip.engine.schedule"
+    proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -24,9 +24,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck
 from torch import nn
 
+from ..entropy import EntropyBottleneck
 from ..errors import UserError
 
 INPUTS = ("normalized", "raw")

@@ -22,7 +22,7 @@ def _no_weight_decay(module_name: str, param_name: str, p: torch.Tensor, density
 def density_parameter_ids(model: nn.Module) -> set:
     """Parameters of CompressAI entropy models: a learned density, not weights to shrink."""
     try:
-        from compressai.entropy_models import EntropyModel
+        from ..entropy import EntropyModel
     except ImportError:  # pragma: no cover - compressai is a dependency
         return set()
     return {id(p) for m in model.modules() if isinstance(m, EntropyModel) for p in m.parameters()}

@@ -26,9 +26,9 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from compressai.entropy_models import EntropyBottleneck
 from torch import nn
 
+from ..entropy import EntropyBottleneck
 from ..files import check_format, read_torch_file, write_atomic
 from ..errors import UserError
 from .config import ACTIVATION_NAMES, DISTORTIONS, RateDistortionConfig
