@@ -30,7 +30,7 @@ def student_commands(demo: Path) -> dict:
     out = {}
     for line in commands:
         argv = shlex.split(line)[1:]  # drop "cifd-clip"
-        name = argv[argv.index("--name") + 1]
+        name = argv[argv.index("--name") + 1] if "--name" in argv else ""  # embed and RDM steps have none
         if name.startswith("student-"):
             out[name] = argv
     return out

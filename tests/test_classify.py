@@ -7,6 +7,7 @@ import json
 import math
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -280,7 +281,6 @@ def test_classification_stage_mistakes_are_one_sentence(shapes, capsys):
 
 def test_the_paper_recipes_start(shapes, tmp_path):
     """recipes/classification/: every CIFAR-100 step, and the ImageNet ones on a tiny ImageFolder, run a step."""
-    from pathlib import Path
 
     from PIL import Image
 
@@ -327,6 +327,12 @@ def test_the_classification_demo_at_small_scale(tmp_path):
     assert cost["CIFD"] < cost["TAKD"] and cost["CIFD"] < cost["DGKD"] and "DGKD" in results["verdict"][-1]
     report = (out / "report" / "report.md").read_text()
     assert "cifd-clip cls-train-rdm" in report and (out / "report" / "rate_distortion.png").is_file()
+    # the seed study reruns exactly the demo's five student commands
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
+    from cls_demo_seeds import student_commands
+    commands = student_commands(out)
+    assert sorted(commands) == ["student-cifd", "student-dgkd", "student-kd", "student-nokd", "student-takd"]
+    assert all(argv[0] in ("cls-train", "cls-distill") for argv in commands.values())
 
 
 def test_dry_run_prints_the_cost_and_trains_nothing(shapes, capsys):
