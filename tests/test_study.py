@@ -22,7 +22,9 @@ def test_quick_study_runs_every_command_and_reports_each_run(tmp_path):
     cifd = next(r for r in results["runs"] if r["config"] == "cifd")
     assert "U" in cifd  # CIFD runs are also scored in the IBM's output space
     page = (tmp_path / "clip-cifd.md").read_text()
-    assert "cifd-clip distill --config" in page and "± " not in page.split("## Every run")[1]
+    assert "cifd-clip distill --config recipes/demo/student-cifd.yaml" in page and str(tmp_path) not in page
+    assert "± " not in page.split("## Every run")[1]
+    assert "% zero-shot top-1" in page.split("##")[0]  # the teacher's score, the students' reference
     # a rerun finds every run done and only rewrites the page
     again = subprocess.run([sys.executable, str(REPO / "studies" / "clip_cifd.py"), "--out", str(tmp_path),
                             "--quick"], capture_output=True, text=True, timeout=300)
