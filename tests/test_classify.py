@@ -327,6 +327,7 @@ def test_the_classification_demo_at_small_scale(tmp_path):
     assert cost["CIFD"] < cost["TAKD"] and cost["CIFD"] < cost["DGKD"] and "DGKD" in results["verdict"][-1]
     report = (out / "report" / "report.md").read_text()
     assert "cifd-clip cls-train-rdm" in report and (out / "report" / "rate_distortion.png").is_file()
+    assert "mean ± std" in report.split("## Results")[0]  # the seed spread the study measured
     # the seed study reruns exactly the demo's five student commands
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
     from cls_demo_seeds import student_commands
