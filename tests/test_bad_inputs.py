@@ -378,3 +378,23 @@ def test_a_config_file_that_is_not_a_mapping_or_has_an_unknown_key(world, tmp_pa
     (tmp_path / "typo.yaml").write_text("lr: 0.1\nlearning_rate: 0.1\n")
     refused(capsys, tmp_path, ["train", "--config", tmp_path / "typo.yaml"], 2, "unknown config key 'learning_rate'")
     refused(capsys, tmp_path, ["train", "--config", tmp_path / "none.yaml"], 2, "does not exist")
+
+
+def test_an_epoch_that_repeats_samples_says_so(world, tmp_path, caplog):
+    """A sizes.json that overcounts, but by less than the refused factor: the run trains and warns that the
+    epoch read samples twice, instead of repeating them silently."""
+    import json
+    import logging
+
+    from cifd_clip.data.shards import iter_raw_samples, write_shard
+    counts = {}
+    for n in range(2):
+        raws = list(iter_raw_samples(str(world["data"] / "train" / f"{n:05d}.tar")))
+        write_shard(tmp_path / f"{n}.tar", [{k: v for k, v in r.items() if not k.startswith("__") or k == "__key__"}
+                                            for r in raws])
+        counts[f"{n}.tar"] = len(raws)
+    (tmp_path / "sizes.json").write_text(json.dumps({k: int(1.5 * v) for k, v in counts.items()}))
+    with caplog.at_level(logging.WARNING):
+        assert main(["train", "--model", "tiny-vit-student", "--train-data", str(tmp_path / "{0..1}.tar"),
+                     "--workers", "0", "--batch-size", "16", "--logs", str(tmp_path / "runs"), "--name", "wrap"]) == 0
+    assert "a second time" in caplog.text and "sizes.json" in caplog.text

@@ -132,13 +132,15 @@ class ShardStream(IterableDataset):
 
     def _decoded(self, reader: int, readers: int, stats: BadSampleStats) -> Iterator[dict]:
         rng = random.Random(f"reader:{self.seed}:{self.epoch}:{reader}")
-        for shards in self._reader_passes(reader, readers, rng):
+        for again, shards in enumerate(self._reader_passes(reader, readers, rng)):
             usable = 0
             for raw in self._shuffled(shards, rng, stats):
                 sample = decode_sample(raw, image_key=self.image_key, text_key=self.text_key,
                                        caption_json_field=self.caption_json_field, stats=stats)
                 if sample is not None:
                     usable += 1
+                    if again and not self.resampled:
+                        stats.repeated += 1
                     yield sample
             if not usable:
                 raise DataError(f"shards {shards[0]} ... ({len(shards)} shards) hold no usable sample: "
@@ -243,6 +245,7 @@ class DataInfo:
         if not 0 <= skip_batches <= self.num_batches:
             raise DataError(f"cannot skip {skip_batches} batches of an epoch of {self.num_batches}")
         self.dataset.skip_batches = int(skip_batches)
+        repeated_before = self.bad_samples.repeated
         try:
             for batch in self.dataloader:
                 yield self.absorb(batch)
@@ -252,6 +255,12 @@ class DataInfo:
             self.dataset.skip_batches = 0
         if self.bad_samples.bad:
             logger.warning("bad samples skipped so far: %s", self.bad_samples.summary())
+        repeated = self.bad_samples.repeated - repeated_before
+        if repeated:
+            logger.warning("this epoch read %d of the %d samples this process trained on a second time: its shards "
+                           "hold fewer usable samples than its share of the epoch (uneven shards, bad samples, or a "
+                           "sizes.json / --train-num-samples that counts more than the shards hold)", repeated,
+                           self.num_batches * self.dataset.batch_size)
         self.check_bad_fraction()
 
     def __iter__(self) -> Iterator[dict]:

@@ -108,6 +108,7 @@ class BadSampleStats:
     good: int = 0
     counts: dict = field(default_factory=dict)
     examples: dict = field(default_factory=dict)
+    repeated: int = 0  # good samples read a second time in one epoch (a reader's shards ran out before its quota)
 
     @property
     def bad(self) -> int:
@@ -127,6 +128,7 @@ class BadSampleStats:
     def merge(self, other: "BadSampleStats | dict") -> None:
         other = other if isinstance(other, BadSampleStats) else BadSampleStats.from_dict(other)
         self.good += other.good
+        self.repeated += other.repeated
         for reason, n in other.counts.items():
             self.counts[reason] = self.counts.get(reason, 0) + n
         for reason, shown in other.examples.items():
@@ -134,18 +136,18 @@ class BadSampleStats:
             mine.extend(shown[: max(0, MAX_EXAMPLES_PER_REASON - len(mine))])
 
     def to_dict(self) -> dict:
-        return {"good": self.good, "bad": self.bad, "counts": dict(self.counts),
+        return {"good": self.good, "bad": self.bad, "counts": dict(self.counts), "repeated": self.repeated,
                 "examples": {r: list(e) for r, e in self.examples.items()}}
 
     def take(self) -> dict:
         """The counts so far as a dict, leaving this object empty (for sending deltas)."""
         d = self.to_dict()
-        self.good, self.counts, self.examples = 0, {}, {}
+        self.good, self.counts, self.examples, self.repeated = 0, {}, {}, 0
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "BadSampleStats":
-        return cls(good=int(d.get("good", 0)), counts=dict(d.get("counts", {})),
+        return cls(good=int(d.get("good", 0)), counts=dict(d.get("counts", {})), repeated=int(d.get("repeated", 0)),
                    examples={r: list(e) for r, e in d.get("examples", {}).items()})
 
     def summary(self) -> str:
