@@ -122,7 +122,7 @@ def setup_steps(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
     train = str(data / "train" / ("{00000..00003}.tar" if quick else "{00000..00011}.tar"))
     small = ["--train-samples", "1000", "--val-samples", "10", "--zeroshot-samples", "108", "--retrieval-samples",
              "40", "--samples-per-shard", "250"] if quick else []
-    teacher = ["--epochs", "2"] if quick else []
+    teacher = ["--epochs", "1"] if quick else []
     rdm_small = ["--epochs", "2", "--hidden-dim", "64", "--bottleneck-dim", "16"] if quick else []
     steps = [
         ("data", ["make-demo-data", "--config", str(RECIPES / "data.yaml"), *small, "--out", str(data)]),

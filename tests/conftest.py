@@ -1,10 +1,15 @@
 """Shared test fixtures: one thread per test process and a tiny demo data set built once per session."""
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 torch.set_num_threads(1)
+# The stages that tests start as subprocesses (torchrun, the demos, the study) run on one thread too: two
+# test workers on two cores, each starting a two-thread trainer, would oversubscribe the machine.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session", autouse=True)
