@@ -306,6 +306,7 @@ def test_exported_files_are_readable_by_everyone(world):
         assert (world["export"] / name).stat().st_mode & 0o044 == 0o044, name
 
 
+@pytest.mark.slow
 def test_model_config_temp_folders_are_removed_at_exit(world, tmp_path):
     (tmp_path / "m.json").write_text((REPO / "cifd_clip" / "model_configs" / "tiny-vit-student.json").read_text())
     code = ("import cifd_clip.towers as t, sys; t.load_model(sys.argv[1]); print(t._config_folder)")

@@ -130,6 +130,7 @@ def test_restart_after_a_crash_gives_the_same_cache(data, reference):
     assert cache_files(out) == cache_files(reference)
 
 
+@pytest.mark.slow
 def test_killed_subprocess_then_restart_gives_the_same_cache(data, reference):
     out = data["root"] / "killed"
     cmd = [sys.executable, "-m", "cifd_clip", "embed", "--teacher", "tiny-vit-teacher", "--pretrained",

@@ -19,6 +19,7 @@ def _weights(run_dir, file="epoch_2.pt"):
     return torch.load(run_dir / "checkpoints" / file, weights_only=True)["state_dict"]
 
 
+@pytest.mark.slow
 def test_stop_mid_epoch_and_resume_reaches_the_same_weights(demo_train_spec, tmp_path):
     # accum-freq 2 and 6 steps per epoch: the stop at step 9 lies mid-epoch and mid-data
     assert _train(demo_train_spec, tmp_path, "full", "--accum-freq", "2") == 0

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from test_eval_support import write_wds_classification
 
 
@@ -34,6 +36,7 @@ def test_missing_dataset_root_names_the_path(tmp_path):
     assert f"not on disk: no folder at {tmp_path / 'no_such_folder'}" in error_line(proc)
 
 
+@pytest.mark.slow
 def test_eval_writes_clip_benchmark_json_and_its_config(tmp_path):
     root = write_wds_classification(tmp_path / "cls", n_classes=6, per_class=2, shards=2)
     out = tmp_path / "results" / "{dataset}_{task}.json"
@@ -49,6 +52,7 @@ def test_eval_writes_clip_benchmark_json_and_its_config(tmp_path):
     assert "images/s" in proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_reports_missing_sets_and_exits_zero(tmp_path):
     suite = tmp_path / "suite.yaml"
     suite.write_text("name: tiny\ndatasets:\n  - {name: wds/mini, root: '{root}/cls'}\n"

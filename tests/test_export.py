@@ -105,6 +105,7 @@ def _write_classification_wds(root, n_classes=10, per_class=3):
                 tar.addfile(info, io.BytesIO(data))
 
 
+@pytest.mark.slow
 def test_clip_benchmark_evaluates_the_export(student_checkpoint, tmp_path):
     path, _ = student_checkpoint
     out = export_student(path, tmp_path / "export")

@@ -23,6 +23,7 @@ def teacher_weights(tmp_path_factory):
     return str(path)
 
 
+@pytest.mark.slow
 def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_with(
         tmp_path, demo_data_dir, demo_train_spec, teacher_weights, capsys):
     from cifd_clip.evaluation.datasets import build_dataset, make_loader
@@ -117,6 +118,7 @@ def test_identity_reconstruction_gives_the_teachers_accuracy_and_a_broken_one_do
     assert rdm_zeroshot.zeroshot_metrics(payload, text_fn=constant)["zeroshot_acc1"] == pytest.approx(1 / CLASSES)
 
 
+@pytest.mark.slow
 def test_train_rdm_reports_zeroshot_accuracy_per_rdm_and_the_teacher_line(tmp_path):
     cache = write_cache(tmp_path / "cache", [400, 400])
     rdm_zeroshot.write_zeroshot_eval(cache / rdm_zeroshot.FILE_NAME, synthetic_zeroshot())  # found by default

@@ -51,6 +51,7 @@ def cli(*args, launcher=(sys.executable, "-m", "cifd_clip"), timeout=300):
 SMALL = ["--hidden-dim", 48, "--bottleneck-dim", 12, "--lr", 3e-3, "--batch-size", 32, "--rates", "3,30,300"]
 
 
+@pytest.mark.slow
 def test_train_rdm_runs_from_the_cache_alone_and_writes_checkpoint_table_plot(tmp_path):
     cache = write_cache(tmp_path / "cache", [400, 400])
     out = tmp_path / "run"
@@ -74,6 +75,7 @@ def test_train_rdm_runs_from_the_cache_alone_and_writes_checkpoint_table_plot(tm
     assert "| image | 300 |" in table and "text_retrieval_recall@1" in table
 
 
+@pytest.mark.slow
 def test_train_rdm_with_eval_cache_reports_retrieval_against_the_teacher(tmp_path):
     cache = write_cache(tmp_path / "cache", [300, 300])
     eval_cache = write_cache(tmp_path / "eval", [100], seed=1)
