@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .plan import Step, build_plan as _build_plan
+from .plan import Layout, Step, build_plan as _build_plan
 
 RECIPES = Path(__file__).resolve().parent / "recipes_classification"
 STUDENTS = [("student-nokd", "no KD"), ("student-kd", "KD"), ("student-takd", "TAKD"), ("student-dgkd", "DGKD"),
@@ -16,31 +16,8 @@ STUDENTS = [("student-nokd", "no KD"), ("student-kd", "KD"), ("student-takd", "T
 
 
 @dataclass
-class ClsLayout:
-    out: Path
-
-    @property
-    def data(self) -> Path:
-        return self.out / "data"
-
-    @property
-    def runs(self) -> Path:
-        return self.out / "runs"
-
-    @property
-    def cache(self) -> Path:
-        return self.out / "cache"
-
-    @property
-    def logs(self) -> Path:
-        return self.out / "logs"
-
-    @property
-    def report(self) -> Path:
-        return self.out / "report"
-
-    def checkpoint(self, run: str) -> Path:
-        return self.runs / run / "checkpoints" / "epoch_latest.pt"
+class ClsLayout(Layout):
+    """The CLIP demo's folders (data, runs, cache, logs, report), with the data read as a CIFAR-100 folder."""
 
     def spec(self) -> str:
         return f"cifar100:{self.data}"
@@ -56,7 +33,7 @@ def _run(name: str, *, teacher: str = "", assistants: bool = False, rdm: bool = 
         if assistants:
             args += ["--assistants", str(layout.checkpoint("assistant"))]
         if rdm:
-            args += ["--rdm", str(layout.runs / "rdm" / "rdm.pt")]
+            args += ["--rdm", str(layout.rdm / "rdm.pt")]
         return args
     return paths
 
@@ -67,7 +44,7 @@ STEPS = [
     Step("assistant", "cls-distill", "assistant.yaml", _run("assistant", teacher="teacher")),
     Step("embed", "cls-embed", "embed.yaml", lambda l: ["--teacher", str(l.checkpoint("teacher")), "--train-data",
                                                         l.spec(), "--out", str(l.cache)]),
-    Step("rdm", "cls-train-rdm", "rdm.yaml", lambda l: ["--cache", str(l.cache), "--out", str(l.runs / "rdm")]),
+    Step("rdm", "cls-train-rdm", "rdm.yaml", lambda l: ["--cache", str(l.cache), "--out", str(l.rdm)]),
     Step("student-nokd", "cls-train", "student-nokd.yaml", _run("student-nokd")),
     Step("student-kd", "cls-distill", "student-kd.yaml", _run("student-kd", teacher="teacher")),
     Step("student-takd", "cls-distill", "student-takd.yaml", _run("student-takd", teacher="assistant")),

@@ -91,7 +91,7 @@ SEED_SPREAD = ("Over seeds 0, 1 and 2 at full scale the students gave top-1 37.9
 def write_report(layout: ClsLayout, timings: list, *, scale: str, commands: list) -> dict:
     layout.report.mkdir(parents=True, exist_ok=True)
     table = collect(layout)
-    shutil.copyfile(layout.runs / "rdm" / "rdm_eval.png", layout.report / "rate_distortion.png")
+    shutil.copyfile(layout.rdm / "rdm_eval.png", layout.report / "rate_distortion.png")
     plot_curves(layout, layout.report / "training_curves.png")
     sentences = verdict(table)
     md = [f"# cifd_clip classification demo report ({scale} scale)", "",
@@ -99,7 +99,7 @@ def write_report(layout: ClsLayout, timings: list, *, scale: str, commands: list
           "2.8%): teacher cnn8, assistant cnn4, students cnn2. One seed per student.", "",
           "## Verdict", "", *[f"- {s}" for s in sentences], f"- {SEED_SPREAD}", "", "## Results", "", markdown_table(table), "",
           "## Wall time per step", "", stage_table(timings), "",
-          "## Rate-distortion modules (held-out cached features)", "", (layout.runs / "rdm" / "rdm_eval.md").read_text(),
+          "## Rate-distortion modules (held-out cached features)", "", (layout.rdm / "rdm_eval.md").read_text(),
           "", "![rate-distortion](rate_distortion.png)", "", "## Validation curves", "",
           "![training curves](training_curves.png)", "", "## Commands run", "", "```", *commands, "```", ""]
     (layout.report / "report.md").write_text("\n".join(md))
