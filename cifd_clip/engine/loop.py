@@ -129,7 +129,8 @@ class Trainer:
     """The state of one training run and its named steps; `fit` below strings them together."""
 
     def __init__(self, module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, describe: dict,
-                 evaluate: Optional[Callable[[nn.Module, int], dict]], find_unused_parameters: bool):
+                 evaluate: Optional[Callable[[nn.Module, int], dict]], find_unused_parameters: bool,
+                 summary_extra: Optional[dict] = None):
         self.module, self.data, self.cfg, self.env = module, data, cfg, env
         self.run_dir, self.describe, self.evaluate = Path(run_dir), describe, evaluate
         self.device = env.device
@@ -155,7 +156,7 @@ class Trainer:
         self.params = [p for p in module.parameters() if p.requires_grad]
         self.global_batch = cfg.batch_size * env.world_size * self.accum
         self.find_unused_parameters = find_unused_parameters
-        self.summary_extra: dict = {}
+        self.summary_extra = dict(summary_extra or {})
 
     # ---------------------------------------------------------------- set-up
 
@@ -345,9 +346,7 @@ def fit(module: nn.Module, data, cfg, env: DistEnv, run_dir: Path, *, describe: 
     runs on the main process every --eval-every-epochs; `summary_extra` joins summary.json (e.g. the run's
     cost). Returns the summary also written to summary.json.
     """
-    trainer = Trainer(module, data, cfg, env, run_dir, describe, evaluate, find_unused_parameters)
-    trainer.summary_extra = dict(summary_extra or {})
-    return trainer.run()
+    return Trainer(module, data, cfg, env, run_dir, describe, evaluate, find_unused_parameters, summary_extra).run()
 
 
 def _bad_samples(data) -> dict:
