@@ -166,6 +166,13 @@ def test_a_run_that_cannot_fit_its_checkpoints_on_the_disk_is_refused_before_tra
             "not enough disk space", "checkpoints")
 
 
+def test_a_long_recipe_cut_short_by_stop_after_steps_needs_only_the_checkpoints_it_writes(world):
+    """A smoke test of a long recipe (`--stop-after-steps 1`) writes one checkpoint; the space check knows it."""
+    argv = train_args(world, "--name", "smoke", "--epochs", "1000000000", "--stop-after-steps", "1")
+    assert main([str(a) for a in argv]) == 0
+    assert [p.name for p in (world["root"] / "runs" / "smoke" / "checkpoints").glob("*.pt")] != []
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_a_full_disk_while_writing_is_one_sentence(world, tmp_path, capsys):
     full = tmp_path / "full"

@@ -294,9 +294,13 @@ class Trainer:
     def check_disk_space(self) -> None:
         """The checkpoints still to be written fit on the disk (weights plus AdamW's two moments each)."""
         per_checkpoint = 3 * sum(t.numel() * t.element_size() for t in self.module.state_dict().values())
-        steps_left = self.total_steps - self.step
-        epochs_left = self.cfg.epochs - self.step // self.steps_per_epoch
-        count = epochs_left + (steps_left // self.cfg.save_every_steps if self.cfg.save_every_steps else 0)
+        end = self.total_steps  # the last step this invocation reaches: --stop-after-steps ends it earlier
+        if self.cfg.stop_after_steps is not None:
+            end = min(end, max(self.step, self.cfg.stop_after_steps))
+        epoch_ends = end // self.steps_per_epoch - self.step // self.steps_per_epoch
+        step_saves = (end // self.cfg.save_every_steps - self.step // self.cfg.save_every_steps
+                      if self.cfg.save_every_steps else 0)
+        count = epoch_ends + step_saves + (1 if end < self.total_steps else 0)  # + the stop's own checkpoint
         check_free_space(self.run_dir, per_checkpoint * count, f"the run's {count} checkpoints")
 
     def run(self) -> dict:
