@@ -17,7 +17,8 @@ from ..evaluation.options import EvalRunOptions
 
 @dataclass
 class Config(EvalRunOptions):
-    suite: str = required("suite YAML (e.g. eval/suites/paper.yaml, eval/suites/demo.yaml)")
+    suite: str = required("suite YAML (e.g. eval/suites/paper.yaml), or the name of one that ships with cifd_clip: "
+                                 "paper, demo")
     model: list[str] = required("model spec(s), one or more: --model A B")
     output_dir: str = required("folder for the result JSONs, results.json and results.md")
     dataset_root_base: Optional[str] = option(None, "what {root} means in the suite's dataset roots "

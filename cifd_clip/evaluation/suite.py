@@ -35,11 +35,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "x"
 
 
+SHIPPED_SUITES = Path(__file__).resolve().parent / "suites"
+
+
 def load_suite(suite: Union[dict, str, Path]) -> dict:
     """Read and check a suite (a dict or a YAML file); returns {"name", "dataset_root_base", "datasets"}."""
     if not isinstance(suite, dict):
         from ..config import read_yaml
         path = Path(suite)
+        if not path.suffix and not path.exists() and (SHIPPED_SUITES / f"{path.name}.yaml").is_file():
+            path = SHIPPED_SUITES / f"{path.name}.yaml"  # `--suite paper`: a suite that ships with the package
         suite = {"name": path.stem, **read_yaml(path)}
     where = f"suite {suite.get('name', '?')}"
     entries = suite.get("datasets")
