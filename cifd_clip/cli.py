@@ -26,6 +26,9 @@ STAGES = [
     ("eval", "cifd_clip.commands.eval"), ("bench", "cifd_clip.commands.bench"),
     ("export", "cifd_clip.commands.export"),
     ("demo", "cifd_clip.commands.demo"),
+    # paper-scale runs: a recipe's cost, then its steps under torchrun
+    ("plan", "cifd_clip.commands.plan"),
+    ("launch", "cifd_clip.commands.launch"),
     # the classification path
     ("cls-make-demo-data", "cifd_clip.commands.cls_make_demo_data"),
     ("cls-train", "cifd_clip.commands.cls_train"),

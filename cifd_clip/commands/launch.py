@@ -1,0 +1,76 @@
+"""Run a paper-scale recipe (recipes/clip/*.yaml) step by step on this node, each step under torchrun.
+
+One node:       cifd-clip launch --recipe recipes/clip/vitl14-vits16.yaml --nproc-per-node 4
+Several nodes:  the same command on every node, with --nnodes N --node-rank I --rdzv-endpoint HOST:PORT
+                (recipes/launch/slurm.sbatch does this for a SLURM job; the output folder must be shared).
+--print-only prints every step's launch line without running anything; each is a command you can run by
+hand. A finished step is skipped when the recipe runs again (its marker is OUT/launch/STEP.done); an
+interrupted step resumes. --smoke-data DIR runs the recipe's smoke variant (tiny stand-in models on the
+demo data made by `cifd-clip make-demo-data --out DIR`, a few steps each): how CI checks every recipe.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..config import option, required
+from ..errors import ConfigError, UserError
+
+
+def _env_node_rank() -> int:
+    for name in ("NODE_RANK", "SLURM_NODEID", "GROUP_RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
+
+
+@dataclass
+class Config:
+    recipe: str = required("recipe YAML (recipes/clip/*.yaml)")
+    out: Optional[str] = option(None, "output folder (default: the recipe's var `out`)")
+    var: list[str] = option([], "replace recipe vars: NAME=VALUE (e.g. train_data=/data/cc12m/{00000..01242}.tar)")
+    steps: list[str] = option([], "run only these steps (default: all, in the recipe's order)")
+    skip: list[str] = option([], "leave out these steps")
+    nproc_per_node: int = option(1, "processes (GPUs) per node for the steps that run on all processes")
+    nnodes: int = option(1, "nodes taking part (each runs this same command)")
+    node_rank: Optional[int] = option(None, "this node's rank (default: $NODE_RANK or $SLURM_NODEID, else 0)")
+    rdzv_endpoint: Optional[str] = option(None, "HOST:PORT of the c10d rendezvous (several nodes)")
+    rdzv_id: str = option("cifd-clip", "rendezvous id prefix (each step appends its name)")
+    print_only: bool = option(False, "print each step's launch line and run nothing")
+    smoke_data: Optional[str] = option(None, "run the recipe's smoke variant on the demo data in this folder "
+                                             "(`cifd-clip make-demo-data --out DIR`)")
+
+    def validate(self) -> None:
+        for item in self.var:
+            if "=" not in item or not item.split("=", 1)[0]:
+                raise ConfigError(f"--var takes NAME=VALUE, got {item!r}")
+
+
+def recipe_vars(cfg) -> dict[str, str]:
+    """--var, --out and the smoke data's paths as recipe vars."""
+    values = dict(item.split("=", 1) for item in cfg.var)
+    if getattr(cfg, "out", None):
+        values["out"] = cfg.out
+    if getattr(cfg, "smoke_data", None):
+        data = Path(cfg.smoke_data)
+        info = data / "demo_info.json"
+        if not info.is_file():
+            raise UserError(f"--smoke-data {data} holds no demo data (no demo_info.json): make it with "
+                            f"`cifd-clip make-demo-data --out {data}`")
+        from ..demo.plan import DEMO_SUITE
+        values.update(smoke_data=str(data), smoke_train_data=str(data / json.loads(info.read_text())["train_data"]),
+                      smoke_suite=str(DEMO_SUITE))
+    return values
+
+
+def run(cfg: Config) -> int:
+    from ..launch.recipe import load_recipe
+    from ..launch.runner import Topology, run_recipe
+
+    recipe = load_recipe(cfg.recipe, recipe_vars(cfg), smoke=cfg.smoke_data is not None)
+    node_rank = cfg.node_rank if cfg.node_rank is not None else _env_node_rank()
+    topo = Topology(cfg.nproc_per_node, cfg.nnodes, node_rank, cfg.rdzv_endpoint, cfg.rdzv_id).validate()
+    return run_recipe(recipe, topo, only=cfg.steps, skip=cfg.skip, print_only=cfg.print_only)
