@@ -348,3 +348,44 @@ class Teacher(nn.Module):
 def load_teacher(spec: str, pretrained: Optional[str] = None, device="cpu", precision="fp32",
                  normalize: bool = True) -> Teacher:
     return Teacher(load_model(spec, pretrained, device=device, precision=precision), normalize=normalize)
+
+
+# ---------------------------------------------------------------- GPU speed settings of a trained model
+
+def is_convolutional(model: nn.Module) -> bool:
+    """A model with more than one 2-d convolution (a ResNet or CNN); a ViT has only its patch embedding."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1
+
+
+def has_grad_checkpointing(model: nn.Module) -> bool:
+    return callable(getattr(model, "set_grad_checkpointing", None))
+
+
+def set_grad_checkpointing(model: nn.Module, enabled: bool = True) -> bool:
+    """open_clip's (and timm's) gradient checkpointing: the transformer blocks are recomputed in the backward pass
+    (open_clip's ModifiedResNet has none: an RN student checkpoints its text tower only). False if the model
+    has no such switch."""
+    if not has_grad_checkpointing(model):
+        return False
+    model.set_grad_checkpointing(enabled)
+    return True
+
+
+def compile_towers(model: nn.Module, **compile_kwargs) -> list[str]:
+    """torch.compile a CLIP model's image and text towers (or a whole classifier) in place.
+
+    In place (`nn.Module.compile`), so the state_dict keys stay as they were (no `_orig_mod.` prefix) and DDP,
+    the optimizer and the checkpoints see the same module. A CLIP model is trained through encode_image/encode_text,
+    which call the towers, not the model's own forward, so it is the towers that are compiled; the loss code around
+    them (IBM noise, rounding, gathering) stays eager. Returns the names of the compiled modules."""
+    names = []
+    if callable(getattr(model, "encode_image", None)):
+        for name in ("visual", "transformer", "text"):  # CLIP: visual + transformer; CustomTextCLIP: visual + text
+            tower = getattr(model, name, None)
+            if isinstance(tower, nn.Module):
+                tower.compile(**compile_kwargs)
+                names.append(name)
+    else:
+        model.compile(**compile_kwargs)
+        names.append(type(model).__name__)
+    return names

@@ -15,6 +15,13 @@ exactly what the uninterrupted run drew.
 
 Each epoch's batch iterator is run to its end, so the loader's epoch-end work happens: its summary of
 skipped bad samples reaches the log and its bad-fraction limit is enforced (a DataError stops the run).
+
+GPU speed settings (`precision.resolve_speed_settings`, logged in one line when training starts and kept in
+summary.json) are applied here, so every training stage gets them: TF32, the fused optimizer, channels_last
+for a convolutional student and its images, in-place torch.compile of the student's towers (checkpoints are
+written from the uncompiled module tree, so they carry no `_orig_mod.` prefix), open_clip's gradient
+checkpointing, and pinned loader memory, without which the loop's non-blocking copies to the GPU are
+ordinary blocking ones. A step waits for the GPU once, for all its loss terms together.
 """
 from __future__ import annotations
 
@@ -35,9 +42,9 @@ from ..errors import DataError, UserError
 from ..outputs import check_free_space
 from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
-from .precision import autocast, resolve_precision
+from .precision import SpeedSettings, autocast, resolve_speed_settings, set_tf32
 from .progress import Progress
-from .schedule import make_optimizer, make_schedule
+from .schedule import make_optimizer, make_schedule, set_fused
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +60,33 @@ def seed_everything(seed: int, rank: int = 0, step: int = 0) -> None:
     random.seed(mixed)
 
 
-def to_device(batch: dict, device: torch.device) -> dict:
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
+    """Tensors to the device; non-blocking, which overlaps the copy with the GPU's work only when the loader pinned
+    the batch (--pin-memory). With channels_last, image batches (4-d) are converted on the device, after the copy."""
+    out = {}
+    for k, v in batch.items():
+        if isinstance(v, torch.Tensor):
+            v = v.to(device, non_blocking=True)
+            if channels_last and v.ndim == 4:
+                v = v.contiguous(memory_format=torch.channels_last)
+        out[k] = v
+    return out
+
+
+def apply_speed_settings(module: nn.Module, speed: SpeedSettings, device: torch.device) -> list[str]:
+    """Set up the module (already on `device`) for the run's speed settings; returns the compiled modules' names."""
+    from ..towers import compile_towers, set_grad_checkpointing
+
+    student = getattr(module, "student", module)
+    if speed.tf32:
+        set_tf32(True)
+    elif device.type == "cuda":
+        set_tf32(False)
+    if speed.grad_checkpointing:
+        set_grad_checkpointing(student, True)
+    if speed.channels_last:
+        module.to(memory_format=torch.channels_last)  # conv weights of the student (and of an online teacher)
+    return compile_towers(student) if speed.torchcompile else []
 
 
 def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = False) -> nn.Module:
@@ -134,7 +166,11 @@ class Trainer:
         self.module, self.data, self.cfg, self.env = module, data, cfg, env
         self.run_dir, self.describe, self.evaluate = Path(run_dir), describe, evaluate
         self.device = env.device
-        self.precision = resolve_precision(cfg.precision, self.device)
+        from ..towers import has_grad_checkpointing, is_convolutional
+        student = getattr(module, "student", module)
+        self.speed = resolve_speed_settings(cfg, self.device, convolutional=is_convolutional(student),
+                                            grad_checkpointing_ok=has_grad_checkpointing(student))
+        self.precision = self.speed.precision
         self.accum = cfg.accum_freq
         self.steps_per_epoch = int(data.num_batches) // self.accum
         if self.steps_per_epoch < 1:
@@ -142,8 +178,12 @@ class Trainer:
                             f"{self.accum}: lower --batch-size or --accum-freq, or use more data")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         module.to(self.device)
+        self.compiled = apply_speed_settings(module, self.speed, self.device)
         self.optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps, cfg.optimizer,
-                                        cfg.momentum)
+                                        cfg.momentum, fused=self.speed.fused_optimizer)
+        loader = getattr(data, "dataloader", None)
+        if self.device.type == "cuda" and hasattr(loader, "pin_memory"):
+            loader.pin_memory = self.speed.pin_memory  # read when each epoch's iterator starts
         self.scheduler = make_schedule(self.optimizer, cfg, self.total_steps, self.steps_per_epoch)
         self.scaler = (torch.amp.GradScaler("cuda") if self.precision == "amp" and self.device.type == "cuda"
                        else None)
@@ -170,6 +210,7 @@ class Trainer:
         _check_resume_fits(ckpt, self.steps_per_epoch, self.env.world_size, path)
         self.module.load_states(ckpt["state_dict"], ckpt.get("distill_state_dict", {}))
         self.optimizer.load_state_dict(ckpt["optimizer"])
+        set_fused(self.optimizer, self.speed.fused_optimizer)  # this run's setting, not the checkpoint's
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler is not None and "scaler" in ckpt:
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -192,14 +233,14 @@ class Trainer:
 
     def forward_backward(self, model: nn.Module, batches, epoch: int, local_step: int) -> dict:
         """Run the step's micro-batches; returns the terms averaged over them (plus their sum, `loss`)."""
-        sums: dict[str, float] = {}
+        values: list[tuple[str, torch.Tensor]] = []
         for micro in range(self.accum):
             try:
                 batch = next(batches)
             except StopIteration:
                 raise DataError(f"the data ran out after {local_step * self.accum + micro} batches of epoch "
                                 f"{epoch}, but {self.data.num_batches} were expected") from None
-            batch = to_device(batch, self.device)
+            batch = to_device(batch, self.device, self.speed.channels_last)
             last = micro == self.accum - 1
             sync = model.no_sync() if self.env.distributed and not last else contextlib.nullcontext()
             with sync:
@@ -207,8 +248,13 @@ class Trainer:
                     terms = model(batch)
                 loss = sum(terms.values()) / self.accum
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach()) / self.accum
+            values += [(name, v.detach().float().reshape(()) if isinstance(v, torch.Tensor)
+                        else torch.tensor(float(v), device=self.device)) for name, v in terms.items()]
+        # one wait for the GPU per step, for every term of every micro-batch
+        numbers = torch.stack([v.to(self.device) for _, v in values]).tolist() if values else []
+        sums: dict[str, float] = {}
+        for (name, _), number in zip(values, numbers):
+            sums[name] = sums.get(name, 0.0) + number / self.accum
         return {"loss": sum(sums.values()), **sums}
 
     def apply_update(self, terms: dict, epoch: int) -> float:
@@ -311,6 +357,9 @@ class Trainer:
         self.writer = ckpt_lib.CheckpointWriter(self.run_dir)
         self.metrics = MetricsLog(self.run_dir, self.env.is_main)
         self.progress = Progress(self.total_steps, self.step, enabled=self.env.is_main)
+        if self.env.is_main:
+            log.info("%s%s", self.speed.describe(self.cfg.optimizer),
+                     f" ({', '.join(self.compiled)} compiled: the first steps are slow)" if self.compiled else "")
         started = time.time()
         self.module.train()
         try:
@@ -332,7 +381,8 @@ class Trainer:
             "samples_per_s": self.steps_this_run * self.global_batch / wall if wall > 0 else 0.0,
             "bad_samples": _bad_samples(self.data),
             "last_checkpoint": str(self.last_saved) if self.last_saved else None,
-            "precision": self.precision, "world_size": self.env.world_size, **self.summary_extra,
+            "precision": self.precision, "speed_settings": self.speed.to_dict(), "world_size": self.env.world_size,
+            **self.summary_extra,
         }
         if self.env.is_main and self.steps_this_run == 0 and (self.run_dir / "summary.json").is_file():
             log.info("the run in %s had already finished; its summary.json is kept", self.run_dir)

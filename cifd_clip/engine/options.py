@@ -35,8 +35,21 @@ class LoopOptions:
                                 "when below 1, else a number of steps (open_clip's fixed 10000 exceeds a short "
                                 "run; 0.1 is its share at paper scale)")
     workers: int = option(1, "data-loading worker processes per training process")
-    precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto (open_clip's amp is ~10x slower on CPU)",
-                            choices=PRECISIONS)
+    precision: str = option("auto", "when auto: amp_bf16 on CUDA (fp16 amp on a GPU without bf16), fp32 on CPU "
+                                    "(open_clip's amp is ~10x slower there)", choices=PRECISIONS)
+    tf32: bool = option(True, "TF32 tensor cores for fp32 matmuls and convolutions on CUDA (default: on; no effect "
+                              "on CPU)")
+    fused_optimizer: Optional[bool] = option(None, "torch's fused AdamW/SGD kernel (default: on with CUDA, off on "
+                                                   "CPU; --fused-optimizer on CPU uses torch's CPU kernel)")
+    channels_last: Optional[bool] = option(None, "channels_last memory format for a convolutional student (ResNet, "
+                                                 "CNN) and its input images (default: on with CUDA for a "
+                                                 "convolutional student, else off)")
+    torchcompile: bool = option(False, "torch.compile the student's towers (open_clip_train's --torchcompile; the "
+                                       "first steps compile)")
+    grad_checkpointing: bool = option(False, "recompute the student's transformer blocks in the backward pass "
+                                             "(open_clip's set_grad_checkpointing): less memory for one more forward pass of them")
+    pin_memory: Optional[bool] = option(None, "page-locked loader batches, copied to the GPU without blocking "
+                                              "(default: on with CUDA; no effect on CPU)")
     accum_freq: int = option(1, "micro-batches per optimizer step (losses are summed, see docs/training.md)")
     grad_clip_norm: Optional[float] = option(None, "clip the gradient norm to this value")
     resume: Optional[str] = option(None, "`latest` (this run's newest checkpoint, if any) or a checkpoint file")

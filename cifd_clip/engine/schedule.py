@@ -42,12 +42,32 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 
 def make_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.2, beta1: float = 0.9,
                    beta2: float = 0.98, eps: float = 1e-6, kind: str = "adamw",
-                   momentum: float = 0.9) -> torch.optim.Optimizer:
-    """AdamW (open_clip's defaults) or SGD with momentum (the classification recipes'), same groups."""
+                   momentum: float = 0.9, fused: bool = False) -> torch.optim.Optimizer:
+    """AdamW (open_clip's defaults) or SGD with momentum (the classification recipes'), same groups.
+    `fused`: torch's one-kernel update (the same arithmetic as the default multi-tensor one)."""
     groups = param_groups(model, weight_decay)
+    extra = {"fused": True} if fused else {}  # unfused: torch's default (foreach on a GPU), as before
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, **extra)
+
+
+def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
+    """Keep this run's fused setting after `load_state_dict`, which takes every group option (fused, foreach)
+    from the checkpoint: a checkpoint written on CPU resumes fused on a GPU, and the other way round. AdamW's
+    step counters move to where that kernel wants them (the parameter's device when fused, else the CPU)."""
+    for group in optimizer.param_groups:
+        if "fused" not in group:
+            continue
+        group["fused"] = bool(fused) or None
+        if fused:
+            group["foreach"] = None
+        for p in group["params"]:
+            state = optimizer.state.get(p, {})
+            step = state.get("step")
+            if isinstance(step, torch.Tensor):
+                capturable = group.get("capturable", False)
+                state["step"] = step.to(dtype=torch.float32, device=p.device if fused or capturable else "cpu")
 
 
 class WarmupCosine:
