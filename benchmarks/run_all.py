@@ -41,6 +41,7 @@ QUICK_ARGS = {
     "bench_rdm": ["--batches", "1", "--batch-size", "8", "--rdm-batches", "2", "--rdm-batch-size", "256"],
     "bench_step": ["--steps", "1", "--batch-size", "8"],
     "bench_whole_run": ["--quick"],
+    "bench_gpu": ["--quick"],  # without --quick and without a GPU it measures nothing
 }
 STEP_PAIRS = {"tiny": ("tiny-vit-teacher", "tiny-vit-student"), "vitb32": ("ViT-B-32", "tiny-vit-student")}
 
