@@ -198,13 +198,29 @@ def test_clashing_shard_names_and_empty_data_are_refused(data, tmp_path, capsys)
 
 
 @pytest.mark.slow
-def test_two_torchrun_processes_with_loader_workers_give_the_same_cache_as_one(data, reference):
+def test_two_torchrun_ranks_killed_midway_then_resumed_give_the_same_cache_as_one_process(data, reference):
+    """A pre-empted multi-GPU embed: every process of the job is killed once a shard is complete; the same
+    command resumes (finished shards kept) and the cache equals one uninterrupted process's."""
+    import signal
+    import time
     out = data["root"] / "torchrun"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-           "-m", "cifd_clip", "embed", "--teacher", "tiny-vit-teacher", "--pretrained", data["weights"],
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+           "-m", "--", "cifd_clip", "embed", "--teacher", "tiny-vit-teacher", "--pretrained", data["weights"],
            "--train-data", data["spec"], "--out", str(out), "--batch-size", "4", "--workers", "1",
            "--threads", "1", "--augmentations", "3", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while not list(out.glob("*.tar.json")) and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.005)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # what a scheduler's pre-emption does: the launcher and its ranks
+        proc.wait()
+    assert not (out / "cache.json").exists()
+    finished = {p.name for p in out.glob("*.tar.json")}
+    assert 0 < len(finished) < N_SHARDS
     result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "rank 1: embedded" in result.stdout
