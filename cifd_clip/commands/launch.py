@@ -3,8 +3,8 @@
 One node:       cifd-clip launch --recipe recipes/clip/vitl14-vits16.yaml --nproc-per-node 4
 Several nodes:  the same command on every node, with --nnodes N --node-rank I --rdzv-endpoint HOST:PORT
                 (recipes/launch/slurm.sbatch does this for a SLURM job; the output folder must be shared).
---print-only prints every step's launch line without running anything; each is a command you can run by
-hand. A finished step is skipped when the recipe runs again (its marker is OUT/launch/STEP.done); an
+--print-only prints every step's launch line without running anything (it writes the step config files they
+read, OUT/launch/STEP.yaml); each is a command you can run by hand. A finished step is skipped when the recipe runs again (its marker is OUT/launch/STEP.done); an
 interrupted step resumes. --smoke-data DIR runs the recipe's smoke variant (tiny stand-in models on the
 demo data made by `cifd-clip make-demo-data --out DIR`, a few steps each): how CI checks every recipe.
 """
@@ -39,7 +39,8 @@ class Config:
     node_rank: Optional[int] = option(None, "this node's rank (default: $NODE_RANK or $SLURM_NODEID, else 0)")
     rdzv_endpoint: Optional[str] = option(None, "HOST:PORT of the c10d rendezvous (several nodes)")
     rdzv_id: str = option("cifd-clip", "rendezvous id prefix (each step appends its name)")
-    print_only: bool = option(False, "print each step's launch line and run nothing")
+    print_only: bool = option(False, "print each step's launch line and run nothing (the step config files the "
+                                     "lines read are written to OUT/launch/)")
     smoke_data: Optional[str] = option(None, "run the recipe's smoke variant on the demo data in this folder "
                                              "(`cifd-clip make-demo-data --out DIR`)")
 

@@ -13,6 +13,11 @@
       - ...
     plan: {assistant: ViT-B-16}   # what `cifd-clip plan` compares against (the TAKD-style assistant)
 
+A recipe may start from another (`base: vitl14-vits16.yaml`, relative to its own folder): its vars, smoke
+and plan entries replace the base's one by one, and its steps (if it lists any) replace the base's steps.
+A step with `skip_if_exists: PATH` is skipped when that file exists (e.g. a teacher cache that another
+recipe already made).
+
 Each step's options are exactly the stage's `--config` keys (`~` removes one inherited through a YAML anchor); they are checked against the stage's options
 when the recipe is read, so a typo stops the recipe before anything runs.
 """
@@ -48,6 +53,7 @@ class Step:
     stage: str
     processes: str  # "all" (torchrun on every node) or "one" (one process, on the first node)
     options: dict[str, Any]
+    skip_if_exists: str | None = None
 
 
 @dataclass
@@ -126,15 +132,44 @@ def stage_has_option(stage: str, key: str) -> bool:
     return any(f.name == key for f in dataclasses.fields(stage_config(stage)))
 
 
+TOP_LEVEL_KEYS = {"base", "vars", "steps", "smoke", "plan"}
+STEP_KEYS = {"name", "stage", "processes", "options", "skip_if_exists"}
+
+
+def _merged(base: dict, child: dict) -> dict:
+    """The child's entries replace the base's one by one (one level into mappings: vars, smoke's vars...)."""
+    out = dict(base)
+    for key, value in child.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            out[key] = _merged(base[key], value) if key == "smoke" else {**base[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def read_recipe_file(path: Path, seen: tuple = ()) -> dict:
+    if path.resolve() in seen:
+        raise ConfigError(f"recipe {path} is its own base")
+    data = read_yaml(path)
+    unknown = set(data) - TOP_LEVEL_KEYS
+    if unknown:
+        raise ConfigError(f"recipe {path} has unknown top-level keys {sorted(unknown)} "
+                          f"(a recipe has {', '.join(sorted(TOP_LEVEL_KEYS))})")
+    if "base" in data:
+        base_path = path.parent / str(data.pop("base"))
+        if not base_path.is_file():
+            raise ConfigError(f"recipe {path} starts from {base_path}, which does not exist")
+        data = _merged(read_recipe_file(base_path, (*seen, path.resolve())), data)
+    return data
+
+
 def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, smoke: bool = False) -> Recipe:
     """Read a recipe; `overrides` replace vars (the command line's --var NAME=VALUE); `smoke` applies the
     recipe's smoke block (its vars replace the recipe's, its options are set on every step that has them)."""
     path = Path(path)
-    data = read_yaml(path)
-    unknown = set(data) - {"vars", "steps", "smoke", "plan"}
-    if unknown:
-        raise ConfigError(f"recipe {path} has unknown top-level keys {sorted(unknown)} "
-                          f"(a recipe has vars, steps, smoke and plan)")
+    if not path.is_file():
+        raise ConfigError(f"recipe {path} does not exist")
+    data = read_recipe_file(path)
     raw_vars = dict(data.get("vars") or {})
     smoke_block = data.get("smoke") or {}
     if smoke:
@@ -155,6 +190,9 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, smoke
             raise ConfigError(f"{where} needs a name and a stage")
         name, stage = str(raw["name"]), str(raw["stage"])
         where = f"step {name!r} of {path}"
+        if set(raw) - STEP_KEYS:
+            raise ConfigError(f"{where} has unknown keys {sorted(set(raw) - STEP_KEYS)} (a step has "
+                              f"{', '.join(sorted(STEP_KEYS))})")
         if name in seen:
             raise ConfigError(f"{where}: two steps are called {name!r}")
         seen.add(name)
@@ -174,6 +212,8 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, smoke
         # `~` (null) removes an option a step inherited through a YAML anchor: the stage's default applies
         options = {k: v for k, v in options.items() if v is not None}
         options = check_options(stage, substitute(options, variables, where), where)
-        steps.append(Step(name, stage, processes, options))
+        skip_if = raw.get("skip_if_exists")
+        steps.append(Step(name, stage, processes, options,
+                          substitute(str(skip_if), variables, where) if skip_if else None))
     plan = substitute(dict(data.get("plan") or {}), variables, f"the plan block of {path}")
     return Recipe(path, variables, steps, plan)

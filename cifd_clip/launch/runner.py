@@ -126,16 +126,16 @@ def run_recipe(recipe: Recipe, topo: Topology, *, only: list[str] | None = None,
     for name in [*(only or []), *(skip or [])]:
         recipe.step(name)  # an unknown name stops here, before anything runs
     steps = [s for s in recipe.steps if (not only or s.name in only) and s.name not in (skip or [])]
-    if not print_only:
-        state_dir(recipe).mkdir(parents=True, exist_ok=True)
     for number, step in enumerate(steps, 1):
         head = f"[{number}/{len(steps)}] {step.name}"
-        argv = launch_argv(step, state_dir(recipe) / f"{step.name}.yaml", topo)
-        if print_only:
-            print(f"{head}: {shown(argv)}")
+        if print_only:  # the config files are written, so that every printed line runs as it is
+            print(f"{head}: {shown(launch_argv(step, write_step_config(recipe, step), topo))}")
             continue
         if is_done(recipe, step):
             print(f"{head}: done earlier ({_marker(recipe, step)}), skipped", flush=True)
+            continue
+        if step.skip_if_exists and Path(step.skip_if_exists).exists():
+            print(f"{head}: {step.skip_if_exists} exists, skipped", flush=True)
             continue
         if step.processes == "one" and not topo.is_first_node:
             _wait_for_first_node(recipe, step, poll_s)
