@@ -221,3 +221,23 @@ def test_bench_gpu_measures_the_three_steps_on_tiny_models():
         row = bench_gpu.measure("tiny-vit-student", bench_gpu.QUICK_TEACHER, variant, args)
         assert row["variant"] == variant and row["samples_per_s_per_gpu"] > 0 and row["peak_mem_mb"] > 0
         assert torch.isfinite(torch.tensor(row["loss"])) and row["speed_settings"]["precision"] == "fp32"
+
+
+def test_tf32_switch_leaves_both_of_torchs_flag_apis_readable():
+    """set_tf32 only sets flags (no GPU needed); afterwards the legacy allow_tf32 and the new fp32_precision both read
+    back consistently (setting the new flags directly makes reading the legacy ones raise)."""
+    from cifd_clip.engine.precision import set_tf32
+
+    before = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    cpu_matmul = torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        set_tf32(True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"
+        set_tf32(False)
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+        assert torch.backends.mkldnn.matmul.fp32_precision == cpu_matmul  # CPU matmuls are not touched
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before[0]
+        torch.backends.cudnn.allow_tf32 = before[1]

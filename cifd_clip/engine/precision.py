@@ -61,14 +61,13 @@ def autocast(precision: str, device: torch.device | str):
 
 
 def set_tf32(enabled: bool) -> None:
-    """TF32 for fp32 matmuls (cuBLAS) and convolutions (cuDNN); process-wide, as open_clip_train sets it."""
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9: the legacy allow_tf32 flags are deprecated
-        matmul.fp32_precision = "tf32" if enabled else "ieee"
-        torch.backends.cudnn.conv.fp32_precision = "tf32" if enabled else "ieee"
-    else:  # pragma: no cover - older torch
-        matmul.allow_tf32 = enabled
-        torch.backends.cudnn.allow_tf32 = enabled
+    """TF32 for fp32 matmuls (cuBLAS) and convolutions (cuDNN); process-wide, as open_clip_train sets it.
+
+    Through the `allow_tf32` flags, which torch keeps consistent with its newer `fp32_precision` ones and which touch
+    no CPU (oneDNN) setting; setting `fp32_precision` directly would make any later read of `allow_tf32` (inductor's
+    convolution templates, other libraries) raise a RuntimeError about mixing the two APIs."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
 @dataclass(frozen=True)
