@@ -31,7 +31,8 @@ def _env_node_rank() -> int:
 class Config:
     recipe: str = required("recipe YAML (recipes/clip/*.yaml)")
     out: Optional[str] = option(None, "output folder (default: the recipe's var `out`)")
-    var: list[str] = option([], "replace recipe vars: NAME=VALUE (e.g. train_data=/data/cc12m/{00000..01242}.tar)")
+    var: list[str] = option([], "replace recipe vars, one or more NAME=VALUE after one --var (e.g. --var "
+                                        "student=RN50 train_data=/data/cc12m/{00000..01242}.tar)")
     steps: list[str] = option([], "run only these steps (default: all, in the recipe's order)")
     skip: list[str] = option([], "leave out these steps")
     nproc_per_node: int = option(1, "processes (GPUs) per node for the steps that run on all processes")
@@ -45,14 +46,27 @@ class Config:
                                              "(`cifd-clip make-demo-data --out DIR`)")
 
     def validate(self) -> None:
-        for item in self.var:
-            if "=" not in item or not item.split("=", 1)[0]:
-                raise ConfigError(f"--var takes NAME=VALUE, got {item!r}")
+        var_items(self.var)
+
+
+def var_items(items: list[str]) -> dict[str, str]:
+    """NAME=VALUE items of --var. List options split values at commas; a piece without `=` is glued back to
+    the one before it, so that `train_data=/data/{a,b}.tar` keeps its comma."""
+    joined: list[str] = []
+    for item in items:
+        if "=" in item or not joined:
+            joined.append(item)
+        else:
+            joined[-1] += "," + item
+    for item in joined:
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise ConfigError(f"--var takes NAME=VALUE, got {item!r}")
+    return dict(item.split("=", 1) for item in joined)
 
 
 def recipe_vars(cfg) -> dict[str, str]:
     """--var, --out and the smoke data's paths as recipe vars."""
-    values = dict(item.split("=", 1) for item in cfg.var)
+    values = var_items(cfg.var)
     if getattr(cfg, "out", None):
         values["out"] = cfg.out
     if getattr(cfg, "smoke_data", None):

@@ -22,14 +22,17 @@ GPU_NAMES = ["a100", "h100", "h200", "l40s", "v100"]
 @dataclass
 class Config:
     recipe: str = required("recipe YAML (recipes/clip/*.yaml)")
-    var: list[str] = option([], "replace recipe vars: NAME=VALUE")
+    var: list[str] = option([], "replace recipe vars, one or more NAME=VALUE after one --var")
     gpu: str = option("a100", "GPU type whose dense bf16 peak is used", choices=GPU_NAMES)
     peak_tflops: Optional[float] = option(None, "peak TFLOP/s per GPU instead of --gpu's data-sheet figure")
     mfu: float = option(0.4, "model FLOPs utilisation assumed for the GPU-hours (0.3-0.5 is typical for CLIP)")
     gpus: Optional[int] = option(None, "GPUs the run uses, for the wall hours (default: the recipe's plan.gpus, else 1)")
     json_out: Optional[str] = option(None, "also write the plan as JSON to this file")
+    smoke_data: Optional[str] = option(None, "plan the recipe's smoke variant on the demo data in this folder")
 
     def validate(self) -> None:
+        from .launch import var_items
+        var_items(self.var)
         if self.peak_tflops is not None and not self.peak_tflops > 0:
             raise ConfigError(f"--peak-tflops must be positive, got {self.peak_tflops}")
         if self.gpus is not None and self.gpus < 1:
@@ -41,7 +44,7 @@ def run(cfg: Config) -> int:
     from ..plan.estimate import Planner, format_plan
     from .launch import recipe_vars
 
-    recipe = load_recipe(cfg.recipe, recipe_vars(cfg))
+    recipe = load_recipe(cfg.recipe, recipe_vars(cfg), smoke=cfg.smoke_data is not None)
     gpus = cfg.gpus or int(recipe.plan.get("gpus", 1))
     planner = Planner(recipe, gpu=cfg.gpu, mfu=cfg.mfu, gpus=gpus,
                       peak_flops=cfg.peak_tflops * 1e12 if cfg.peak_tflops else None)

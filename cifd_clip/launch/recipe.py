@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,8 @@ def resolve_vars(raw: dict, where: str) -> dict[str, str]:
         if not changed:
             break
     for key, value in values.items():
+        if "/../" in value and "://" not in value:  # `${out}/../shared` reads better as the folder it names
+            values[key] = value = os.path.normpath(value)
         unknown = VAR.search(value)
         if unknown:
             raise ConfigError(f"var {key!r} in {where} uses ${{{unknown.group(1)}}}, which is not defined "

@@ -94,15 +94,19 @@ def _rdm_family(options: dict, dim: int):
 
 
 def cache_bytes_per_sample(image_dim: int, text_dim: int, views: int, dtype: str) -> float:
-    """Written with the real cache writer (tar members, npy headers, padding), divided by the samples."""
+    """Written with the real cache writer (tar members, npy headers, padding): the growth per sample of two
+    shards of different lengths, so that a shard's fixed end-of-archive bytes are left out."""
     from ..embed.cache import SiblingShardWriter
-    n = 16
-    with tempfile.TemporaryDirectory() as folder:
-        writer = SiblingShardWriter(folder, "size.tar", dtype)
+
+    def shard_bytes(folder: str, n: int) -> int:
+        writer = SiblingShardWriter(folder, f"size{n}.tar", dtype)
         for i in range(n):
             writer.write(f"{i:09d}", np.zeros((views, image_dim)), np.zeros(text_dim),
                          np.zeros((views, 5)) if views > 1 else None)
-        return writer.commit({})["bytes"] / n
+        return writer.commit({})["bytes"]
+
+    with tempfile.TemporaryDirectory() as folder:
+        return (shard_bytes(folder, 40) - shard_bytes(folder, 20)) / 20
 
 
 def _activation_factor(precision: str) -> float:
@@ -122,7 +126,7 @@ class Planner:
             raise ConfigError(f"--mfu must be in (0, 1], got {mfu}")
         self.recipe, self.gpu, self.mfu, self.gpus = recipe, gpu, mfu, gpus
         self.peak = peak_flops if peak_flops is not None else GPUS[gpu]
-        self.dataset_samples = recipe.plan.get("dataset_samples")
+        self.dataset_samples = float(recipe.plan["dataset_samples"]) if recipe.plan.get("dataset_samples") else None
         self.teacher: Optional[str] = None
         self.views = 1
         self.rdm_options: dict = {}  # the train-rdm step's, for the students that read its RDMs

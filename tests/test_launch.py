@@ -1,0 +1,162 @@
+"""Paper-scale recipes (recipes/clip/) through `cifd-clip launch`: every printed launch line runs, mistakes in a
+recipe stop it with one sentence, and the smoke variants run end to end under torchrun (2 gloo processes for 2
+GPUs) and as 2 nodes x 1 process on localhost, through recipes/launch/node.sh."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cifd_clip import cli
+from cifd_clip.config import resolve
+from cifd_clip.launch.recipe import stage_config
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = sorted((REPO / "recipes" / "clip").glob("*.yaml"))
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def launch(*args, timeout=900, env=None):
+    return subprocess.run([sys.executable, "-m", "cifd_clip", "launch", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout, env=env or ENV)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_printed_launch_line_reads_a_complete_stage_config(recipe, tmp_path, capsys):
+    assert cli.main(["launch", "--recipe", str(recipe), "--print-only", "--out", str(tmp_path / "run"),
+                     "--nproc-per-node", "4"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(lines) >= 5
+    for line in lines:
+        command = shlex.split(line.split(": ", 1)[1])
+        stage, config_file = command[command.index("--config") - 1], command[command.index("--config") + 1]
+        if stage in ("bench", "export"):
+            assert command[0] == "cifd-clip"
+        else:  # torchrun's own parser must not see our options: `-m -- cifd_clip`
+            assert command[:4] == ["torchrun", "--nproc-per-node", "4", "--standalone"]
+            assert command[command.index("-m"):command.index("-m") + 3] == ["-m", "--", "cifd_clip"]
+        resolve(stage_config(stage), {}, config_file)  # every required option is there and valid
+
+
+def write_recipe(folder: Path, text: str) -> Path:
+    path = folder / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("text, message", [
+    ("vars: {out: x}\nsteps:\n  - {name: a, stage: distill, options: {modle: ViT-S-16}}\n",
+     "step 'a' of .*recipe.yaml: `cifd-clip distill` has no option 'modle'"),
+    ("vars: {out: x}\nsteps:\n  - {name: a, stage: train, options: {model: '${student}'}}\n",
+     "uses \\$\\{student\\}, which the recipe's vars do not define"),
+    ("vars: {out: x}\nsteps:\n  - {name: a, stage: demo}\n", "stage 'demo' cannot run in a recipe"),
+    ("vars: {out: x}\nsteps:\n  - {name: a, stage: bench, processes: all}\n", "runs as one process"),
+    ("base: missing.yaml\n", "starts from .*missing.yaml, which does not exist"),
+    ("steps:\n  - {name: a, stage: train}\n", "needs a var `out`"),
+    ("vars: {out: x}\nsteps:\n  - {name: a, stage: train, options: {epochs: many}}\n",
+     "config key 'epochs' in step 'a' .* must be an integer"),
+])
+def test_a_mistake_in_a_recipe_stops_it_with_one_sentence_before_anything_runs(tmp_path, capsys, text, message):
+    import re
+    recipe = write_recipe(tmp_path, text)
+    assert cli.main(["launch", "--recipe", str(recipe)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "x").exists()
+
+
+def test_launch_options_that_cannot_work_are_refused(tmp_path, capsys):
+    recipe = RECIPES[0]
+    assert cli.main(["launch", "--recipe", str(recipe), "--nnodes", "2"]) == 1
+    assert "needs --rdzv-endpoint" in capsys.readouterr().err
+    assert cli.main(["launch", "--recipe", str(recipe), "--steps", "nosuchstep", "--print-only"]) == 2
+    assert "has no step 'nosuchstep'" in capsys.readouterr().err
+    assert cli.main(["launch", "--recipe", str(recipe), "--smoke-data", str(tmp_path)]) == 1
+    assert "holds no demo data" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(demo_data_dir, tmp_path_factory):
+    """vitl14-vits16's smoke variant, every step, under torchrun with 2 processes."""
+    root = tmp_path_factory.mktemp("recipes")
+    out = root / "vitl14-vits16"
+    result = launch("--recipe", REPO / "recipes/clip/vitl14-vits16.yaml", "--smoke-data", demo_data_dir,
+                    "--out", out, "--nproc-per-node", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return {"root": root, "out": out, "stdout": result.stdout, "data": demo_data_dir}
+
+
+@pytest.mark.slow
+def test_smoke_recipe_runs_every_step_under_torchrun_and_a_rerun_skips_them(smoke_runs):
+    out, stdout = smoke_runs["out"], smoke_runs["stdout"]
+    steps = ["embed", "rdm", "cifd", "nokd", "kd", "clipkd", "tinyclip", "bench", "export"]
+    assert [p.stem for p in sorted((out / "launch").glob("*.done"), key=os.path.getmtime)] == steps
+    assert "torchrun --nproc-per-node 2 --standalone -m -- cifd_clip distill" in stdout
+    # the students really trained on 2 ranks, and the benchmark holds all five of them
+    summary = json.loads((out / "runs" / "cifd" / "summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    results = (out / "bench" / "results.md").read_text()
+    for run in ("cifd", "nokd", "kd", "clipkd", "tinyclip"):
+        assert f"/runs/{run}/checkpoints/epoch_latest.pt" in results
+    assert (out / "export" / "cifd" / "open_clip_config.json").is_file()
+    # the shared teacher folder sits beside the run, where the other ViT-L-14 recipes find it
+    assert (smoke_runs["root"] / "vitl14-openai" / "cache" / "cache.json").is_file()
+    again = launch("--recipe", REPO / "recipes/clip/vitl14-vits16.yaml", "--smoke-data", smoke_runs["data"],
+                   "--out", out, "--nproc-per-node", "2")
+    assert again.returncode == 0
+    assert again.stdout.count("done earlier") == len(steps)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["vitl14-rn50", "vitb16-rdm-ablation"])
+def test_the_other_recipes_smoke_variants_run_end_to_end(smoke_runs, name):
+    """vitl14-rn50 reuses the teacher cache and RDMs the first recipe made (its embed and rdm steps skip);
+    the ablation makes its own, with 1, 3 and 5 RDMs. (vitl14-vitb16's smoke variant is vitl14-vits16's.)"""
+    out = smoke_runs["root"] / name
+    result = launch("--recipe", REPO / f"recipes/clip/{name}.yaml", "--smoke-data", smoke_runs["data"],
+                    "--out", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    if name == "vitl14-rn50":
+        assert "cache.json exists, skipped" in result.stdout and "rdm.pt exists, skipped" in result.stdout
+        ckpt_cfg = yaml.safe_load((out / "runs" / "cifd" / "config.yaml").read_text())
+        assert ckpt_cfg["model"] == "tiny-rn-student"
+    else:
+        for k in (1, 3, 5):
+            family = json.loads((out / f"rdm{k}" / "rdm_eval.json").read_text())["rdms"]
+            assert len([rdm for rdm in family if rdm["modality"] == "image"]) == k
+    assert (out / "bench" / "results.md").is_file()
+
+
+@pytest.mark.slow
+def test_two_nodes_of_one_process_each_run_a_recipe_through_node_sh(demo_data_dir, tmp_path):
+    """What slurm.sbatch starts on each node, with localhost for both nodes: the training steps rendezvous
+    (c10d) across the two launchers; export runs on node 0 while node 1 waits for it."""
+    out = tmp_path / "two-nodes"
+    port = free_port()
+    env = dict(ENV, NNODES="2", GPUS_PER_NODE="1", RDZV_ENDPOINT=f"localhost:{port}",
+               CIFD_CLIP=f"{sys.executable} -m cifd_clip")
+    argv = ["bash", str(REPO / "recipes/launch/node.sh"), str(REPO / "recipes/clip/vitl14-vits16.yaml"),
+            "--smoke-data", str(demo_data_dir), "--out", str(out), "--steps", "embed", "rdm", "cifd", "export",
+            "--var", f"teacher_out={out}/teacher"]
+    nodes = [subprocess.Popen(argv, cwd=REPO, env=dict(env, SLURM_NODEID=str(rank)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [node.communicate(timeout=900)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
+    assert "--nnodes 2 --node-rank 1 --rdzv-backend c10d" in logs[1]
+    assert "step export: runs on node 0; waiting for" in logs[1]
+    summary = json.loads((out / "runs" / "cifd" / "summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert "rank 1: embedded" in logs[0] + logs[1]
