@@ -152,6 +152,28 @@ def test_checkpoint_reload_gives_identical_outputs(trained, tmp_path):
             assert torch.equal(a.eval()(held_out[key])["rate"], b(held_out[key])["rate"])
 
 
+def test_family_teaches_all_rdms_at_once_as_each_would_alone(trained):
+    family, _, _, held_out = trained
+    for modality, key in (("image", "t_image_emb"), ("text", "t_text_emb")):
+        together, alone = family.teach(modality, held_out[key]), family.teach_each(modality, held_out[key])
+        assert len(together) == len(alone) == 3
+        for a, b in zip(together, alone):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    # a weight changed in place (training, loading) is seen: the stacked weights are rebuilt
+    fresh = RDMFamily.build({"image": 12}, [1.0, 2.0], hidden_dim=8, bottleneck_dim=3, encoder_layers=1,
+                            decoder_layers=3, activation="silu")
+    x = torch.randn(5, 12)
+    fresh.teach("image", x)
+    with torch.no_grad():
+        fresh.rdms("image")[1].decoder[0].weight.mul_(2)
+    for a, b in zip(fresh.teach("image", x), fresh.teach_each("image", x)):
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-5)
+    # RDMs of different layouts fall back to one after another
+    mixed = RDMFamily({"image": [RateDistortionModule(RateDistortionConfig(input_dim=12, hidden_dim=h, bottleneck_dim=3,
+                                                                           rate_weight=r)) for h, r in ((8, 1.0), (6, 2.0))]})
+    assert all(torch.equal(a, b) for a, b in zip(mixed.teach("image", x), mixed.teach_each("image", x)))
+
+
 def test_bad_checkpoints_and_configs_are_one_sentence(tmp_path):
     with pytest.raises(UserError, match="does not exist"):
         RDMFamily.load(tmp_path / "missing.pt")

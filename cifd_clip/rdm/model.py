@@ -197,9 +197,37 @@ class RDMFamily(nn.Module):
     def rates(self, modality: str) -> list[float]:
         return [m.rate_weight for m in self.rdms(modality)]
 
+    @torch.no_grad()
     def teach(self, modality: str, x: torch.Tensor) -> list[torch.Tensor]:
-        """One rounded reconstruction per RDM of `modality`, ordered by rate."""
+        """One rounded reconstruction per RDM of `modality`, ordered by rate (eval mode, no grad).
+
+        When every RDM of the modality has the same layers (as `build` and train-rdm make them), all of them run
+        at once: one matrix multiply per layer for the whole family (the first layer's weights concatenated, as
+        every RDM reads the same input; the others as a batched multiply), and only the reconstruction is
+        computed (no likelihoods, rate or distortion). Equal to `[m.teach(x) for m in rdms]` up to float
+        rounding; see `teach_each`."""
+        rdms = self.rdms(modality)
+        stacked = self._stacked_weights(modality, rdms)
+        if stacked is None:
+            return self.teach_each(modality, x)
+        return _teach_stacked(stacked, rdms[0].prepare_input(x))
+
+    def teach_each(self, modality: str, x: torch.Tensor) -> list[torch.Tensor]:
+        """`teach`, one RDM after another (each RDM's own full forward pass)."""
         return [m.teach(x) for m in self.rdms(modality)]
+
+    def _stacked_weights(self, modality: str, rdms: list[RateDistortionModule]) -> Optional[dict]:
+        """The family's weights stacked per layer, rebuilt when a weight changed (in place, or moved by .to());
+        None when the RDMs differ in layout and cannot run as one."""
+        params = [t for m in rdms for t in (*m.encoder.parameters(), *m.decoder.parameters(), m.bottleneck.quantiles)]
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in params)
+        cache = self.__dict__.setdefault("_stacked", {})
+        hit = cache.get(modality)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        stacked = _stack_family(rdms)
+        cache[modality] = (key, stacked)
+        return stacked
 
     def to_checkpoint(self) -> dict:
         """Plain dict of tensors, lists, strings and numbers (loadable with weights_only=True)."""
@@ -239,6 +267,76 @@ class RDMFamily(nn.Module):
         family = cls.from_checkpoint(ckpt, str(path))
         family.eval()
         return family
+
+
+def _layer_plan(seq: nn.Sequential) -> Optional[list]:
+    """[(Linear, activation module or None), ...] of an encoder/decoder, or None if it holds anything else."""
+    plan: list = []
+    for layer in seq:
+        if isinstance(layer, nn.Linear):
+            plan.append([layer, None])
+        elif isinstance(layer, tuple(ACTIVATIONS.values())) and plan and plan[-1][1] is None:
+            plan[-1][1] = layer
+        else:
+            return None
+    return plan
+
+
+def _same_activation(a: Optional[nn.Module], b: Optional[nn.Module]) -> bool:
+    if a is None or b is None:
+        return a is b
+    return type(a) is type(b) and getattr(a, "approximate", None) == getattr(b, "approximate", None)
+
+
+def _stack_family(rdms: list[RateDistortionModule]) -> Optional[dict]:
+    """Per layer, the weights of every RDM as one tensor: the first encoder layer's [N·H, D] (every RDM reads
+    the same input), the others [N, in, out] for `baddbmm`; None when the RDMs' layouts differ."""
+    first = rdms[0]
+    plans = [(_layer_plan(m.encoder), _layer_plan(m.decoder)) for m in rdms]
+    if any(enc is None or dec is None for enc, dec in plans):
+        return None
+    ref_enc, ref_dec = plans[0]
+    for m, (enc, dec) in zip(rdms, plans):
+        if m.config.normalize_input != first.config.normalize_input or len(enc) != len(ref_enc) or \
+                len(dec) != len(ref_dec):
+            return None
+        for (lin, act), (ref_lin, ref_act) in zip(enc + dec, ref_enc + ref_dec):
+            if lin.weight.shape != ref_lin.weight.shape or (lin.bias is None) != (ref_lin.bias is None) or \
+                    not _same_activation(act, ref_act) or lin.weight.dtype != ref_lin.weight.dtype or \
+                    lin.weight.device != ref_lin.weight.device:
+                return None
+    layers = []
+    for index in range(len(ref_enc) + len(ref_dec)):
+        linears = [(enc + dec)[index][0] for enc, dec in plans]
+        act = (ref_enc + ref_dec)[index][1]
+        if index == 0:
+            weight = torch.cat([lin.weight.detach() for lin in linears]).t().contiguous()  # [D, N·H]
+            bias = torch.cat([lin.bias.detach() for lin in linears]) if linears[0].bias is not None else None
+        else:
+            weight = torch.stack([lin.weight.detach().t() for lin in linears]).contiguous()  # [N, in, out]
+            bias = torch.stack([lin.bias.detach() for lin in linears]).unsqueeze(1) if linears[0].bias is not None \
+                else None
+        layers.append((weight, bias, act))
+    # CompressAI's eval-mode quantisation: round(y - median) + median, per channel
+    medians = torch.stack([m.bottleneck._get_medians().detach().reshape(1, -1) for m in rdms])  # [N, 1, C]
+    return {"layers": layers, "encoder_layers": len(ref_enc), "medians": medians, "count": len(rdms)}
+
+
+def _teach_stacked(stacked: dict, x: torch.Tensor) -> list[torch.Tensor]:
+    n = stacked["count"]
+    h = x
+    for index, (weight, bias, act) in enumerate(stacked["layers"]):
+        if index == 0:
+            h = torch.addmm(bias, h, weight) if bias is not None else h @ weight  # [B, N·H]
+            h = h.view(h.shape[0], n, -1).transpose(0, 1)  # [N, B, H]
+        else:
+            h = torch.baddbmm(bias, h, weight) if bias is not None else torch.bmm(h, weight)
+        if act is not None:
+            h = act(h)
+        if index == stacked["encoder_layers"] - 1:
+            medians = stacked["medians"]
+            h = torch.round(h - medians) + medians
+    return list(h.unbind(0))
 
 
 def _load_rdm_state(module: RateDistortionModule, state_dict: dict, source: str) -> None:
