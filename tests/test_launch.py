@@ -1,6 +1,8 @@
 """Paper-scale recipes (recipes/clip/) through `cifd-clip launch`: every printed launch line runs, mistakes in a
-recipe stop it with one sentence, and the smoke variants run end to end under torchrun (2 gloo processes for 2
-GPUs) and as 2 nodes x 1 process on localhost, through recipes/launch/node.sh."""
+recipe stop it with one sentence, and every recipe's smoke variant runs end to end: as 2 nodes x 1 process on
+localhost through recipes/launch/node.sh, under torchrun with 2 gloo processes for 2 GPUs, and as one process.
+The smoke runs take minutes (every step is a process that imports torch and open_clip): they are marked
+`recipes`, which `make test-recipes` and CI run and `make test` leaves out."""
 from __future__ import annotations
 
 import json
@@ -16,10 +18,12 @@ import yaml
 
 from cifd_clip import cli
 from cifd_clip.config import resolve
-from cifd_clip.launch.recipe import stage_config
+from cifd_clip.launch.recipe import SINGLE_PROCESS_STAGES, stage_config
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes" / "clip").glob("*.yaml"))
+# the whole-run recipes (the classification folder also holds per-stage config files, which have no steps)
+RECIPES = sorted(p for folder in ("clip", "classification") for p in (REPO / "recipes" / folder).glob("*.yaml")
+                 if "steps" in yaml.safe_load(p.read_text()) or "base" in yaml.safe_load(p.read_text()))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
@@ -34,6 +38,11 @@ def launch(*args, timeout=900, env=None):
                           capture_output=True, text=True, timeout=timeout, env=env or ENV)
 
 
+def test_every_paper_setting_has_a_recipe():
+    assert {r.stem for r in RECIPES} == {"vitl14-vits16", "vitl14-rn50", "vitl14-vitb16", "vitb16-rdm-ablation",
+                                         "cifar100-wrn40_2-wrn40_1", "imagenet-r34-r18"}
+
+
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
 def test_every_printed_launch_line_reads_a_complete_stage_config(recipe, tmp_path, capsys):
     assert cli.main(["launch", "--recipe", str(recipe), "--print-only", "--out", str(tmp_path / "run"),
@@ -43,7 +52,7 @@ def test_every_printed_launch_line_reads_a_complete_stage_config(recipe, tmp_pat
     for line in lines:
         command = shlex.split(line.split(": ", 1)[1])
         stage, config_file = command[command.index("--config") - 1], command[command.index("--config") + 1]
-        if stage in ("bench", "export"):
+        if stage in SINGLE_PROCESS_STAGES:
             assert command[0] == "cifd-clip"
         else:  # torchrun's own parser must not see our options: `-m -- cifd_clip`
             assert command[:4] == ["torchrun", "--nproc-per-node", "4", "--standalone"]
@@ -85,26 +94,40 @@ def test_launch_options_that_cannot_work_are_refused(tmp_path, capsys):
     assert cli.main(["launch", "--recipe", str(recipe), "--steps", "nosuchstep", "--print-only"]) == 2
     assert "has no step 'nosuchstep'" in capsys.readouterr().err
     assert cli.main(["launch", "--recipe", str(recipe), "--smoke-data", str(tmp_path)]) == 1
-    assert "holds no demo data" in capsys.readouterr().err
+    assert "holds no demo data: make it with `cifd-clip make-demo-data" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
 def smoke_runs(demo_data_dir, tmp_path_factory):
-    """vitl14-vits16's smoke variant, every step, under torchrun with 2 processes."""
+    """vitl14-vits16's smoke variant, every step, as slurm.sbatch runs it on 2 nodes: recipes/launch/node.sh on
+    each "node" (here both on localhost, 1 process each, so each training step is 2 gloo ranks that meet
+    through the c10d rendezvous); bench and export run on node 0 while node 1 waits for them."""
     root = tmp_path_factory.mktemp("recipes")
     out = root / "vitl14-vits16"
-    result = launch("--recipe", REPO / "recipes/clip/vitl14-vits16.yaml", "--smoke-data", demo_data_dir,
-                    "--out", out, "--nproc-per-node", "2")
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return {"root": root, "out": out, "stdout": result.stdout, "data": demo_data_dir}
+    env = dict(ENV, NNODES="2", GPUS_PER_NODE="1", RDZV_ENDPOINT=f"localhost:{free_port()}",
+               CIFD_CLIP=f"{sys.executable} -m cifd_clip")
+    argv = ["bash", str(REPO / "recipes/launch/node.sh"), str(REPO / "recipes/clip/vitl14-vits16.yaml"),
+            "--smoke-data", str(demo_data_dir), "--out", str(out)]
+    nodes = [subprocess.Popen(argv, cwd=REPO, env=dict(env, SLURM_NODEID=str(rank)), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    logs = [node.communicate(timeout=1200)[0] for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
+    return {"root": root, "out": out, "logs": logs, "data": demo_data_dir}
 
 
-@pytest.mark.slow
-def test_smoke_recipe_runs_every_step_under_torchrun_and_a_rerun_skips_them(smoke_runs):
-    out, stdout = smoke_runs["out"], smoke_runs["stdout"]
+VITL14 = pytest.mark.xdist_group("vitl14")  # these share the first recipe's teacher cache: one worker
+
+
+@pytest.mark.recipes
+@VITL14
+def test_smoke_recipe_runs_every_step_on_two_nodes_and_a_rerun_skips_them(smoke_runs):
+    out, (node0, node1) = smoke_runs["out"], smoke_runs["logs"]
     steps = ["embed", "rdm", "cifd", "nokd", "kd", "clipkd", "tinyclip", "bench", "export"]
     assert [p.stem for p in sorted((out / "launch").glob("*.done"), key=os.path.getmtime)] == steps
-    assert "torchrun --nproc-per-node 2 --standalone -m -- cifd_clip distill" in stdout
+    assert "--nnodes 2 --node-rank 1 --rdzv-backend c10d" in node1
+    assert "-m -- cifd_clip distill --config" in node0
+    assert "step bench: runs on node 0; waiting for" in node1 and "step export: runs on node 0" in node1
+    assert "rank 1: embedded" in node0 + node1
     # the students really trained on 2 ranks, and the benchmark holds all five of them
     summary = json.loads((out / "runs" / "cifd" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
@@ -115,48 +138,55 @@ def test_smoke_recipe_runs_every_step_under_torchrun_and_a_rerun_skips_them(smok
     # the shared teacher folder sits beside the run, where the other ViT-L-14 recipes find it
     assert (smoke_runs["root"] / "vitl14-openai" / "cache" / "cache.json").is_file()
     again = launch("--recipe", REPO / "recipes/clip/vitl14-vits16.yaml", "--smoke-data", smoke_runs["data"],
-                   "--out", out, "--nproc-per-node", "2")
+                   "--out", out)
     assert again.returncode == 0
     assert again.stdout.count("done earlier") == len(steps)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", ["vitl14-rn50", "vitb16-rdm-ablation"])
-def test_the_other_recipes_smoke_variants_run_end_to_end(smoke_runs, name):
-    """vitl14-rn50 reuses the teacher cache and RDMs the first recipe made (its embed and rdm steps skip);
-    the ablation makes its own, with 1, 3 and 5 RDMs. (vitl14-vitb16's smoke variant is vitl14-vits16's.)"""
+@pytest.mark.recipes
+@VITL14
+@pytest.mark.parametrize("name", ["vitl14-rn50", "vitl14-vitb16"])
+def test_the_other_vitl14_recipes_reuse_the_teacher_cache_and_run_under_torchrun(smoke_runs, name):
+    """One node, 2 processes (torchrun --standalone); their embed and rdm steps skip: the first recipe made
+    the teacher's cache and RDMs in the shared folder."""
     out = smoke_runs["root"] / name
     result = launch("--recipe", REPO / f"recipes/clip/{name}.yaml", "--smoke-data", smoke_runs["data"],
+                    "--out", out, "--nproc-per-node", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "cache.json exists, skipped" in result.stdout and "rdm.pt exists, skipped" in result.stdout
+    assert "torchrun --nproc-per-node 2 --standalone -m -- cifd_clip distill" in result.stdout
+    config = yaml.safe_load((out / "runs" / "cifd" / "config.yaml").read_text())
+    assert config["model"] == {"vitl14-rn50": "tiny-rn-student", "vitl14-vitb16": "tiny-vit-student"}[name]
+    assert json.loads((out / "runs" / "cifd" / "summary.json").read_text())["world_size"] == 2
+    assert (out / "bench" / "results.md").is_file() and (out / "export" / "cifd" / "open_clip_config.json").is_file()
+
+
+@pytest.mark.recipes
+@pytest.mark.xdist_group("ablation")
+def test_the_rdm_ablation_recipe_runs_end_to_end_in_one_process(demo_data_dir, tmp_path):
+    out = tmp_path / "vitb16-rdm-ablation"
+    result = launch("--recipe", REPO / "recipes/clip/vitb16-rdm-ablation.yaml", "--smoke-data", demo_data_dir,
                     "--out", out)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    if name == "vitl14-rn50":
-        assert "cache.json exists, skipped" in result.stdout and "rdm.pt exists, skipped" in result.stdout
-        ckpt_cfg = yaml.safe_load((out / "runs" / "cifd" / "config.yaml").read_text())
-        assert ckpt_cfg["model"] == "tiny-rn-student"
-    else:
-        for k in (1, 3, 5):
-            family = json.loads((out / f"rdm{k}" / "rdm_eval.json").read_text())["rdms"]
-            assert len([rdm for rdm in family if rdm["modality"] == "image"]) == k
-    assert (out / "bench" / "results.md").is_file()
+    for k in (1, 3, 5):
+        family = json.loads((out / f"rdm{k}" / "rdm_eval.json").read_text())["rdms"]
+        assert len([rdm for rdm in family if rdm["modality"] == "image"]) == k
+    results = (out / "bench" / "results.md").read_text()
+    for k in (0, 1, 3, 5):
+        assert f"/runs/cifd-{k}rdm/checkpoints/epoch_latest.pt" in results
 
 
-@pytest.mark.slow
-def test_two_nodes_of_one_process_each_run_a_recipe_through_node_sh(demo_data_dir, tmp_path):
-    """What slurm.sbatch starts on each node, with localhost for both nodes: the training steps rendezvous
-    (c10d) across the two launchers; export runs on node 0 while node 1 waits for it."""
-    out = tmp_path / "two-nodes"
-    port = free_port()
-    env = dict(ENV, NNODES="2", GPUS_PER_NODE="1", RDZV_ENDPOINT=f"localhost:{port}",
-               CIFD_CLIP=f"{sys.executable} -m cifd_clip")
-    argv = ["bash", str(REPO / "recipes/launch/node.sh"), str(REPO / "recipes/clip/vitl14-vits16.yaml"),
-            "--smoke-data", str(demo_data_dir), "--out", str(out), "--steps", "embed", "rdm", "cifd", "export",
-            "--var", f"teacher_out={out}/teacher"]
-    nodes = [subprocess.Popen(argv, cwd=REPO, env=dict(env, SLURM_NODEID=str(rank)), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
-    logs = [node.communicate(timeout=900)[0] for node in nodes]
-    assert [node.returncode for node in nodes] == [0, 0], logs[0][-2000:] + logs[1][-2000:]
-    assert "--nnodes 2 --node-rank 1 --rdzv-backend c10d" in logs[1]
-    assert "step export: runs on node 0; waiting for" in logs[1]
-    summary = json.loads((out / "runs" / "cifd" / "summary.json").read_text())
-    assert summary["world_size"] == 2
-    assert "rank 1: embedded" in logs[0] + logs[1]
+@pytest.mark.recipes
+@pytest.mark.xdist_group("classification")
+@pytest.mark.parametrize("name", ["cifar100-wrn40_2-wrn40_1", "imagenet-r34-r18"])
+def test_the_classification_recipes_run_end_to_end(tmp_path_factory, name):
+    data = tmp_path_factory.getbasetemp() / "cls-demo"
+    if not data.is_dir():
+        assert cli.main(["cls-make-demo-data", "--out", str(data), "--train-samples", "200",
+                         "--test-samples", "60"]) == 0
+    out = tmp_path_factory.mktemp(name)
+    result = launch("--recipe", REPO / f"recipes/classification/{name}.yaml", "--smoke-data", data, "--out", out)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    steps = [s["name"] for s in yaml.safe_load((REPO / f"recipes/classification/{name}.yaml").read_text())["steps"]]
+    assert sorted(p.stem for p in (out / "launch").glob("*.done")) == sorted(steps)
+    assert json.loads((out / "runs" / "cifd" / "summary.json").read_text())["steps"] == 2

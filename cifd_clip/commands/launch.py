@@ -70,15 +70,22 @@ def recipe_vars(cfg) -> dict[str, str]:
     if getattr(cfg, "out", None):
         values["out"] = cfg.out
     if getattr(cfg, "smoke_data", None):
-        data = Path(cfg.smoke_data)
-        info = data / "demo_info.json"
-        if not info.is_file():
-            raise UserError(f"--smoke-data {data} holds no demo data (no demo_info.json): make it with "
-                            f"`cifd-clip make-demo-data --out {data}`")
-        from ..demo.plan import DEMO_SUITE
-        values.update(smoke_data=str(data), smoke_train_data=str(data / json.loads(info.read_text())["train_data"]),
-                      smoke_suite=str(DEMO_SUITE))
+        values.update(smoke_vars(Path(cfg.smoke_data)))
     return values
+
+
+def smoke_vars(data: Path) -> dict[str, str]:
+    """The smoke variant's data: the CLIP demo's (make-demo-data) or the classification demo's
+    (cls-make-demo-data, read as cifar100:DIR)."""
+    info = data / "demo_info.json"
+    if info.is_file():
+        from ..demo.plan import DEMO_SUITE
+        return {"smoke_data": str(data), "smoke_suite": str(DEMO_SUITE),
+                "smoke_train_data": str(data / json.loads(info.read_text())["train_data"])}
+    if (data / "cifar-100-python").is_dir():
+        return {"smoke_data": str(data), "smoke_train_data": f"cifar100:{data}"}
+    raise UserError(f"--smoke-data {data} holds no demo data: make it with `cifd-clip make-demo-data --out {data}` "
+                    f"(CLIP recipes) or `cifd-clip cls-make-demo-data --out {data}` (classification recipes)")
 
 
 def run(cfg: Config) -> int:

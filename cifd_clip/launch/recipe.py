@@ -15,7 +15,8 @@
 
 A recipe may start from another (`base: vitl14-vits16.yaml`, relative to its own folder): its vars, smoke
 and plan entries replace the base's one by one, and its steps (if it lists any) replace the base's steps.
-A step with `skip_if_exists: PATH` is skipped when that file exists (e.g. a teacher cache that another
+A step's `config: FILE` (relative to the recipe) is a stage config file whose keys its `options` extend or
+replace. A step with `skip_if_exists: PATH` is skipped when that file exists (e.g. a teacher cache that another
 recipe already made).
 
 Each step's options are exactly the stage's `--config` keys (`~` removes one inherited through a YAML anchor); they are checked against the stage's options
@@ -136,7 +137,7 @@ def stage_has_option(stage: str, key: str) -> bool:
 
 
 TOP_LEVEL_KEYS = {"base", "vars", "steps", "smoke", "plan"}
-STEP_KEYS = {"name", "stage", "processes", "options", "skip_if_exists"}
+STEP_KEYS = {"name", "stage", "processes", "config", "options", "skip_if_exists"}
 
 
 def _merged(base: dict, child: dict) -> dict:
@@ -207,7 +208,13 @@ def load_recipe(path: str | Path, overrides: dict[str, str] | None = None, smoke
             raise ConfigError(f"{where}: processes must be 'all' or 'one', got {processes!r}")
         if processes == "all" and stage in SINGLE_PROCESS_STAGES:
             raise ConfigError(f"{where}: `cifd-clip {stage}` runs as one process (processes: one)")
-        options = dict(raw.get("options") or {})
+        options = {}
+        if raw.get("config"):  # a stage config file (relative to the recipe) under the step's own options
+            config_file = path.parent / str(raw["config"])
+            if not config_file.is_file():
+                raise ConfigError(f"{where} reads {config_file}, which does not exist")
+            options.update(read_yaml(config_file))
+        options.update(raw.get("options") or {})
         if smoke:
             options.update({k: v for k, v in (smoke_block.get("options") or {}).items()
                             if stage_has_option(stage, str(k).replace("-", "_"))})
