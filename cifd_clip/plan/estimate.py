@@ -39,6 +39,10 @@ class StepCost:
     disk_gib: Optional[float] = None
     note: str = ""
 
+    def samples_per_gpu_second(self, peak: float, mfu: float) -> float:
+        """How fast one GPU consumes samples at this MFU: what its data loader must deliver."""
+        return peak * mfu * self.samples / self.flops if self.flops else 0.0
+
 
 @dataclass
 class Plan:
@@ -222,6 +226,9 @@ class Planner:
                 costs.append(self.rdm(step))
             elif step.stage in TRAINING_STAGES:
                 costs.append(self.training(step))
+            elif step.stage.startswith("cls-"):
+                costs.append(StepCost(step.name, step.stage, "classification", 0, 0.0, 0.0, None,
+                                      note="not sized here: cls-train and cls-distill --dry-run print a run's cost"))
             else:
                 costs.append(StepCost(step.name, step.stage, "evaluation / export", 0, 0.0, 0.0, None,
                                       note="not counted: minutes"))
@@ -265,21 +272,25 @@ def format_plan(plan: Plan) -> str:
     def num(x: float) -> str:
         return "-" if not x else f"{x:.2e}"
 
+    def rate(r: float) -> str:
+        return "-" if not r else f"{r:,.0f}"
+
     def hours(h: float) -> str:
         return "-" if not h else (f"{h:.1f}" if h >= 1 else f"{h:.2f}")
 
     lines = [f"plan for {plan.recipe}: {plan.gpu} at {plan.peak_flops / 1e12:.0f} TFLOP/s peak, MFU "
              f"{plan.mfu:.0%}, {plan.gpus} GPU(s)", "",
-             "| step | stage | work | samples | FLOPs | GPU-hours | wall hours | memory/GPU (GiB) | disk (GiB) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| step | stage | work | samples | FLOPs | GPU-hours | wall hours | samples/s/GPU | memory/GPU (GiB) | "
+             "disk (GiB) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in plan.steps:
         lines.append(f"| {s.name} | {s.stage} | {s.what}{' (' + s.note + ')' if s.note else ''} | {num(s.samples)} | "
                      f"{num(s.flops)} | {hours(s.gpu_hours)} | {hours(s.gpu_hours / plan.gpus)} | "
+                     f"{rate(s.samples_per_gpu_second(plan.peak_flops, plan.mfu))} | "
                      f"{'-' if s.memory_gib is None else f'{s.memory_gib:.1f}'} | "
                      f"{'-' if s.disk_gib is None else f'{s.disk_gib:.1f}'} |")
     total = plan.total()
     lines.append(f"| total | | | | {num(total)} | {hours(sum(s.gpu_hours for s in plan.steps))} | "
-                 f"{hours(sum(s.gpu_hours for s in plan.steps) / plan.gpus)} | | |")
+                 f"{hours(sum(s.gpu_hours for s in plan.steps) / plan.gpus)} | | | |")
     if plan.comparison:
         base = next(c for c in plan.comparison if c.name == "plain KD")
         lines += ["", "The CIFD student against the same student distilled other ways (same data, epochs, batch):", "",
@@ -288,7 +299,8 @@ def format_plan(plan: Plan) -> str:
             lines.append(f"| {c.name} | {c.what} | {num(c.flops)} | {hours(c.gpu_hours)} | "
                          f"{c.flops / base.flops:.2f} | {c.memory_gib:.1f} |")
     lines += ["", "FLOPs: matmuls, convolutions and attention counted on the real modules (meta device), forward and "
-              "backward; memory: weights, AdamW state and the tensors alive at one step's peak (activations halved "
-              "under bf16), without the CUDA context (~1-2 GiB)."]
+              "backward; samples/s/GPU: how fast one GPU consumes samples at this MFU, which its data loader must "
+              "deliver (benchmarks/bench_data.py measures ours); memory: weights, AdamW state and the tensors alive "
+              "at one step's peak (activations halved under bf16), without the CUDA context (~1-2 GiB)."]
     return "\n".join(lines)
 
