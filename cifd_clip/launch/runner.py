@@ -114,8 +114,9 @@ def _write_marker(recipe: Recipe, step: Step, argv: list[str], seconds: float, s
 def _wait_for_first_node(recipe: Recipe, step: Step, poll_s: float) -> None:
     done, failed = _marker(recipe, step), _marker(recipe, step, FAILED_SUFFIX)
     print(f"step {step.name}: runs on node 0; waiting for {done}", flush=True)
+    started = time.time() - 1  # a failure marker older than this wait is an earlier attempt's
     while not done.is_file():
-        if failed.is_file():
+        if failed.is_file() and failed.stat().st_mtime >= started:
             raise UserError(f"step {step.name} failed on node 0 (see {failed} and node 0's log)")
         time.sleep(poll_s)
 
