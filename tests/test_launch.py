@@ -193,3 +193,32 @@ def test_the_classification_recipes_run_end_to_end(tmp_path_factory, name):
     steps = [s["name"] for s in yaml.safe_load((REPO / f"recipes/classification/{name}.yaml").read_text())["steps"]]
     assert sorted(p.stem for p in (out / "launch").glob("*.done")) == sorted(steps)
     assert json.loads((out / "runs" / "cifd" / "summary.json").read_text())["steps"] == 2
+
+
+def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tmp_path):
+    import threading
+    import time
+
+    from cifd_clip.errors import UserError
+    from cifd_clip.launch.recipe import load_recipe
+    from cifd_clip.launch.runner import Topology, run_recipe
+
+    recipe = load_recipe(write_recipe(tmp_path, f"vars: {{out: {tmp_path / 'out'}}}\nsteps:\n"
+                                                "  - {name: export, stage: export, options: {checkpoint: c.pt, out: e}}\n"))
+    node1 = Topology(nproc_per_node=1, nnodes=2, node_rank=1, rdzv_endpoint="localhost:1").validate()
+    launch_dir = tmp_path / "out" / "launch"
+    launch_dir.mkdir(parents=True)
+    stale = launch_dir / "export.failed"
+    stale.write_text("{}")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))  # an earlier attempt's failure: not this one's
+
+    def node0_finishes(suffix):
+        time.sleep(0.3)
+        (launch_dir / f"export{suffix}").write_text("{}")
+
+    threading.Thread(target=node0_finishes, args=(".done",)).start()
+    assert run_recipe(recipe, node1, poll_s=0.05) == 0
+    (launch_dir / "export.done").unlink()
+    threading.Thread(target=node0_finishes, args=(".failed",)).start()
+    with pytest.raises(UserError, match="step export failed on node 0"):
+        run_recipe(recipe, node1, poll_s=0.05)
