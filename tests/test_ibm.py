@@ -98,3 +98,25 @@ def test_wrong_width_is_one_sentence():
         InformationBottleneck(4)(torch.randn(2, 5))
     with pytest.raises(UserError, match="IBM input must be one of"):
         InformationBottleneck(4, input_kind="sphere")
+
+
+def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_per_image_text_pair():
+    torch.manual_seed(0)
+    for student, target in ((4, 30), (30, 4), (6, 10)):  # the low-rank path (3k < n) both ways, and the direct one
+        decoder = IsometricDecoder(student, target)
+        original = decoder.map.parametrizations.weight.original
+        with torch.no_grad():
+            original.add_(0.3 * torch.randn_like(original))
+        assert torch.allclose(decoder.weight(), decoder.map.weight, atol=1e-5)
+        x, g = torch.randn(5, student), torch.randn(5, target)
+        (decoder.scale * torch.nn.functional.linear(x, decoder.map.weight) * g).sum().backward()
+        want, original.grad = original.grad, None
+        (decoder(x, 0) * g).sum().backward()
+        assert torch.allclose(original.grad, want, rtol=1e-3, atol=1e-5)
+        original.grad = None
+    q = decoder.weight(0)
+    assert decoder.weight(1) is q  # the text call reuses the image call's Q ...
+    assert decoder.weight(1) is not q  # ... once
+    q = decoder.weight(0)
+    q.sum().backward()
+    assert decoder.weight(1) is not q  # never after a backward went through it

@@ -61,7 +61,11 @@ class IsometricDecoder(nn.Module):
     those in Û: what the feature terms teach in Û is what the exported student keeps. The scale is fixed,
     not learned: a unit-RMS Ŵ maps to a unit-length Û (the targets' length), and the feature terms can only
     fall by aligning directions (a learned scale collapses to 0 early on, when Ŵ and the targets are still
-    unrelated, and the student then never hears from the teacher: measured, see docs/studies/clip-cifd.md)."""
+    unrelated, and the student then never hears from the teacher: measured, see docs/studies/clip-cifd.md).
+
+    Q is torch's orthogonal parametrization (`map.weight`, matrix_exp map; its state is what checkpoints
+    hold), computed by `orthogonal_weight`: the same function, but cheaper when one side is under a third of
+    the other (see there), and computed once for the image call and the text call that follows it."""
 
     def __init__(self, input_dim: int, output_dim: int):
         super().__init__()
@@ -70,9 +74,71 @@ class IsometricDecoder(nn.Module):
         # householder (torch's default for non-square maps) collapses to 0 after one AdamW step here
         self.map = orthogonal(nn.Linear(input_dim, output_dim, bias=False), orthogonal_map="matrix_exp")
         self.scale = 1.0 / math.sqrt(input_dim)
+        self._reuse: Optional[tuple] = None  # (key, Q) kept by a modality-0 call for the modality-1 call after it
+
+    def weight(self, modality: int = 0) -> torch.Tensor:
+        """Q [output_dim, input_dim], equal to `self.map.weight` up to float rounding."""
+        param = self.map.parametrizations.weight
+        x, base = param.original, getattr(param[0], "base", None)
+        key = (x.data_ptr(), x._version, None if base is None else (base.data_ptr(), base._version),
+               torch.is_grad_enabled())
+        reuse, self._reuse = self._reuse, None
+        if modality != 0 and reuse is not None and reuse[0] == key:
+            return reuse[1]
+        q = orthogonal_weight(x, base)
+        if modality == 0:
+            # The text call right after this image call reads the same Q: one matrix exponential (and one backward
+            # through it) per step instead of two. Reused once, and never after a backward went through it.
+            self._reuse = (key, q)
+            if q.requires_grad:
+                q.register_hook(self._forget)
+        return q
+
+    def _forget(self, grad):
+        self._reuse = None
+        return grad
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_reuse"] = None
+        return state
 
     def forward(self, x: torch.Tensor, modality: int = 0) -> torch.Tensor:
-        return self.scale * self.map(x)
+        return self.scale * F.linear(x, self.weight(modality))
+
+
+def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor]) -> torch.Tensor:
+    """What torch's `orthogonal(..., orthogonal_map="matrix_exp")` computes from its `original` X [n', k'] and
+    `base` (use_trivialization): with X tall [n, k] (transposed if wide), A = L̃ − L̃ᵀ for L̃ = [tril(X), 0]
+    [n, n], Q = base · exp(A)[:, :k].
+
+    A has rank ≤ 2k: A = U Vᵀ with U = [L, −E], V = [E, L] (L = tril(X), E = the first k columns of the
+    identity), so exp(A) = I + U φ(VᵀU) Vᵀ with φ(z) = (eᶻ − 1)/z, and exp(A)[:, :k] = E + U φ(M) B with
+    M = VᵀU [2k, 2k] and B = VᵀE = [I; L_topᵀ] [2k, k]. φ(M)·B is the top-right block of exp([[M, B], [0, 0]]),
+    a 3k × 3k exponential: when 3k < n that replaces the n × n exponential (and its backward, a 2n × 2n one),
+    e.g. 192 instead of 512 for a 64-wide student and 512-wide targets. Otherwise A's exponential is taken
+    directly, as torch does."""
+    transposed = x.shape[-2] < x.shape[-1]
+    if transposed:
+        x = x.mT
+    n, k = x.shape[-2], x.shape[-1]
+    low = x.tril()
+    if 3 * k < n:
+        top = low[:k]  # L_top [k, k]
+        eye = torch.eye(k, dtype=x.dtype, device=x.device)
+        m = torch.cat([torch.cat([top, -eye], 1), torch.cat([low.mT @ low, -top.mT], 1)], 0)  # VᵀU [2k, 2k]
+        b = torch.cat([eye, top.mT], 0)  # VᵀE [2k, k]
+        block = torch.cat([torch.cat([m, b], 1), x.new_zeros(k, 3 * k)], 0)  # [[M, B], [0, 0]] [3k, 3k]
+        phi_b = torch.matrix_exp(block)[:2 * k, 2 * k:]  # φ(M)·B [2k, k]
+        u = torch.cat([low, -torch.cat([eye, x.new_zeros(n - k, k)], 0)], 1)  # U [n, 2k]
+        q = u @ phi_b
+        q = torch.cat([q[:k] + eye, q[k:]], 0)  # + E
+    else:
+        square = torch.cat([low, x.new_zeros(n, n - k)], 1) if n != k else low
+        q = torch.matrix_exp(square - square.mT)[:, :k]
+    if base is not None:
+        q = base @ q
+    return q.mT if transposed else q
 
 
 def scale_input(w: torch.Tensor, kind: str) -> torch.Tensor:

@@ -246,32 +246,85 @@ class CachedShard:
         return sum(a.nbytes for a in (self.image_emb, self.text_emb, self.paug, self.logits) if a is not None)
 
 
+def _read_members(path: Path) -> "OrderedDict[str, dict]":
+    """{key: {ext: bytes}} of a cache shard, in file order. The file is read whole and its members sliced out of
+    it (ustar headers parsed here, checksums checked); anything else in the tar (pax or GNU headers, links)
+    goes through `tarfile`."""
+    data = path.read_bytes()
+    members: "OrderedDict[str, dict]" = OrderedDict()
+    pos, end = 0, len(data)
+    while pos + 512 <= end:
+        header = data[pos:pos + 512]
+        if header.count(0) == 512:  # end-of-archive blocks
+            return members
+        kind = header[156:157]
+        if header[257:263] not in (b"ustar\x00", b"ustar ") or kind not in (b"0", b"\x00") or \
+                int(header[148:156].split(b"\x00", 1)[0].strip() or b"0", 8) != \
+                sum(header[:148]) + 256 + sum(header[156:]):
+            return _read_members_tarfile(path, data)
+        size = int(header[124:136].split(b"\x00", 1)[0].strip() or b"0", 8)
+        name = header[:100].split(b"\x00", 1)[0].decode("utf-8")
+        prefix = header[345:500].split(b"\x00", 1)[0].decode("utf-8")
+        if prefix:
+            name = f"{prefix}/{name}"
+        pos += 512
+        if pos + size > end:
+            raise tarfile.ReadError("unexpected end of data")
+        key, _, ext = name.partition(".")
+        members.setdefault(key, {})[ext] = data[pos:pos + size]
+        pos += (size + 511) // 512 * 512
+    if pos != end and data[pos:].count(0) != end - pos:
+        raise tarfile.ReadError("unexpected end of data")
+    return members
+
+
+def _read_members_tarfile(path: Path, data: bytes) -> "OrderedDict[str, dict]":
+    members: "OrderedDict[str, dict]" = OrderedDict()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for info in tar:
+            if not info.isfile():
+                continue
+            key, _, ext = info.name.partition(".")
+            members.setdefault(key, {})[ext] = data[info.offset_data:info.offset_data + info.size]
+    return members
+
+
+def _stack_npy(blobs: list) -> np.ndarray:
+    """np.stack of the .npy files in `blobs`; when they all share one header (same dtype and shape, as a cache
+    shard's members do) their data is read in one go instead of file by file."""
+    first = io.BytesIO(blobs[0])
+    version = np.lib.format.read_magic(first)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, fortran, dtype = read_header(first)
+    offset = first.tell()
+    head = blobs[0][:offset]
+    size = dtype.itemsize * math.prod(shape)
+    if fortran or dtype.hasobject or any(len(b) != offset + size or b[:offset] != head for b in blobs):
+        return np.stack([np.load(io.BytesIO(b), allow_pickle=False) for b in blobs])
+    joined = bytearray().join(memoryview(b)[offset:] for b in blobs)  # writable, like np.load's arrays
+    return np.frombuffer(joined, dtype=dtype).reshape(len(blobs), *shape)
+
+
 def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count: Optional[int] = None,
                       views: Optional[int] = None) -> CachedShard:
     """Load one cache shard fully; DataError if it is unreadable, incomplete or has the wrong count."""
     path = Path(cache_dir) / name
-    members: "OrderedDict[str, dict]" = OrderedDict()
     try:
-        with tarfile.open(path, "r:") as tar:
-            for info in tar:
-                if not info.isfile():
-                    continue
-                key, _, ext = info.name.partition(".")
-                members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+        members = _read_members(path)
     except FileNotFoundError:
         raise DataError(f"cache shard {path} is missing; re-run cifd-clip embed to complete the cache") from None
-    except (tarfile.TarError, OSError) as e:
+    except (tarfile.TarError, OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(f"cache shard {path} is unreadable ({e}); delete it and re-run cifd-clip embed") from None
     keys, images, texts, paugs, logits, labels = [], [], [], [], [], []
     for key, m in members.items():
         if IMAGE_MEMBER not in m or (TEXT_MEMBER not in m and LOGITS_MEMBER not in m):
             raise DataError(f"cache shard {path} sample {key} lacks {IMAGE_MEMBER} or {TEXT_MEMBER}/{LOGITS_MEMBER}")
         keys.append(key)
-        images.append(np.load(io.BytesIO(m[IMAGE_MEMBER]), allow_pickle=False))
+        images.append(m[IMAGE_MEMBER])
         if TEXT_MEMBER in m:
-            texts.append(np.load(io.BytesIO(m[TEXT_MEMBER]), allow_pickle=False))
+            texts.append(m[TEXT_MEMBER])
         if LOGITS_MEMBER in m:
-            logits.append(np.load(io.BytesIO(m[LOGITS_MEMBER]), allow_pickle=False))
+            logits.append(m[LOGITS_MEMBER])
         if LABEL_MEMBER in m:
             labels.append(int(m[LABEL_MEMBER]))
         if PAUG_MEMBER in m:
@@ -281,12 +334,18 @@ def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count
                         f"re-run cifd-clip embed")
     if not keys:
         return CachedShard(name, [], np.zeros((0, views or 1, 0), np.float16), np.zeros((0, 0), np.float16), None)
-    image_emb = np.stack(images)
+    try:
+        image_emb = _stack_npy(images)
+        text_emb = _stack_npy(texts) if texts else None
+        logits_arr = _stack_npy(logits) if len(logits) == len(keys) else None
+    except ValueError:  # a damaged .npy member, or members of different shapes
+        raise DataError(f"cache shard {path} is unreadable (a damaged .npy member, or members of different shapes); "
+                        f"delete it and re-run cifd-clip embed") from None
     if views is not None and image_emb.shape[1] != views:
         raise DataError(f"cache shard {path} stores {image_emb.shape[1]} views per sample but cache.json says {views}")
     paug = np.stack(paugs) if len(paugs) == len(keys) and image_emb.shape[1] > 1 else None
-    shard = CachedShard(name, keys, image_emb, np.stack(texts) if texts else None, paug)
-    shard.logits = np.stack(logits) if len(logits) == len(keys) else None
+    shard = CachedShard(name, keys, image_emb, text_emb, paug)
+    shard.logits = logits_arr
     shard.labels = np.asarray(labels, dtype=np.int64) if len(labels) == len(keys) else None
     return shard
 
