@@ -1,16 +1,19 @@
 """Decode + preprocess + tokenize throughput of the training loader on the demo shards.
 
-Prints samples/s with 0, 1 and 2 dataloader workers, the ratio to the 0-worker baseline of the same
-run, and open_clip_train's webdataset pipeline on the same shards where it runs (it crashes with
-webdataset >= 0.2.111: see COMPAT.md). Saves JSON to benchmarks/results/bench_data.json.
+Prints samples/s with 0, 1 and 2 dataloader workers, the ratio to the 0-worker baseline, and open_clip_train's
+webdataset pipeline on the same shards where it runs (it crashes with webdataset >= 0.2.111: see COMPAT.md).
+Our loader's worker counts take turns for `--rounds` rounds (one epoch each); the table shows the medians over
+rounds of samples/s and of the per-round ratio to that round's 0-worker epoch. Saves JSON to
+benchmarks/results/bench_data.json.
 
-    .venv/bin/python benchmarks/bench_data.py [--samples 2000] [--image-size 64] [--model tiny-vit-student]
+    .venv/bin/python benchmarks/bench_data.py [--samples 2000] [--rounds 3] [--image-size 64] [--model tiny-vit-student]
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
+import statistics
 import tempfile
 import time
 from argparse import Namespace
@@ -52,6 +55,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--model", default="tiny-vit-student", help="whose preprocess and tokenizer to use")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
     opts = parser.parse_args()
     torch.set_num_threads(1)
 
@@ -71,12 +75,16 @@ def main() -> None:
         info = write_demo_data(Path(tmp) / "demo", train_samples=opts.samples, val_samples=4, zeroshot_samples=36,
                                retrieval_samples=4, image_size=opts.image_size, samples_per_shard=per_shard)
         spec = str(Path(tmp) / "demo" / info["train_data"])
-        rows = []
-        for workers in opts.workers:
-            loader = make_train_loader(spec, preprocess=preprocess, tokenizer=tokenizer, batch_size=opts.batch_size,
-                                       workers=workers, seed=0)
-            rows.append({"pipeline": "cifd_clip", "workers": workers,
-                         "samples_per_s": measure(loader.iterate(0), opts.batch_size), "status": "ok"})
+        rates = {w: [] for w in opts.workers}
+        for r in range(opts.rounds):
+            for workers in opts.workers:
+                loader = make_train_loader(spec, preprocess=preprocess, tokenizer=tokenizer,
+                                           batch_size=opts.batch_size, workers=workers, seed=0)
+                rates[workers].append(measure(loader.iterate(r), opts.batch_size))
+        first = opts.workers[0]
+        rows = [{"pipeline": "cifd_clip", "workers": w, "samples_per_s": statistics.median(v), "status": "ok",
+                 "runs": v, "ratio_median": statistics.median(x / b for x, b in zip(v, rates[first]))}
+                for w, v in rates.items()]
         for workers in opts.workers:
             rate, status = open_clip_train_rate(spec, opts.samples, preprocess, tokenizer, opts.batch_size, workers)
             rows.append({"pipeline": "open_clip_train", "workers": workers, "samples_per_s": rate, "status": status})
@@ -85,7 +93,7 @@ def main() -> None:
     print(f"{'pipeline':<16} {'workers':>7} {'samples/s':>10} {'vs cifd_clip 0 workers':>23}  status")
     for r in rows:
         rate = r["samples_per_s"]
-        r["ratio_to_baseline"] = rate / baseline if rate else None
+        r["ratio_to_baseline"] = r.get("ratio_median", rate / baseline if rate else None)
         shown = f"{rate:10.0f} {r['ratio_to_baseline']:22.2f}x" if rate else f"{'-':>10} {'-':>23}"
         print(f"{r['pipeline']:<16} {r['workers']:>7} {shown}  {r['status']}")
     out = Path(__file__).parent / "results" / "bench_data.json"

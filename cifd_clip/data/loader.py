@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from torch.utils.data import DataLoader, IterableDataset, default_collate, get_worker_info
 
 from ..errors import DataError
 from .shards import (DEFAULT_IMAGE_KEY, DEFAULT_TEXT_KEY, BadSampleStats, count_samples, decode_sample,
@@ -55,16 +55,26 @@ def batches_before(skip_batches: int, workers_per_rank: int, role: int) -> int:
     return max(0, (skip_batches - role + workers_per_rank - 1) // workers_per_rank)
 
 
+def _stack(tensors: list) -> torch.Tensor:
+    """torch.stack, but in a loader worker straight into shared memory (torch's default_collate does the same): the
+    batch crosses to the training process in shared memory, so stacking elsewhere would copy it once more."""
+    if get_worker_info() is None:
+        return torch.stack(tensors)
+    return default_collate(tensors)
+
+
 def collate(samples: list[dict], tokenizer: Callable, teacher_tokenizer: Optional[Callable] = None) -> dict:
     """Stack preprocessed samples into a batch; extra array/number fields become float tensors."""
     batch: dict[str, Any] = {
-        "image": torch.stack([s["image"] for s in samples]),
+        "image": _stack([s["image"] for s in samples]),
         "text": torch.as_tensor(tokenizer([s["text"] for s in samples])).long(),
         "key": [s["key"] for s in samples],
         "url": [s["url"] for s in samples],
     }
     if teacher_tokenizer is not None:
         batch["teacher_text"] = torch.as_tensor(teacher_tokenizer([s["text"] for s in samples])).long()
+    if "teacher_image" in samples[0]:
+        batch["teacher_image"] = _stack([s["teacher_image"] for s in samples])
     for name in samples[0]:
         if name in BASE_FIELDS or name in batch:
             continue

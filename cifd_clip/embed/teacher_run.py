@@ -26,20 +26,25 @@ from .augment import AugmentSettings, apply_params, sample_views
 # ---------------------------------------------------------------- data side (runs in loader workers)
 
 
-class ShardInputs(IterableDataset):
-    """This rank's shards as teacher inputs, one item per sample, then an end-of-shard item with its stats.
+CHUNK = 16  # samples per item a loader worker sends: one shared-memory transfer of their images and tokens
 
-    Each loader worker reads whole shards (shard i goes to worker i % workers), so a shard's samples
-    keep their order and its end marker comes after all of them.
+
+class ShardInputs(IterableDataset):
+    """This rank's shards as teacher inputs: per sample {"url", "key", "images" [K, 3, H, W], "paug", "tokens"}, then
+    an end-of-shard item {"url", "end", "stats"}; a loader worker's items come after all of its shard's samples.
+
+    Each loader worker reads whole shards (shard i goes to worker i % workers), so a shard's samples keep their
+    order and its end marker comes after all of them. Items travel in chunks of `chunk` (`iterate_items` unpacks
+    them in the order the loader would give single items): a sample's tensors sent alone would cost a
+    shared-memory segment and a file-descriptor hand-over each.
     """
 
-    def __init__(self, urls, preprocess, tokenizer, augment):
+    def __init__(self, urls, preprocess, tokenizer, augment, chunk: int = CHUNK):
         self.urls, self.preprocess, self.tokenizer, self.augment = list(urls), preprocess, tokenizer, augment
+        self.chunk = max(1, int(chunk))
 
-    def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        mine = self.urls[info.id::info.num_workers] if info is not None else self.urls
-        for url in mine:
+    def items(self, urls):
+        for url in urls:
             stats = BadSampleStats()
             for sample in iter_samples([url], stats=stats):
                 image = sample["image"]
@@ -48,6 +53,120 @@ class ShardInputs(IterableDataset):
                 yield {"url": url, "key": sample["key"], "images": views, "paug": params,
                        "tokens": self.tokenizer([sample["text"]])[0]}
             yield {"url": url, "end": True, "stats": stats.to_dict()}
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else 0
+        mine = self.urls[info.id::info.num_workers] if info is not None else self.urls
+        pending: list = []
+        for item in self.items(mine):
+            pending.append(item)
+            if len(pending) >= self.chunk:
+                yield _pack(worker, pending, last=False)
+                pending = []
+        yield _pack(worker, pending, last=True)
+
+
+def _pack(worker: int, items: list, last: bool) -> dict:
+    """Items → one chunk: the samples' images and tokens concatenated (one tensor each), the rest as is."""
+    samples = [it for it in items if "images" in it]
+    chunk = {"worker": worker, "last": last, "images": None, "tokens": None,
+             "items": [{k: v for k, v in it.items() if k not in ("images", "tokens")} for it in items]}
+    if samples:
+        chunk["images"] = torch.cat([it["images"] for it in samples])
+        chunk["tokens"] = torch.stack([it["tokens"] for it in samples])
+        chunk["views"] = [len(it["images"]) for it in samples]
+    return chunk
+
+
+def _unpack(chunk: dict) -> list:
+    out, i, row = [], 0, 0
+    for item in chunk["items"]:
+        if "end" not in item:
+            k = chunk["views"][i]
+            item = dict(item, images=chunk["images"][row:row + k], tokens=chunk["tokens"][i])
+            i, row = i + 1, row + k
+        out.append(item)
+    return out
+
+
+def iterate_items(loader, workers: int):
+    """The items of `loader`'s chunks, in the order a DataLoader over single items would give them: round-robin
+    over the workers one item at a time, a worker leaving the turn once its items are done (so the teacher's
+    batches, and the cache's bytes, do not depend on the chunking)."""
+    chunks = iter(loader)
+    queues: dict = {w: [] for w in range(max(workers, 1))}
+    finished: set = set()
+
+    def fill(worker: int) -> None:
+        while not queues[worker] and worker not in finished:
+            chunk = next(chunks)  # chunks come round-robin too: at most one per other worker is held here
+            queues[chunk["worker"]].extend(_unpack(chunk))
+            if chunk["last"]:
+                queues[chunk["worker"]].append(None)
+
+    turn = 0
+    while len(finished) < len(queues):
+        worker = turn % len(queues)
+        turn += 1
+        if worker in finished:
+            continue
+        fill(worker)
+        item = queues[worker].pop(0)
+        if item is None:
+            finished.add(worker)
+            continue
+        yield item
+
+
+class _AsyncWriter:
+    """Writes results into the cache shards in a thread of its own, in the order they were handed over, so that
+    the teacher's next batch runs while the last one is encoded and written. An error there is raised in the
+    caller at its next call."""
+
+    def __init__(self, write, commit):
+        import queue
+        import threading
+
+        self._write, self._commit = write, commit
+        self._queue: "queue.Queue" = queue.Queue(maxsize=8)
+        self._error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            task = self._queue.get()
+            if task is None:
+                return
+            if self._error is not None:
+                continue  # drain: the caller raises the first error
+            kind, payload = task
+            try:
+                (self._write if kind == "write" else self._commit)(payload)
+            except BaseException as e:  # handed to the caller
+                self._error = e
+
+    def _check(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def write(self, results) -> None:
+        self._check()
+        if results:
+            self._queue.put(("write", results))
+
+    def commit(self, end_item) -> None:
+        self._check()
+        self._queue.put(("commit", end_item))
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait for everything handed over; raise the writer's error if it had one (and `raise_error`)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if raise_error:
+            self._check()
 
 
 # ---------------------------------------------------------------- teacher side
@@ -216,9 +335,10 @@ def embed_shards(cfg) -> Optional[str]:
         for stale in out.glob(f"{cache_lib.sibling_name(u)}{cache_lib.TMP_MARK}*"):
             stale.unlink()
 
+    workers = min(cfg.workers, len(todo))
     loader = torch.utils.data.DataLoader(
         ShardInputs(todo, teacher.preprocess, teacher.tokenizer, augment),
-        batch_size=None, num_workers=min(cfg.workers, len(todo)), pin_memory=env.device.type == "cuda")
+        batch_size=None, num_workers=workers, pin_memory=env.device.type == "cuda")
     embedder = _Embedder(teacher, env.device, precision, cfg.batch_size, cfg.augmentations)
     writers: dict = {}
     done_here = []
@@ -227,27 +347,36 @@ def embed_shards(cfg) -> Optional[str]:
                desc=f"embed rank {env.rank}" if env.distributed else "embed")
     start = time.time()
 
-    def write(results):
+    def write(results):  # in the writer thread
         for item, img, txt in results:
             url = item["url"]
             if url not in writers:
                 writers[url] = cache_lib.SiblingShardWriter(out, cache_lib.sibling_name(url), cfg.dtype)
             writers[url].write(item["key"], img, txt, item["paug"])
+
+    def commit(item):  # in the writer thread, after the shard's last write
+        url = item["url"]
+        writer = writers.pop(url, None) or cache_lib.SiblingShardWriter(out, cache_lib.sibling_name(url), cfg.dtype)
+        stats = item["stats"]
+        done_here.append(writer.commit({"source": url, "source_file": source_identity(url), "skipped": stats["bad"],
+                                        "stats": stats, "settings": settings}))
+
+    writer_thread = _AsyncWriter(write, commit)
+
+    def hand_over(results):
+        writer_thread.write(results)
         bar.update(len(results))
 
     try:
-        for item in loader:
+        for item in iterate_items(loader, workers):
             if item.get("end"):
-                write(embedder.flush())  # the shard's last samples must be in before it is committed
-                url = item["url"]
-                writer = writers.pop(url, None) or cache_lib.SiblingShardWriter(out, cache_lib.sibling_name(url),
-                                                                                 cfg.dtype)
-                stats = item["stats"]
-                done_here.append(writer.commit({"source": url, "source_file": source_identity(url),
-                                                "skipped": stats["bad"], "stats": stats, "settings": settings}))
+                hand_over(embedder.flush())  # the shard's last samples must be in before it is committed
+                writer_thread.commit(item)
             elif embedder.add(item):
-                write(embedder.flush())
+                hand_over(embedder.flush())
+        writer_thread.close()
     except BaseException:
+        writer_thread.close(raise_error=False)  # the thread is done with the writers before they are aborted
         for writer in writers.values():
             writer.abort()
         raise
