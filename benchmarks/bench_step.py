@@ -18,7 +18,8 @@ machine hits all of them alike. Each step is split into phases, timed in place (
   backward          loss.backward()
   optimizer         zero_grad + AdamW step
 Reported: the median over rounds of each variant's step time and of each phase, and — the headline — the
-median over rounds of the per-round ratio step(variant) / step(floor). The expensive online variants can be
+median over rounds of the per-round ratio step(variant) / step(floor); also the same ratio of the process's CPU
+time per step (all threads), which another load on the machine disturbs less than wall time. The expensive online variants can be
 timed in fewer rounds (`--online-steps`); their ratios then use the floor steps of the same rounds.
 Peak memory (max RSS on CPU, max allocated on CUDA) is measured separately, each variant in its own process
 for a few steps, so that it is that variant's own. Writes benchmarks/results/bench_step.json.
@@ -110,7 +111,7 @@ class Variant:
         torch, m, batch = self.torch, self.module, self.batch
         times: dict = {}
         t = self._mark({}, "-", time.perf_counter())
-        start = t
+        start, cpu_start = t, time.process_time()
         student = m.encode(batch)
         t = self._mark(times, "student_forward", t)
         if not m.method.needs_teacher:
@@ -136,6 +137,7 @@ class Variant:
         self.optimizer.zero_grad(set_to_none=True)
         t = self._mark(times, "optimizer", t)
         times["step"] = t - start
+        times["cpu"] = time.process_time() - cpu_start  # this process's CPU time, all threads
         return times
 
 
@@ -158,10 +160,12 @@ def time_pair(pair: str, args) -> list[dict]:
     for v in variants:
         runs = samples[v.name]
         row = dict(v.info, timed_steps=len(runs), step_s=statistics.median(s["step"] for s in runs),
+                   cpu_s=statistics.median(s["cpu"] for s in runs),
                    phases_s={p: statistics.median(s.get(p, 0.0) for s in runs) for p in PHASES})
         if floor:
             row["time_ratio"] = statistics.median(s["step"] / f["step"] for s, f in zip(runs, floor))
             row["time_ratios"] = [s["step"] / f["step"] for s, f in zip(runs, floor)]
+            row["cpu_ratio"] = statistics.median(s["cpu"] / f["cpu"] for s, f in zip(runs, floor))
         rows.append(row)
     return rows
 
@@ -226,13 +230,14 @@ def main() -> None:
     print(f"batch {args.batch_size}, {args.threads} threads, {args.device}; {args.steps} interleaved rounds "
           f"({args.online_steps} for online variants) after {WARMUP} warm-up steps; medians; × floor = median of "
           f"the per-round ratios to the student-only step")
-    head = (f"{'pair':7} {'variant':16} {'step ms':>8} {'× floor':>8} {'mem ×':>6}  "
+    head = (f"{'pair':7} {'variant':16} {'step ms':>8} {'× floor':>8} {'CPU ×':>6} {'mem ×':>6}  "
             + " ".join(f"{p.replace('_forward', ' fwd'):>11}" for p in PHASES))
     print(head + "\n" + "-" * len(head))
     for row in rows:
         mem = f"{row['mem_ratio']:6.2f}" if row.get("mem_ratio") is not None else f"{'-':>6}"
         ratio = f"{row['time_ratio']:8.3f}" if "time_ratio" in row else f"{'-':>8}"
-        print(f"{row['pair']:7} {row['variant']:16} {1000 * row['step_s']:8.1f} {ratio} {mem}  "
+        cpu = f"{row['cpu_ratio']:6.2f}" if "cpu_ratio" in row else f"{'-':>6}"
+        print(f"{row['pair']:7} {row['variant']:16} {1000 * row['step_s']:8.1f} {ratio} {cpu} {mem}  "
               + " ".join(f"{1000 * row['phases_s'][p]:11.1f}" for p in PHASES))
     print("(phases in ms: medians per phase, so they need not add up to the median step)")
     out = Path(args.output)
