@@ -162,7 +162,8 @@ def student_step_macs(loss: str, student: str, batch: int, *, teacher: str | Non
     """One `cifd-clip distill` step as the CLI builds it: Distiller forward (with an online teacher's forward) + backward."""
     import torch
     import torch.nn.functional as F
-    from cifd_clip.distiller import Distiller
+    from cifd_clip.distill.distiller import Distiller
+    from cifd_clip.distill.settings import LossSettings
     from cifd_clip.rdm.model import RDMFamily
     from cifd_clip.towers import load_model, load_teacher
 
@@ -171,8 +172,8 @@ def student_step_macs(loss: str, student: str, batch: int, *, teacher: str | Non
     t = load_teacher(teacher) if teacher else None
     rdm = RDMFamily.load(rdm_path) if rdm_path else None
     dims = (t.embed_dim, t.embed_dim) if t is not None else cache_dims
-    module = Distiller(tower.model, loss=loss, student_dim=tower.embed_dim, teacher_dims=dims, teacher=t, rdm=rdm,
-                       lambda_cl=1.0).train()
+    module = Distiller.build(tower.model, LossSettings(loss=loss), student_dim=tower.embed_dim, teacher_dims=dims,
+                             teacher=t, rdm=rdm).train()
     size, ctx = _image_size(tower), tower.model_cfg["text_cfg"]["context_length"]
     data = {"image": torch.randn(batch, 3, size, size), "text": torch.randint(1, 49000, (batch, ctx))}
     if t is not None:
