@@ -2,7 +2,7 @@
 
 Each script prints its own table and writes benchmarks/results/<script>.json. This runner then reads those
 JSONs and prints one table of the headline ratios against the targets of the cost issue, met or not:
-  - CIFD with cached targets costs at most 1.15x the student-only step              (bench_step)
+  - CIFD with cached targets costs at most 1.10x the student-only step (issue 17)  (bench_step)
   - with a teacher >= 4x the student's size, CIFD cached is >= 2x faster per step
     than online distillation (CIFD online and open_clip-style DistillClipLoss)      (bench_step)
   - the whole CIFD run costs < 1.1x plain KD and < 0.5x the TAKD-style run,
@@ -138,7 +138,7 @@ def summarise(folder: Path, fresh: set[str]) -> dict:
             m_ratio = sizes[teacher]["forward_macs"] / sizes[student]["forward_macs"]
             size_note = f"{teacher} is {p_ratio:.1f}x the params, {m_ratio:.0f}x the forward MACs of {student}"
             cached = by[(pair, "cifd_cached")]
-            rows.append(target_row(f"step [{pair}] CIFD cached / student-only", cached["time_ratio"], "<=", 1.15,
+            rows.append(target_row(f"step [{pair}] CIFD cached / student-only", cached["time_ratio"], "<=", 1.10,
                                    "bench_step", size_note))
             # "size" is ambiguous for CLIP towers (token-embedding tables hold many parameters and cost no
             # compute): the target applies when the teacher is >= 4x by parameters OR by forward MACs
