@@ -80,11 +80,12 @@ def write_recipe(folder: Path, text: str) -> Path:
 ])
 def test_a_mistake_in_a_recipe_stops_it_with_one_sentence_before_anything_runs(tmp_path, capsys, text, message):
     import re
-    recipe = write_recipe(tmp_path, text)
+    out = tmp_path / "x"
+    recipe = write_recipe(tmp_path, text.replace("{out: x}", f"{{out: {out}}}"))
     assert cli.main(["launch", "--recipe", str(recipe)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and re.search(message, err), err
-    assert not (tmp_path / "x").exists()
+    assert not out.exists()  # nothing ran, nothing was written
 
 
 def test_launch_options_that_cannot_work_are_refused(tmp_path, capsys):

@@ -134,13 +134,11 @@ def clip_inputs(model: nn.Module, batch: int) -> tuple[torch.Tensor, torch.Tenso
     return images, tokens
 
 
-def clip_forward(model: nn.Module) -> WorkCount:
-    """One frozen forward of both towers (a teacher's work per sample)."""
-    def run(batch):
-        images, tokens = clip_inputs(model, batch)
-        model.encode_image(images)
-        model.encode_text(tokens)
-    return count(run, backward=False)
+def clip_forwards(model: nn.Module) -> tuple[WorkCount, WorkCount]:
+    """A frozen forward of the image tower and of the text tower (a teacher's work per sample and view)."""
+    image = count(lambda batch: model.encode_image(clip_inputs(model, batch)[0]), backward=False)
+    text = count(lambda batch: model.encode_text(clip_inputs(model, batch)[1]), backward=False)
+    return image, text
 
 
 def clip_train_step(model: nn.Module, extra: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None

@@ -69,11 +69,7 @@ def _clip(spec: str):
 
 @lru_cache(maxsize=None)
 def _forward(spec: str) -> tuple[counting.WorkCount, counting.WorkCount]:
-    """(image tower, text tower) frozen forward of one sample."""
-    model = _clip(spec)
-    image = counting.count(lambda b: model.encode_image(counting.clip_inputs(model, b)[0]), backward=False)
-    text = counting.count(lambda b: model.encode_text(counting.clip_inputs(model, b)[1]), backward=False)
-    return image, text
+    return counting.clip_forwards(_clip(spec))
 
 
 @lru_cache(maxsize=None)
