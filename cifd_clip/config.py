@@ -21,10 +21,11 @@ from .errors import ConfigError
 REQUIRED = "__required__"
 
 
-def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = ()):
+def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = (),
+           append: bool = False):
     """A config field with a default value. `aliases`: old names still accepted (flag and YAML key), with a
-    deprecation note."""
-    meta = {"help": help, "choices": choices, "aliases": tuple(aliases)}
+    deprecation note. `append` (list options): a repeated flag adds to the list instead of replacing it."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "append": append}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: list(default) if isinstance(default, list) else dict(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -124,9 +125,11 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
             kwargs["choices"] = meta["choices"]
         if tp is bool and not is_list:
             kwargs["action"] = argparse.BooleanOptionalAction
-        elif is_list:  # one value list per option: a repeated option replaces the earlier list
+        elif is_list:  # one value list per option: a repeated option replaces the earlier list, unless `append`
             kwargs["nargs"] = "+"
             kwargs["metavar"] = tp.__name__.upper()
+            if meta.get("append"):
+                kwargs["action"] = "extend"
         else:
             kwargs["metavar"] = tp.__name__.upper()
         aliases = ["--" + a.replace("_", "-") for a in meta.get("aliases", ())]

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted(p for folder in ("clip", "classification") for p in (REPO / "recipes" / folder).glob("*.yaml")
                  if "steps" in yaml.safe_load(p.read_text()) or "base" in yaml.safe_load(p.read_text()))
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
+VITS16 = REPO / "recipes/clip/vitl14-vits16.yaml"
 
 
 def free_port() -> int:
@@ -96,6 +97,21 @@ def test_launch_options_that_cannot_work_are_refused(tmp_path, capsys):
     assert "has no step 'nosuchstep'" in capsys.readouterr().err
     assert cli.main(["launch", "--recipe", str(recipe), "--smoke-data", str(tmp_path)]) == 1
     assert "holds no demo data: make it with `cifd-clip make-demo-data" in capsys.readouterr().err
+
+
+def test_a_repeated_var_adds_to_the_earlier_ones(tmp_path):
+    from cifd_clip.commands import launch as launch_cmd, plan as plan_cmd
+    from cifd_clip.config import parse
+
+    argv = ["--recipe", "r.yaml", "--var", "student=RN50", "train_data=/d/{a,b}.tar", "--var", "workers=3"]
+    expected = {"student": "RN50", "train_data": "/d/{a,b}.tar", "workers": "3"}
+    for command in (launch_cmd, plan_cmd):
+        assert launch_cmd.var_items(parse(command.Config, argv).var) == expected
+    # and it reaches the steps: the printed cifd step reads the student and the workers of both --var
+    assert cli.main(["launch", "--recipe", str(VITS16), "--print-only", "--out", str(tmp_path),
+                     "--var", "student=RN50", "--var", "workers=3", "--steps", "cifd"]) == 0
+    step = yaml.safe_load((tmp_path / "launch" / "cifd.yaml").read_text())
+    assert (step["model"], step["workers"]) == ("RN50", 3)
 
 
 @pytest.fixture(scope="module")

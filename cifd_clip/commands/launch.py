@@ -31,8 +31,8 @@ def _env_node_rank() -> int:
 class Config:
     recipe: str = required("recipe YAML (recipes/clip/*.yaml)")
     out: Optional[str] = option(None, "output folder (default: the recipe's var `out`)")
-    var: list[str] = option([], "replace recipe vars, one or more NAME=VALUE after one --var (e.g. --var "
-                                        "student=RN50 train_data=/data/cc12m/{00000..01242}.tar)")
+    var: list[str] = option([], "replace recipe vars, NAME=VALUE, one or more after each --var (e.g. --var "
+                                "student=RN50 train_data=/data/cc12m/{00000..01242}.tar)", append=True)
     steps: list[str] = option([], "run only these steps (default: all, in the recipe's order)")
     skip: list[str] = option([], "leave out these steps")
     nproc_per_node: int = option(1, "processes (GPUs) per node for the steps that run on all processes")

@@ -22,7 +22,7 @@ GPU_NAMES = ["a100", "h100", "h200", "l40s", "v100"]
 @dataclass
 class Config:
     recipe: str = required("recipe YAML (recipes/clip/*.yaml)")
-    var: list[str] = option([], "replace recipe vars, one or more NAME=VALUE after one --var")
+    var: list[str] = option([], "replace recipe vars, NAME=VALUE, one or more after each --var", append=True)
     gpu: str = option("a100", "GPU type whose dense bf16 peak is used", choices=GPU_NAMES)
     peak_tflops: Optional[float] = option(None, "peak TFLOP/s per GPU instead of --gpu's data-sheet figure")
     mfu: float = option(0.4, "model FLOPs utilisation assumed for the GPU-hours (0.3-0.5 is typical for CLIP)")
