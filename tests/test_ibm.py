@@ -120,3 +120,38 @@ def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_
     q = decoder.weight(0)
     q.sum().backward()
     assert decoder.weight(1) is not q  # never after a backward went through it
+
+
+def test_image_and_text_bottlenecks_run_together_as_compressai_runs_each():
+    from cifd_clip.distill.ibm import run_bottlenecks
+    torch.manual_seed(0)
+    ibms = [InformationBottleneck(8), InformationBottleneck(8)]
+    for ibm in ibms:  # trained-looking densities, not the init
+        with torch.no_grad():
+            for p in ibm.density.parameters():
+                p.add_(0.3 * torch.randn_like(p))
+    ws = [torch.randn(5, 8, requires_grad=True), torch.randn(5, 8, requires_grad=True)]
+    torch.manual_seed(1)
+    together = run_bottlenecks(ibms, ws)
+    torch.manual_seed(1)
+    for ibm, w, out in zip(ibms, ws, together):
+        z = torch.nn.functional.normalize(w, dim=-1) * math.sqrt(8)
+        noisy, likelihood = ibm.density(z, training=True)  # CompressAI's own forward, same noise draws
+        assert torch.equal(out["noisy"], noisy)
+        assert torch.allclose(out["rate"], -torch.log2(likelihood).sum(-1), rtol=1e-5)
+        grads = torch.autograd.grad(out["rate"].sum(), [w, *ibm.density.matrices], retain_graph=True)
+        want = torch.autograd.grad(-torch.log2(likelihood).sum(), [w, *ibm.density.matrices])
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads, want))
+
+
+def test_matrix_exponential_gradient_is_as_accurate_as_torchs_for_large_gradients():
+    from cifd_clip.distill.ibm import matrix_exp
+    torch.manual_seed(0)
+    a = torch.randn(48, 48)
+    a = ((a - a.T) * 0.02).requires_grad_()
+    g = 30 * torch.randn(48, 48) / 48  # ‖G‖₁ ≈ 20-30, as in the CIFD step
+    exact = torch.autograd.grad(torch.matrix_exp(a.double()), a, g.double())[0]
+    ours = torch.autograd.grad(matrix_exp(a), a, g)[0].double()
+    torchs = torch.autograd.grad(torch.matrix_exp(a), a, g)[0].double()
+    assert torch.equal(matrix_exp(a), torch.matrix_exp(a))
+    assert (ours - exact).norm() <= max((torchs - exact).norm(), 1e-6 * exact.norm())

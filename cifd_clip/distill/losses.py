@@ -111,15 +111,19 @@ class CIFDFeatureLoss(nn.Module):
         keep = list(keep) if keep is not None else [True] * (1 + len(rdm_targets))
         targets = [teacher, *rdm_targets]
         names = [f"{self.prefix}teacher", *self.rdm_names]
-        out = {}
-        for name, target, kept in zip(names, targets, keep):
-            target = target.detach().float()
+        out = {name: prediction.new_zeros(()) for name in names}
+        active = [i for i, (name, kept) in enumerate(zip(names, keep)) if kept and self.weights[name] != 0.0]
+        if active:
+            # every kept target's distance in one batch of operations (forward and backward), not one per target
+            stacked = torch.stack([targets[i].detach().float() for i in active])  # [T, B, D]
+            if stacked.shape[1:] != prediction.shape:
+                feature_distance(prediction, targets[active[0]])  # raises the one-sentence shape error
             if self.normalize_targets:
-                target = F.normalize(target, dim=-1)
-            if kept and self.weights[name] != 0.0:
-                out[name] = self.weights[name] * feature_distance(prediction, target, self.distortion, self.reduction)
-            else:
-                out[name] = prediction.new_zeros(())
+                stacked = F.normalize(stacked, dim=-1)
+            distances = distortion_per_sample(stacked, prediction.expand_as(stacked), self.distortion,
+                                              self.reduction).mean(-1)  # [T]
+            weights = distances.new_tensor([self.weights[names[i]] for i in active])
+            out.update(zip([names[i] for i in active], (distances * weights).unbind()))
         rate_name = f"{self.prefix}rate"
         out[rate_name] = self.weights[rate_name] * rate.mean() if rate is not None else prediction.new_zeros(())
         return out

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import UserError
 from . import losses as L
-from .ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder
+from .ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder, run_bottlenecks
 from .settings import METHODS, LossSettings
 
 
@@ -134,10 +134,10 @@ class CIFD(Method):
 
     def feature_terms(self, student: StudentOutputs, targets: Targets, keep: Sequence[bool]) -> dict:
         out = {}
-        for modality, w, teacher, rdm_targets, loss in (
-                ("image", student.image, targets.image, targets.rdm_image, self.image),
-                ("text", student.text, targets.text, targets.rdm_text, self.text)):
-            z = self.bottleneck(modality)(w)
+        bottlenecked = run_bottlenecks([self.ibm_image, self.ibm_text], [student.image, student.text])
+        for modality, z, teacher, rdm_targets, loss in (
+                ("image", bottlenecked[0], targets.image, targets.rdm_image, self.image),
+                ("text", bottlenecked[1], targets.text, targets.rdm_text, self.text)):
             u_hat = self.decode(modality, z["noisy"])
             out.update(loss(u_hat, z.get("rate"), teacher, rdm_targets, keep))
         return out
