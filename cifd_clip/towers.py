@@ -65,6 +65,16 @@ class Tower:
         return int(self.model_cfg["embed_dim"])
 
 
+def same_inputs(a: Tower, b: Tower) -> bool:
+    """Whether two towers turn a raw sample into the same tensors: the same eval preprocessing (open_clip builds
+    it from `preprocess_cfg` alone) and the same tokenizer (built from the text config's tokenizer fields)."""
+    def tokenizer_key(tower: Tower) -> tuple:
+        text = tower.model_cfg.get("text_cfg", {})
+        return (type(tower.tokenizer), getattr(tower.tokenizer, "context_length", None), text.get("hf_tokenizer_name"),
+                json.dumps(text.get("tokenizer_kwargs") or {}, sort_keys=True))
+    return a.preprocess_cfg == b.preprocess_cfg and tokenizer_key(a) == tokenizer_key(b)
+
+
 def strip_prefixes(state_dict: dict) -> dict:
     """Drop DDP's `module.` and torch.compile's `_orig_mod.` wherever they lead a key."""
     out = {}

@@ -133,3 +133,32 @@ def test_distill_without_targets_is_a_config_error(demo_train_spec, tmp_path, ca
     assert main(["distill", "--model", "tiny-vit-student", "--train-data", demo_train_spec,
                  "--logs", str(tmp_path)]) == 2
     assert "--cache" in capsys.readouterr().err
+
+
+def test_online_teacher_with_the_students_inputs_reads_the_students_batch(demo_train_spec):
+    """A teacher whose eval preprocess and tokenizer equal the student's gets no tensors of its own in the batch
+    (one preprocess and tokenization per sample, as open_clip_train's --distill-model) and the same targets."""
+    from cifd_clip.commands.distill import Config
+    from cifd_clip.config import parse
+    from cifd_clip.data.loader import make_train_loader
+    from cifd_clip.distill.distiller import Distiller
+    from cifd_clip.distill.inputs import build_distill_loader
+    from cifd_clip.distill.settings import LossSettings
+    from cifd_clip.engine.distributed import init_distributed
+    from cifd_clip.towers import load_model, load_teacher, same_inputs
+
+    student, teacher = load_model("tiny-rn-student"), load_teacher("tiny-rn-teacher")
+    assert same_inputs(student, teacher.tower)
+    assert not same_inputs(load_model("tiny-vit-student"), load_teacher("tiny-vit-teacher").tower)  # 48 vs 64 px
+    cfg = parse(Config, ["--train-data", demo_train_spec, "--model", "tiny-rn-student", "--teacher", "tiny-rn-teacher",
+                         "--teacher-online", "--batch-size", "8", "--workers", "0"])
+    shared = next(iter(build_distill_loader(cfg, student, init_distributed("cpu"), teacher=teacher).iterate(0)))
+    assert "teacher_image" not in shared and "teacher_text" not in shared
+    own = next(iter(make_train_loader(demo_train_spec, preprocess=student.preprocess_val, tokenizer=student.tokenizer,
+                                      batch_size=8, workers=0, seed=cfg.seed, teacher_preprocess=teacher.preprocess,
+                                      teacher_tokenizer=teacher.tokenizer).iterate(0)))
+    assert torch.equal(own["teacher_image"], shared["image"]) and torch.equal(own["teacher_text"], shared["text"])
+    module = Distiller.build(student.model, LossSettings(loss="distill_clip"), student_dim=64, teacher_dims=(96, 96),
+                             teacher=teacher)
+    a, b = module.targets(shared, "cpu"), module.targets(own, "cpu")
+    assert torch.equal(a.image, b.image) and torch.equal(a.text, b.text)

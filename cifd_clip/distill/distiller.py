@@ -6,7 +6,8 @@ and the RDM family are held outside the module registry (see `_frozen`): they fo
 parameters or buffers, so DDP never syncs them and checkpoints never store them.
 
 Targets come from the batch (`t_image_emb`/`t_text_emb`, from the embedding cache) unless a teacher is
-given (online mode: `teacher_image`/`teacher_text`, the teacher's own preprocess and tokenizer).
+given (online mode: `teacher_image`/`teacher_text`, the teacher's own preprocess and tokenizer, or the student's
+`image`/`text` when those would be the same tensors).
 """
 from __future__ import annotations
 
@@ -132,10 +133,9 @@ class Distiller(DistillerBase):
         """The teacher's embeddings (online teacher or cached batch fields), its logit scale and, for methods
         that use them, every RDM's rounded reconstruction."""
         if self.teacher is not None:
-            if "teacher_image" not in batch:
-                raise DataError("online teacher mode needs batches with teacher_image/teacher_text")
-            image = self.teacher.encode_image(batch["teacher_image"]).float()
-            text = self.teacher.encode_text(batch["teacher_text"]).float()
+            # the batch has no teacher fields when the teacher's inputs are the student's (`towers.same_inputs`)
+            image = self.teacher.encode_image(batch.get("teacher_image", batch["image"])).float()
+            text = self.teacher.encode_text(batch.get("teacher_text", batch["text"])).float()
             scale = self.teacher.model.logit_scale.detach().exp().float()
         else:
             if "t_image_emb" not in batch or "t_text_emb" not in batch:

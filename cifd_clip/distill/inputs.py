@@ -8,7 +8,10 @@ student a region the teacher never saw (MobileCLIP's dataset reinforcement does 
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional
+
+log = logging.getLogger(__name__)
 
 
 def build_distill_loader(cfg, tower, env, *, teacher=None, cache_view: Optional[str] = None):
@@ -16,6 +19,14 @@ def build_distill_loader(cfg, tower, env, *, teacher=None, cache_view: Optional[
     from ..embed.cache import CacheJoin
     from ..engine import session
 
+    from ..towers import same_inputs
+
     stages = [] if teacher is not None else [CacheJoin(cfg.cache, view=cache_view, seed=cfg.seed)]
+    if teacher is not None and same_inputs(tower, teacher.tower):
+        # The teacher's eval preprocess and tokenizer would make the student's tensors again: the teacher reads the
+        # student's batch, one preprocess and tokenization per sample (as open_clip_train's --distill-model).
+        if env.is_main:
+            log.info("online teacher: same preprocessing and tokenizer as the student, so it reads the student's batch")
+        teacher = None
     return session.build_loader(cfg, tower, env, teacher=teacher, sample_stages=stages,
                                 preprocess=tower.preprocess_val)
