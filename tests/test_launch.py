@@ -114,6 +114,104 @@ def test_a_repeated_var_adds_to_the_earlier_ones(tmp_path):
     assert (step["model"], step["workers"]) == ("RN50", 3)
 
 
+# --- srun, one task per GPU and no torchrun: ranks from SLURM's variables (engine/distributed.py) ---
+
+def slurm_env(rank: int, tasks: int, port: int | None = None, **extra) -> dict:
+    """A task's environment as srun sets it (no torchrun variables); MASTER_ADDR only with a port."""
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
+                                                       "MASTER_PORT") and not k.startswith("SLURM_")}
+    env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(tasks), SLURM_LOCALID=str(rank), SLURM_JOB_ID="7", **extra)
+    if port:
+        env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    return env
+
+
+JOIN = """
+import json, torch, torch.distributed as dist
+from cifd_clip.engine.distributed import cleanup, init_distributed
+env = init_distributed("cpu")
+total = torch.tensor([env.rank + 1.0])
+dist.all_reduce(total)
+print(json.dumps({"rank": env.rank, "local_rank": env.local_rank, "world_size": env.world_size,
+                  "backend": env.backend, "group_size": dist.get_world_size(), "sum": total.item()}))
+cleanup(env)
+"""
+
+
+def test_two_srun_tasks_join_one_gloo_group_from_slurms_variables():
+    port = free_port()
+    tasks = [subprocess.Popen([sys.executable, "-c", JOIN], cwd=REPO, env=slurm_env(rank, 2, port),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [task.communicate(timeout=300) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outs
+    seen = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    for rank, info in enumerate(seen):  # both ranks in one group of 2: the all-reduce summed 1 + 2
+        assert info == {"rank": rank, "local_rank": rank, "world_size": 2, "backend": "gloo", "group_size": 2,
+                        "sum": 3.0}
+
+
+def test_an_srun_task_without_master_addr_stops_with_one_sentence(monkeypatch, capsys):
+    from cifd_clip.engine.distributed import init_distributed
+    from cifd_clip.errors import UserError
+
+    for key, value in slurm_env(1, 2).items():
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+        monkeypatch.delenv(key, raising=False)
+    with pytest.raises(UserError, match=r"task 1 of 2 .* export MASTER_ADDR=\$\(scontrol show hostnames"):
+        init_distributed("cpu")
+    # launch --launcher srun stops before any step runs
+    assert cli.main(["launch", "--recipe", str(VITS16), "--launcher", "srun", "--print-only"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "MASTER_ADDR, which is not set: export MASTER_ADDR" in err, err
+
+
+@pytest.mark.parametrize("slurm", [{"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, {"SLURM_PROCID": "0"},
+                                   {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"},
+                                   {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RANK": "0", "WORLD_SIZE": "1"}],
+                         ids=["one-task-step", "no-task-count", "salloc-shell", "torchrun-vars-first"])
+def test_a_single_slurm_task_runs_alone(monkeypatch, slurm):
+    """A one-task job, an salloc shell (no SLURM_PROCID there), and a process the runner starts as one process
+    inside a task of a larger step (RANK=0 WORLD_SIZE=1): world size 1, no process group, no MASTER_ADDR needed."""
+    from cifd_clip.engine.distributed import init_distributed
+
+    for key in [*os.environ]:
+        if key.startswith("SLURM_") or key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+            monkeypatch.delenv(key)
+    for key, value in slurm.items():
+        monkeypatch.setenv(key, value)
+    env = init_distributed("cpu")
+    assert (env.rank, env.world_size, env.backend) == (0, 1, None)
+
+
+def test_launch_with_the_srun_launcher_prints_one_plain_line_per_step(tmp_path, capsys, monkeypatch):
+    from cifd_clip.launch.recipe import load_recipe
+    from cifd_clip.launch.runner import Topology, step_env
+
+    for key in [*os.environ]:
+        if key.startswith("SLURM_"):
+            monkeypatch.delenv(key)
+    recipe = VITS16
+    assert cli.main(["launch", "--recipe", str(recipe), "--print-only", "--out", str(tmp_path / "run"),
+                     "--launcher", "srun"]) == 0
+    out = capsys.readouterr().out
+    assert "launcher srun: task 0 of 1" in out
+    lines = [line for line in out.splitlines() if line.startswith("[")]
+    assert len(lines) == len(load_recipe(recipe).steps)
+    for line in lines:  # every step, the training ones too, is `cifd-clip STAGE --config FILE`: no torchrun
+        command = shlex.split(line.split(": ", 1)[1])
+        assert command[0] == "cifd-clip" and command[2] == "--config" and len(command) == 4, line
+        resolve(stage_config(command[1]), {}, command[3])
+    # under srun every task runs the step as its rank; a single-process step (on rank 0) is told it is alone
+    steps = {s.processes: s for s in load_recipe(recipe).steps}
+    srun = Topology(launcher="srun", rank=0, world_size=8)
+    assert step_env(steps["all"], srun) is None
+    assert {k: step_env(steps["one"], srun)[k] for k in ("RANK", "WORLD_SIZE")} == {"RANK": "0", "WORLD_SIZE": "1"}
+    # the srun launcher takes its layout from srun, not from torchrun's options
+    assert cli.main(["launch", "--recipe", str(recipe), "--launcher", "srun", "--nproc-per-node", "4"]) == 2
+    assert "--launcher srun takes the layout from srun's tasks" in capsys.readouterr().err
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(demo_data_dir, tmp_path_factory):
     """vitl14-vits16's smoke variant, every step, as slurm.sbatch runs it on 2 nodes: recipes/launch/node.sh on
@@ -212,7 +310,9 @@ def test_the_classification_recipes_run_end_to_end(tmp_path_factory, name):
     assert json.loads((out / "runs" / "cifd" / "summary.json").read_text())["steps"] == 2
 
 
-def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tmp_path):
+@pytest.mark.parametrize("launcher", ["torchrun", "srun"])
+def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tmp_path, launcher):
+    """torchrun: node 1 waits for node 0; srun: global rank 1 waits for rank 0 (both of one step's markers)."""
     import threading
     import time
 
@@ -222,7 +322,9 @@ def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tm
 
     recipe = load_recipe(write_recipe(tmp_path, f"vars: {{out: {tmp_path / 'out'}}}\nsteps:\n"
                                                 "  - {name: export, stage: export, options: {checkpoint: c.pt, out: e}}\n"))
-    node1 = Topology(nproc_per_node=1, nnodes=2, node_rank=1, rdzv_endpoint="localhost:1").validate()
+    node1 = (Topology(nproc_per_node=1, nnodes=2, node_rank=1, rdzv_endpoint="localhost:1").validate()
+             if launcher == "torchrun" else Topology(launcher="srun", rank=1, world_size=2))
+    leader = {"torchrun": "node 0", "srun": "rank 0"}[launcher]
     launch_dir = tmp_path / "out" / "launch"
     launch_dir.mkdir(parents=True)
     stale = launch_dir / "export.failed"
@@ -237,5 +339,5 @@ def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tm
     assert run_recipe(recipe, node1, poll_s=0.05) == 0
     (launch_dir / "export.done").unlink()
     threading.Thread(target=node0_finishes, args=(".failed",)).start()
-    with pytest.raises(UserError, match="step export failed on node 0"):
+    with pytest.raises(UserError, match=f"step export failed on {leader}"):
         run_recipe(recipe, node1, poll_s=0.05)

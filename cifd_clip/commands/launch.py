@@ -3,6 +3,8 @@
 One node:       cifd-clip launch --recipe recipes/clip/vitl14-vits16.yaml --nproc-per-node 4
 Several nodes:  the same command on every node, with --nnodes N --node-rank I --rdzv-endpoint HOST:PORT
                 (recipes/launch/slurm.sbatch does this for a SLURM job; the output folder must be shared).
+srun, one task per GPU and no torchrun: `srun cifd-clip launch --recipe ... --launcher srun` (each task runs
+                every step as one rank; recipes/launch/slurm-srun.sbatch; MASTER_ADDR must be exported).
 --print-only prints every step's launch line without running anything (it writes the step config files they
 read, OUT/launch/STEP.yaml); each is a command you can run by hand. A finished step is skipped when the recipe runs again (its marker is OUT/launch/STEP.done); an
 interrupted step resumes. --smoke-data DIR runs the recipe's smoke variant (tiny stand-in models on the
@@ -40,6 +42,10 @@ class Config:
     node_rank: Optional[int] = option(None, "this node's rank (default: $NODE_RANK or $SLURM_NODEID, else 0)")
     rdzv_endpoint: Optional[str] = option(None, "HOST:PORT of the c10d rendezvous (several nodes)")
     rdzv_id: str = option("cifd-clip", "rendezvous id prefix (each step appends its name)")
+    launcher: str = option("torchrun", "torchrun: this command runs once per node and starts each step under "
+                                       "torchrun; srun: it runs once per srun task (one per GPU) and each task runs "
+                                       "every step as one rank, from SLURM_PROCID/SLURM_NTASKS (default: torchrun)",
+                           choices=["torchrun", "srun"])
     print_only: bool = option(False, "print each step's launch line and run nothing (the step config files the "
                                      "lines read are written to OUT/launch/)")
     smoke_data: Optional[str] = option(None, "run the recipe's smoke variant on the demo data in this folder "
@@ -47,6 +53,11 @@ class Config:
 
     def validate(self) -> None:
         var_items(self.var)
+        if self.launcher == "srun" and (self.nproc_per_node, self.nnodes, self.node_rank, self.rdzv_endpoint) != \
+                (1, 1, None, None):
+            raise ConfigError("--launcher srun takes the layout from srun's tasks (one per GPU; rank SLURM_PROCID of "
+                              "SLURM_NTASKS), so it goes without --nproc-per-node, --nnodes, --node-rank and "
+                              "--rdzv-endpoint")
 
 
 def var_items(items: list[str]) -> dict[str, str]:
@@ -93,6 +104,10 @@ def run(cfg: Config) -> int:
     from ..launch.runner import Topology, run_recipe
 
     recipe = load_recipe(cfg.recipe, recipe_vars(cfg), smoke=cfg.smoke_data is not None)
-    node_rank = cfg.node_rank if cfg.node_rank is not None else _env_node_rank()
-    topo = Topology(cfg.nproc_per_node, cfg.nnodes, node_rank, cfg.rdzv_endpoint, cfg.rdzv_id).validate()
+    if cfg.launcher == "srun":
+        topo = Topology.from_srun()
+        print(f"launcher srun: task {topo.rank} of {topo.world_size}", flush=True)
+    else:
+        node_rank = cfg.node_rank if cfg.node_rank is not None else _env_node_rank()
+        topo = Topology(cfg.nproc_per_node, cfg.nnodes, node_rank, cfg.rdzv_endpoint, cfg.rdzv_id).validate()
     return run_recipe(recipe, topo, only=cfg.steps, skip=cfg.skip, print_only=cfg.print_only)

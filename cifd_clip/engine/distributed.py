@@ -1,7 +1,13 @@
-"""Distributed set-up as a pure function of the environment torchrun leaves behind.
+"""Distributed set-up as a pure function of the environment a launcher leaves behind.
 
-`init_distributed()` works the same with or without torchrun: without it the run is world
-size 1 and no process group is created. gloo on CPU, nccl on CUDA (as open_clip_train).
+`init_distributed()` works the same with or without a launcher:
+- torchrun: RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/MASTER_PORT) from torchrun; unchanged whenever they are set.
+- srun with one task per GPU, no torchrun (as open_clip_train documents): SLURM_PROCID, SLURM_NTASKS and
+  SLURM_LOCALID give the rank, world size and local rank; MASTER_ADDR (the job's first host) must be
+  exported, MASTER_PORT defaults to 29500. Only a job step of several tasks counts: a one-task job or an
+  interactive `salloc` shell runs alone, as without SLURM.
+- neither: world size 1, no process group.
+gloo on CPU, nccl on CUDA (as open_clip_train).
 """
 from __future__ import annotations
 
@@ -41,6 +47,45 @@ def _env_int(name: str, default: int) -> int:
         raise UserError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
+TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+DEFAULT_MASTER_PORT = 29500
+
+
+@dataclass(frozen=True)
+class SlurmTask:
+    """This process as one rank of an srun job step with several tasks (one task per GPU, no torchrun)."""
+    rank: int
+    local_rank: int
+    world_size: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def init_method(self) -> str:
+        host = f"[{self.master_addr}]" if ":" in self.master_addr else self.master_addr  # an IPv6 address
+        return f"tcp://{host}:{self.master_port}"
+
+
+def slurm_task() -> SlurmTask | None:
+    """The rank srun gave this process, or None: torchrun's variables are set (torchrun decides), SLURM
+    describes no task, or the job step has one task (a one-task job, an `salloc` shell: the run is alone)."""
+    if any(name in os.environ for name in TORCHRUN_VARS) or "SLURM_PROCID" not in os.environ:
+        return None
+    world_size = _env_int("SLURM_NTASKS", 1)
+    if world_size <= 1:
+        return None
+    rank, local_rank = _env_int("SLURM_PROCID", 0), _env_int("SLURM_LOCALID", 0)
+    if not 0 <= rank < world_size:
+        raise UserError(f"SLURM_PROCID={rank} is not a rank of SLURM_NTASKS={world_size} tasks")
+    if not os.environ.get("MASTER_ADDR"):
+        raise UserError(f"this is task {rank} of {world_size} of an srun job step, and its ranks meet at "
+                        f"MASTER_ADDR, which is not set: export MASTER_ADDR=$(scontrol show hostnames "
+                        f"\"$SLURM_JOB_NODELIST\" | head -n 1) before srun (recipes/launch/slurm-srun.sbatch does), "
+                        f"and MASTER_PORT if {DEFAULT_MASTER_PORT} is taken")
+    return SlurmTask(rank, local_rank, world_size, os.environ["MASTER_ADDR"],
+                     _env_int("MASTER_PORT", DEFAULT_MASTER_PORT))
+
+
 def resolve_device(device: str, local_rank: int = 0) -> torch.device:
     """`auto` picks this process's GPU when there is one, else the CPU."""
     if device == "auto":
@@ -55,7 +100,11 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: str = "auto") -> DistEnv:
-    """Join the process group torchrun describes (RANK/WORLD_SIZE/LOCAL_RANK), or run alone."""
+    """Join the process group torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or srun (SLURM_PROCID/SLURM_NTASKS/
+    SLURM_LOCALID) describes, or run alone."""
+    task = slurm_task()
+    if task is not None:
+        return _init_slurm(task, device)
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
@@ -68,6 +117,19 @@ def init_distributed(device: str = "auto") -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
     return DistEnv(rank, local_rank, world_size, dev, backend)
+
+
+def _init_slurm(task: SlurmTask, device: str) -> DistEnv:
+    # --gpus-per-task=1 shows each task only its own GPU (cuda:0); --gpus-per-node shows all of the node's
+    gpu = task.local_rank % max(torch.cuda.device_count(), 1)
+    dev = resolve_device(device, gpu)
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend, init_method=task.init_method, rank=task.rank,
+                                world_size=task.world_size)
+    return DistEnv(task.rank, task.local_rank, task.world_size, dev, backend)
 
 
 def barrier(env: DistEnv) -> None:
