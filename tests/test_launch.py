@@ -1,6 +1,7 @@
 """Paper-scale recipes (recipes/clip/) through `cifd-clip launch`: every printed launch line runs, mistakes in a
 recipe stop it with one sentence, and every recipe's smoke variant runs end to end: as 2 nodes x 1 process on
-localhost through recipes/launch/node.sh, under torchrun with 2 gloo processes for 2 GPUs, and as one process.
+localhost through recipes/launch/node.sh, under torchrun with 2 gloo processes for 2 GPUs, as one process, and
+as 2 srun tasks without torchrun (recipes/launch/slurm-srun.sbatch, srun played by a stand-in script).
 The smoke runs take minutes (every step is a process that imports torch and open_clip): they are marked
 `recipes`, which `make test-recipes` and CI run and `make test` leaves out."""
 from __future__ import annotations
@@ -308,6 +309,61 @@ def test_the_classification_recipes_run_end_to_end(tmp_path_factory, name):
     steps = [s["name"] for s in yaml.safe_load((REPO / f"recipes/classification/{name}.yaml").read_text())["steps"]]
     assert sorted(p.stem for p in (out / "launch").glob("*.done")) == sorted(steps)
     assert json.loads((out / "runs" / "cifd" / "summary.json").read_text())["steps"] == 2
+
+
+SRUN = """#!/usr/bin/env bash
+# srun's stand-in on one machine: the command once per task (SLURM_NTASKS of them) with the task's SLURM_PROCID
+# and SLURM_LOCALID, its output in $SRUN_LOGS/taskN.log; it fails when a task fails
+while [[ $1 == -* ]]; do shift; done
+pids=()
+for ((i = 0; i < SLURM_NTASKS; i++)); do
+    SLURM_PROCID=$i SLURM_LOCALID=$i "$@" > "$SRUN_LOGS/task$i.log" 2>&1 &
+    pids+=($!)
+done
+rc=0
+for pid in "${pids[@]}"; do wait "$pid" || rc=1; done
+exit $rc
+"""
+SRUN_RECIPE = """base: VITS16
+steps:   # the teacher's embeddings, one student (2 ranks each), and the single-process export on rank 0
+  - {name: embed, stage: embed, options: {teacher: "${teacher}", train_data: "${train_data}", out: "${cache}"}}
+  - name: kd
+    stage: distill
+    options: {model: "${student}", loss: distill_clip, cache: "${cache}", train_data: "${train_data}",
+              train_num_samples: "${samples_per_epoch}", logs: "${runs}", name: kd}
+  - {name: export, stage: export, options: {checkpoint: "${runs}/kd/checkpoints/epoch_latest.pt", out: "${out}/kd"}}
+"""
+
+
+@pytest.mark.recipes
+@pytest.mark.xdist_group("srun")
+def test_the_srun_sbatch_script_runs_a_recipe_as_two_tasks_without_torchrun(demo_data_dir, tmp_path):
+    """recipes/launch/slurm-srun.sbatch as a 2-task job on localhost (srun and scontrol played by stand-ins):
+    each task runs `cifd-clip launch --launcher srun`, embed and the student are 2 gloo ranks that meet at the
+    MASTER_ADDR:MASTER_PORT the script exports, from SLURM's variables alone; export runs on rank 0 while rank 1
+    waits for it."""
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, text in (("srun", SRUN), ("scontrol", "#!/usr/bin/env bash\necho localhost\n")):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    recipe = write_recipe(tmp_path, SRUN_RECIPE.replace("VITS16", str(VITS16)))
+    out = tmp_path / "run"
+    env = {k: v for k, v in slurm_env(0, 2).items() if k not in ("SLURM_PROCID", "SLURM_LOCALID")}
+    env.update(PATH=f"{tools}{os.pathsep}{env['PATH']}", SLURM_JOB_NODELIST="localhost", SRUN_LOGS=str(tmp_path),
+               MASTER_PORT=str(free_port()), CIFD_CLIP=f"{sys.executable} -m cifd_clip")
+    job = subprocess.run(["bash", str(REPO / "recipes/launch/slurm-srun.sbatch"), str(recipe), "--smoke-data",
+                          str(demo_data_dir), "--out", str(out)], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=1200)
+    task0, task1 = ((tmp_path / f"task{rank}.log").read_text() for rank in (0, 1))
+    assert job.returncode == 0, job.stderr[-2000:] + task0[-3000:] + task1[-3000:]
+    assert sorted(p.stem for p in (out / "launch").glob("*.done")) == ["embed", "export", "kd"]
+    assert "launcher srun: task 0 of 2" in task0 and "launcher srun: task 1 of 2" in task1
+    assert "cifd-clip distill --config" in task1 and "torchrun" not in task0 + task1
+    assert "rank 1: embedded" in task0 + task1
+    assert "step kd: finishes on rank 0; waiting for" in task1 and "step export: runs on rank 0" in task1
+    assert json.loads((out / "runs" / "kd" / "summary.json").read_text())["world_size"] == 2
+    assert (out / "kd" / "open_clip_config.json").is_file()
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "srun"])
