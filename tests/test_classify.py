@@ -243,6 +243,31 @@ def test_cached_teacher_outputs_are_the_teachers_on_the_replayed_view(shapes):
         assert torch.allclose(logits[0], item["t_logits"], atol=1e-4)
 
 
+def test_a_persistent_worker_draws_each_epochs_views_and_resumes_exactly(tmp_path):
+    """The classification stream's one persistent worker gets the epoch through shared memory: each epoch's
+    random views (and a resumed epoch's) are those of a worker started afresh for that epoch."""
+    from cifd_clip.classify.data import open_set, recipe_for
+    from cifd_clip.classify.loader import ClassificationStream, Views
+    from cifd_clip.classify.shapes import write_shapes_cifar
+
+    write_shapes_cifar(tmp_path, train_samples=24, test_samples=1)
+    data = open_set(f"cifar100:{tmp_path}", "train")
+
+    def stream(persistent):
+        views = Views(data, recipe_for("cifar"), train=True, seed=3)
+        return ClassificationStream(views, batch_size=4, workers=1, seed=3, persistent_workers=persistent)
+
+    def views(s, epoch, skip=0):
+        return [tuple(v) for b in s.iterate(epoch, skip_batches=skip) for v in b["view"].tolist()]
+
+    kept = stream(True)
+    assert kept.dataloader.persistent_workers and not stream(False).dataloader.persistent_workers
+    first, second, resumed = views(kept, 0), views(kept, 1), views(kept, 1, skip=2)
+    assert first != second
+    assert first == views(stream(False), 0) and second == views(stream(False), 1)
+    assert resumed == second[2 * 4:]
+
+
 def test_resume_mid_epoch_reaches_the_same_weights(shapes):
     common = ["--teacher", shapes["teacher"], "--loss", "kd", "--epochs", "2"]
     assert distill(shapes, "full", *common) == 0

@@ -130,3 +130,30 @@ def test_random_augmentations_repeat_exactly_across_runs_and_resume(demo_train_s
     assert all(torch.equal(a, b) for a, b in zip(first, again)) and len(first) == len(again) == 16
     assert all(torch.equal(a, b) for a, b in zip(first[5:], resumed)) and len(resumed) == 11
     assert not torch.equal(first[0][0], first[0][1])
+
+
+def _with_worker_pid(sample):
+    import os
+
+    sample["pid"] = os.getpid()  # batched as a float tensor: which process made the batch
+    return sample
+
+
+def test_a_persistent_worker_follows_the_epoch_and_a_resume_exactly(demo_train_spec, student_transforms):
+    """A persistent worker keeps the copy of the stream it was started with; the epoch and the batches a resume
+    skips reach it through shared memory, so it yields what workers started afresh for each epoch yield."""
+    def fresh(epoch, skip=0):
+        return _keys(_loader(demo_train_spec, student_transforms, workers=1, persistent_workers=False), epoch, skip)
+
+    info = _loader(demo_train_spec, student_transforms, workers=1, sample_stages=[_with_worker_pid])
+    assert info.dataloader.persistent_workers
+    epochs, pids = [], set()
+    for epoch, skip in ((0, 0), (1, 0), (1, 5), (2, 0)):
+        batches = list(info.iterate(epoch, skip_batches=skip))
+        epochs.append([k for b in batches for k in b["key"]])
+        pids |= {int(p) for b in batches for p in b["pid"]}
+    assert len(pids) == 1  # one worker process served every epoch
+    first, second, resumed, third = epochs
+    assert second != first and sorted(second) == sorted(first)
+    assert first == fresh(0) and second == fresh(1) and third == fresh(2)
+    assert resumed == second[5 * 3:] == fresh(1, skip=5)

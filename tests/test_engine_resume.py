@@ -34,6 +34,21 @@ def test_stop_mid_epoch_and_resume_reaches_the_same_weights(demo_train_spec, tmp
         assert torch.equal(full[k], resumed[k]), k
 
 
+@pytest.mark.slow
+def test_persistent_workers_train_what_fresh_workers_train_and_resume_exactly(demo_train_spec, tmp_path):
+    """One loader worker kept from epoch to epoch (the default) against one started afresh each epoch: the same
+    weights after 2 epochs of 6 steps, and after a stop at step 9 (mid-epoch 2) and a resume."""
+    one_worker = ("--workers", "1", "--train-num-samples", "24")
+    assert _train(demo_train_spec, tmp_path, "fresh", *one_worker, "--no-persistent-workers") == 0
+    assert _train(demo_train_spec, tmp_path, "kept", *one_worker) == 0
+    assert _train(demo_train_spec, tmp_path, "cut", *one_worker, "--stop-after-steps", "9") == 0
+    assert _train(demo_train_spec, tmp_path, "cut", *one_worker, "--resume", "latest") == 0
+    fresh = _weights(tmp_path / "fresh")
+    for name in ("kept", "cut"):
+        weights = _weights(tmp_path / name)
+        assert weights.keys() == fresh.keys() and all(torch.equal(fresh[k], weights[k]) for k in fresh), name
+
+
 def test_rerunning_into_a_finished_run_needs_resume(demo_train_spec, tmp_path, capsys):
     assert _train(demo_train_spec, tmp_path, "r", "--epochs", "1") == 0
     assert _train(demo_train_spec, tmp_path, "r", "--epochs", "1") == 1

@@ -3,7 +3,9 @@
 
 Each epoch is a permutation of the set drawn from (seed, epoch); rank r takes every world-size-th batch of
 it, so all ranks yield the same number of batches. A sample's augmentation view is drawn from (seed, epoch,
-index) — the same in any worker and after a resume, which skips batches without decoding them. Batches are
+index) — the same in any worker and after a resume, which skips batches without decoding them. The batch order
+is drawn in the main process; the epoch reaches the workers, persistent ones included, through shared memory
+(`SharedInt`), since a persistent worker keeps the copy of `Views` it was started with. Batches are
 dicts: `image` [B,3,H,W], `label` [B], `index` [B], `view` [B,5]; with an online teacher also
 `teacher_image` (the same view through the teacher's own recipe, e.g. another resolution).
 """
@@ -16,6 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.loader import SharedInt
 from ..errors import DataError
 from .data import PLAIN, ClassificationSet, Recipe, sample_view, view_tensor
 
@@ -34,7 +37,15 @@ class Views(Dataset):
                  teacher_recipe: Optional[Recipe] = None, views_for=None):
         self.data, self.recipe, self.train, self.seed = data, recipe, train, seed
         self.teacher_recipe, self.views_for = teacher_recipe, views_for
-        self.epoch = 0
+        self._epoch = SharedInt(0)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.set(value)
 
     def __len__(self) -> int:
         return len(self.data)
@@ -83,6 +94,7 @@ class ClassificationStream:
     world_size: int = 1
     shuffle: bool = True
     drop_last: bool = True
+    persistent_workers: bool = False  # keep the workers between epochs (the training stages' default)
 
     def __post_init__(self):
         per_step = self.batch_size * self.world_size
@@ -93,6 +105,7 @@ class ClassificationStream:
         self.epoch, self.skip_batches = 0, 0
         self.num_samples = len(self.views)
         self.dataloader = DataLoader(self.views, batch_sampler=_EpochBatches(self), num_workers=self.workers,
+                                     persistent_workers=bool(self.persistent_workers and self.workers),
                                      worker_init_fn=_one_thread if self.workers else None)
 
     def set_epoch(self, epoch: int) -> None:

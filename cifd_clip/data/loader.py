@@ -18,6 +18,11 @@ The R·K workers of the job are "readers"; reader g = rank·K + k.
 - Resampled: each reader draws shards with replacement (seeded by seed, epoch, reader); an epoch is
   just `num_batches` batches per rank (N samples in all), so samples may repeat or be missed.
 
+Workers are persistent by default (started once, at the first epoch; open_clip_train does the same). A worker holds
+the copy of the stream it was started with, so what changes between epochs, the epoch and the batches a resume
+skips, lives in shared memory (`SharedInt`, open_clip_train's SharedEpoch): the main process sets it before an
+epoch's batches are asked for, and each worker reads it once when it starts the epoch.
+
 Bad samples are skipped in the workers and counted by reason; the counts travel back to the main
 process inside each batch (key `__stats__`) and `DataInfo` adds them up and stops the run with a
 DataError when more than `max_bad_fraction` of the samples read are bad.
@@ -25,8 +30,10 @@ DataError when more than `max_bad_fraction` of the samples read are bad.
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
 from dataclasses import dataclass, field
+from multiprocessing.context import get_spawning_popen
 from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -43,6 +50,30 @@ STATS_KEY = "__stats__"
 BASE_FIELDS = ("key", "url", "image", "text")
 # Before this many samples a few bad ones early on must not stop a run; the check is exact at epoch end.
 MIN_SAMPLES_BEFORE_BAD_CHECK = 1000
+
+
+class SharedInt:
+    """An int that the main process sets and loader workers read, persistent ones included (a shared-memory
+    multiprocessing.Value, as open_clip_train's SharedEpoch): a worker's copy of the dataset would otherwise keep
+    the value it was started with. It has no lock, so that it also reaches workers of a spawn or forkserver
+    context: the main process writes it between epochs and a worker reads it once as it starts one. A copy made
+    other than by starting a worker (pickle, deepcopy) is detached: it holds the value, unshared."""
+
+    def __init__(self, value: int = 0):
+        self._shared = multiprocessing.Value("q", int(value), lock=False)
+
+    def get(self) -> int:
+        return int(self._shared.value)
+
+    def set(self, value: int) -> None:
+        self._shared.value = int(value)
+
+    def __getstate__(self):
+        return {"shared": self._shared} if get_spawning_popen() is not None else {"value": self.get()}
+
+    def __setstate__(self, state):
+        shared = state.get("shared")
+        self._shared = shared if shared is not None else multiprocessing.Value("q", state["value"], lock=False)
 
 
 def reader_quota(num_batches: int, workers_per_rank: int, role: int) -> int:
@@ -105,20 +136,36 @@ class ShardStream(IterableDataset):
         self.seed, self.rank, self.world_size, self.resampled = seed, rank, world_size, resampled
         self.image_key, self.text_key, self.caption_json_field = image_key, text_key, caption_json_field
         self.shuffle_buffer = shuffle_buffer
-        self.epoch = 0
-        self.skip_batches = 0  # set by DataInfo.iterate before the workers start
+        # set by DataInfo.iterate before an epoch's batches are asked for; read by each worker as it starts the epoch
+        self._epoch, self._skip_batches = SharedInt(0), SharedInt(0)
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
+    @epoch.setter
+    def epoch(self, value: int) -> None:
+        self._epoch.set(value)
+
+    @property
+    def skip_batches(self) -> int:
+        return self._skip_batches.get()
+
+    @skip_batches.setter
+    def skip_batches(self, value: int) -> None:
+        self._skip_batches.set(value)
 
     def __len__(self) -> int:
         return self.num_batches
 
     # -- which raw samples a reader reads --------------------------------------------------------
-    def _reader_passes(self, reader: int, readers: int, rng: random.Random) -> Iterator[list[str]]:
+    def _reader_passes(self, epoch: int, reader: int, readers: int, rng: random.Random) -> Iterator[list[str]]:
         """Lists of shards, one per pass; samples are shuffled within a pass, never across passes."""
         if self.resampled:
             while True:
                 yield [rng.choice(self.urls) for _ in range(len(self.urls))]
         order = list(self.urls)
-        random.Random(f"shards:{self.seed}:{self.epoch}").shuffle(order)
+        random.Random(f"shards:{self.seed}:{epoch}").shuffle(order)
         mine = order[reader::readers]
         if not mine:
             raise DataError(f"reader {reader} of {readers} got no shard: use at least {readers} shards or --dataset-resampled")
@@ -140,9 +187,9 @@ class ShardStream(IterableDataset):
         rng.shuffle(buffer)
         yield from buffer
 
-    def _decoded(self, reader: int, readers: int, stats: BadSampleStats) -> Iterator[dict]:
-        rng = random.Random(f"reader:{self.seed}:{self.epoch}:{reader}")
-        for again, shards in enumerate(self._reader_passes(reader, readers, rng)):
+    def _decoded(self, epoch: int, reader: int, readers: int, stats: BadSampleStats) -> Iterator[dict]:
+        rng = random.Random(f"reader:{self.seed}:{epoch}:{reader}")
+        for again, shards in enumerate(self._reader_passes(epoch, reader, readers, rng)):
             usable = 0
             for raw in self._shuffled(shards, rng, stats):
                 sample = decode_sample(raw, image_key=self.image_key, text_key=self.text_key,
@@ -156,10 +203,10 @@ class ShardStream(IterableDataset):
                 raise DataError(f"shards {shards[0]} ... ({len(shards)} shards) hold no usable sample: "
                                 f"{stats.summary()}")
 
-    def _prepare(self, sample: dict, reader: int, index: int) -> dict:
+    def _prepare(self, sample: dict, epoch: int, reader: int, index: int) -> dict:
         # Random augmentations draw from RNGs seeded per sample, so a run (and a resumed run, which
         # skips samples without preprocessing them) sees the same crops; the caller's RNG state is kept.
-        sample_seed = hash((self.seed, self.epoch, reader, index)) & 0x7FFF_FFFF_FFFF_FFFF
+        sample_seed = hash((self.seed, epoch, reader, index)) & 0x7FFF_FFFF_FFFF_FFFF
         in_main_process = get_worker_info() is None
         if in_main_process:
             saved = torch.get_rng_state(), random.getstate()
@@ -181,20 +228,21 @@ class ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[dict]:
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
+        epoch, skip_batches = self.epoch, self.skip_batches  # read once: the main process may set the next ones
         # Rotate worker roles so that after skipping k batches, the first worker asked holds batch k.
-        role = (worker + self.skip_batches) % workers
+        role = (worker + skip_batches) % workers
         reader, readers = self.rank * workers + role, self.world_size * workers
         quota = reader_quota(self.num_batches, workers, role)
-        produced = batches_before(self.skip_batches, workers, role)  # skipped batches count toward the quota
+        produced = batches_before(skip_batches, workers, role)  # skipped batches count toward the quota
         skip = produced * self.batch_size
         stats = BadSampleStats()
         pending = []
         if produced >= quota:
             return
-        for index, sample in enumerate(self._decoded(reader, readers, stats)):
+        for index, sample in enumerate(self._decoded(epoch, reader, readers, stats)):
             if index < skip:
                 continue
-            pending.append(self._prepare(sample, reader, index))
+            pending.append(self._prepare(sample, epoch, reader, index))
             if len(pending) == self.batch_size:
                 batch = collate(pending, self.tokenizer, self.teacher_tokenizer)
                 batch[STATS_KEY] = stats.take()
@@ -287,8 +335,10 @@ def make_train_loader(train_data: str, *, preprocess: Callable, tokenizer: Calla
                       sample_stages: Sequence[Callable] = (), image_key: str = DEFAULT_IMAGE_KEY,
                       text_key: str = DEFAULT_TEXT_KEY, caption_json_field: Optional[str] = None,
                       max_bad_fraction: float = 0.05, shuffle_buffer: int = 1000,
-                      pin_memory: bool = False) -> DataInfo:
-    """Build rank `rank`'s training stream over the shards of `train_data` (see module docstring)."""
+                      pin_memory: bool = False, persistent_workers: bool = True) -> DataInfo:
+    """Build rank `rank`'s training stream over the shards of `train_data` (see module docstring).
+    `pin_memory`: page-locked batches (the training stages pass `precision.resolve_pin_memory`'s answer);
+    `persistent_workers`: keep the workers between epochs (no effect with workers=0)."""
     urls = expand_urls(train_data)
     if batch_size < 1 or workers < 0 or world_size < 1 or not 0 <= rank < world_size:
         raise DataError(f"invalid loader sizes: batch_size={batch_size}, workers={workers}, rank={rank}, world_size={world_size}")
@@ -310,6 +360,7 @@ def make_train_loader(train_data: str, *, preprocess: Callable, tokenizer: Calla
                           sample_stages=sample_stages, image_key=image_key, text_key=text_key,
                           caption_json_field=caption_json_field, shuffle_buffer=shuffle_buffer)
     loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=workers, pin_memory=pin_memory,
-                        persistent_workers=False, worker_init_fn=_limit_worker_threads if workers else None)
+                        persistent_workers=bool(persistent_workers and workers),
+                        worker_init_fn=_limit_worker_threads if workers else None)
     return DataInfo(dataloader=loader, dataset=dataset, num_samples=num_samples, num_batches=num_batches,
                     max_bad_fraction=max_bad_fraction)

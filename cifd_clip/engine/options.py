@@ -35,6 +35,8 @@ class LoopOptions:
                                 "when below 1, else a number of steps (open_clip's fixed 10000 exceeds a short "
                                 "run; 0.1 is its share at paper scale)")
     workers: int = option(1, "data-loading worker processes per training process")
+    persistent_workers: bool = option(True, "keep the loader's worker processes from one epoch to the next, as "
+                                            "open_clip_train does (default: on; no effect with --workers 0)")
     precision: str = option("auto", "when auto: amp_bf16 on CUDA (fp16 amp on a GPU without bf16), fp32 on CPU "
                                     "(open_clip's amp is ~10x slower there)", choices=PRECISIONS)
     tf32: bool = option(True, "TF32 tensor cores for fp32 matmuls and convolutions on CUDA (default: on; no effect "
