@@ -80,6 +80,55 @@ def test_defaults_resolve_to_todays_cpu_run_and_to_the_fast_gpu_run():
         cpu.to_dict()
 
 
+def _stage_dataloader(monkeypatch, command, argv):
+    """The DataLoader a training stage builds and hands the loop (the loop itself is not run)."""
+    from cifd_clip.engine import loop
+
+    handed = []
+    monkeypatch.setattr(loop, "fit", lambda module, data, *a, **k: handed.append(data) or {"steps": 0,
+                                                                                         "samples_per_s": 0.0})
+    assert command.run(config_lib.parse(command.Config, argv)) == 0
+    return handed[0].dataloader
+
+
+def test_the_resolved_pin_memory_reaches_the_dataloader_each_stage_builds(demo_train_spec, tmp_path, monkeypatch):
+    """CLIP and classification stages build their DataLoader with --pin-memory as resolved for the run's device (off
+    on this CPU; on with the resolution taking its CUDA branch, unless --no-pin-memory) and persistent workers."""
+    from cifd_clip.classify.shapes import write_shapes_cifar
+    from cifd_clip.commands import cls_train
+    from cifd_clip.engine import precision
+
+    write_shapes_cifar(tmp_path / "cls", train_samples=16, test_samples=4)
+    stages = {"train": (train, ["--model", "tiny-rn-student", "--train-data", demo_train_spec]),
+              "cls-train": (cls_train, ["--model", "cnn2", "--train-data", f"cifar100:{tmp_path / 'cls'}"])}
+    resolve = precision.resolve_pin_memory
+    for device in ("cpu", "cuda"):
+        monkeypatch.setattr(precision, "resolve_pin_memory", lambda cfg, _device: resolve(cfg, device))
+        for name, (command, args) in stages.items():
+            common = [*args, "--workers", "1", "--batch-size", "4", "--logs", str(tmp_path / "runs")]
+            loader = _stage_dataloader(monkeypatch, command, [*common, "--name", f"{name}-{device}"])
+            assert (loader.pin_memory, loader.persistent_workers, loader.num_workers) == (device == "cuda", True, 1)
+            loader = _stage_dataloader(monkeypatch, command, [*common, "--name", f"{name}-{device}-off",
+                                                              "--no-pin-memory", "--no-persistent-workers"])
+            assert (loader.pin_memory, loader.persistent_workers) == (False, False)
+
+
+def test_the_loop_copies_as_the_loader_pins(demo_train_spec, student_transforms):
+    """Pinned batches are copied without blocking; on CPU nothing is pinned, whatever the loader was built with."""
+    from cifd_clip.data.loader import make_train_loader
+    from cifd_clip.engine.loop import _as_the_loader_pins
+
+    cfg = config_lib.parse(TrainingOptions, ["--train-data", "x.tar", "--model", "m"])
+    preprocess, tokenizer = student_transforms
+    for pin in (False, True):
+        data = make_train_loader(demo_train_spec, preprocess=preprocess, tokenizer=tokenizer, batch_size=4, workers=0,
+                                 seed=0, pin_memory=pin)
+        gpu = resolve_speed_settings(cfg, "cuda", convolutional=False, bf16_supported=True)
+        assert _as_the_loader_pins(gpu, data, torch.device("cuda")).pin_memory is pin
+        cpu = resolve_speed_settings(cfg, "cpu", convolutional=False)
+        assert _as_the_loader_pins(cpu, data, torch.device("cpu")).pin_memory is False
+
+
 def test_conv_students_are_told_apart_from_vits():
     assert is_convolutional(open_clip.create_model("tiny-rn-student"))
     assert not is_convolutional(open_clip.create_model("tiny-vit-student"))  # its patch embedding only

@@ -94,6 +94,7 @@ class ClassificationStream:
     world_size: int = 1
     shuffle: bool = True
     drop_last: bool = True
+    pin_memory: bool = False  # the training stages pass precision.resolve_pin_memory's answer
     persistent_workers: bool = False  # keep the workers between epochs (the training stages' default)
 
     def __post_init__(self):
@@ -105,6 +106,7 @@ class ClassificationStream:
         self.epoch, self.skip_batches = 0, 0
         self.num_samples = len(self.views)
         self.dataloader = DataLoader(self.views, batch_sampler=_EpochBatches(self), num_workers=self.workers,
+                                     pin_memory=self.pin_memory,
                                      persistent_workers=bool(self.persistent_workers and self.workers),
                                      worker_init_fn=_one_thread if self.workers else None)
 

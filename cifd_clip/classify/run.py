@@ -26,11 +26,15 @@ def open_splits(cfg) -> tuple[ClassificationSet, Optional[ClassificationSet]]:
 
 
 def make_stream(cfg, train: ClassificationSet, env, *, teacher_recipe=None):
-    """The training stream; its DataLoader keeps its workers per --persistent-workers."""
+    """The training stream; its DataLoader pins batches when --pin-memory resolves to on for the run's device and
+    keeps its workers per --persistent-workers."""
+    from ..engine import precision
+
     recipe = recipe_for(train.kind, cfg.image_size)
     views = Views(train, recipe, train=True, seed=cfg.seed, teacher_recipe=teacher_recipe)
     return ClassificationStream(views, batch_size=cfg.batch_size, workers=cfg.workers, seed=cfg.seed, rank=env.rank,
-                                world_size=env.world_size, persistent_workers=cfg.persistent_workers)
+                                world_size=env.world_size, pin_memory=precision.resolve_pin_memory(cfg, env.device),
+                                persistent_workers=cfg.persistent_workers)
 
 
 def describe(loaded: LoadedClassifier, cfg, train: ClassificationSet) -> dict:

@@ -20,12 +20,15 @@ GPU speed settings (`precision.resolve_speed_settings`, logged in one line when 
 summary.json) are applied here, so every training stage gets them: TF32, the fused optimizer, channels_last
 for a convolutional student and its images, in-place torch.compile of the student's towers (checkpoints are
 written from the uncompiled module tree, so they carry no `_orig_mod.` prefix), open_clip's gradient
-checkpointing, and pinned loader memory, without which the loop's non-blocking copies to the GPU are
-ordinary blocking ones. A step waits for the GPU once, for all its loss terms together.
+checkpointing. Pinned loader memory is the stage's loader's own (session.build_loader and the classification
+stream pass `precision.resolve_pin_memory`'s answer when they build their DataLoader); the loop copies batches
+to the GPU without blocking when the loader pins them. A step waits for the GPU once, for all its loss terms
+together.
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -60,13 +63,14 @@ def seed_everything(seed: int, rank: int = 0, step: int = 0) -> None:
     random.seed(mixed)
 
 
-def to_device(batch: dict, device: torch.device, channels_last: bool = False) -> dict:
-    """Tensors to the device; non-blocking, which overlaps the copy with the GPU's work only when the loader pinned
-    the batch (--pin-memory). With channels_last, image batches (4-d) are converted on the device, after the copy."""
+def to_device(batch: dict, device: torch.device, channels_last: bool = False, non_blocking: bool = True) -> dict:
+    """Tensors to the device; `non_blocking` overlaps the copy with the GPU's work when the loader pinned the batch
+    (--pin-memory; the trainer passes whether it did). With channels_last, image batches (4-d) are converted on the
+    device, after the copy."""
     out = {}
     for k, v in batch.items():
         if isinstance(v, torch.Tensor):
-            v = v.to(device, non_blocking=True)
+            v = v.to(device, non_blocking=non_blocking)
             if channels_last and v.ndim == 4:
                 v = v.contiguous(memory_format=torch.channels_last)
         out[k] = v
@@ -140,10 +144,26 @@ def _first_bad_term(terms: dict) -> Optional[str]:
 
 def _seed_loader(data, seed: int, rank: int, epoch: int) -> None:
     """Give the DataLoader its own generator: starting its iterator then draws the worker seeds from
-    (seed, rank, epoch) instead of the global RNG, which would shift every later draw after a resume."""
+    (seed, rank, epoch) instead of the global RNG, which would shift every later draw after a resume. (Persistent
+    workers draw their seeds once, at their first epoch; the stream re-seeds every sample itself, so the batches do
+    not depend on them.)"""
     loader = getattr(data, "dataloader", None)
     if loader is not None:
         loader.generator = torch.Generator().manual_seed((seed * 1_000_003 + rank * 7_919 + epoch) % (2 ** 63))
+
+
+def _as_the_loader_pins(speed: SpeedSettings, data, device: torch.device) -> SpeedSettings:
+    """The run's pin_memory is what the stage's DataLoader does (it was built with the resolved setting); a loader
+    built otherwise is reported, and the loop copies as that loader pins (non-blocking only from pinned memory)."""
+    loader = getattr(data, "dataloader", None)
+    if loader is None or not hasattr(loader, "pin_memory"):
+        return speed
+    pinned = device.type == "cuda" and bool(loader.pin_memory)
+    if pinned != speed.pin_memory:
+        log.warning("--pin-memory resolved to %s but the loader was built with pin_memory=%s; the run copies as "
+                    "the loader pins", "on" if speed.pin_memory else "off", bool(loader.pin_memory))
+        speed = dataclasses.replace(speed, pin_memory=pinned)
+    return speed
 
 
 def _check_resume_fits(ckpt: dict, steps_per_epoch: int, world_size: int, path) -> None:
@@ -170,6 +190,7 @@ class Trainer:
         student = getattr(module, "student", module)
         self.speed = resolve_speed_settings(cfg, self.device, convolutional=is_convolutional(student),
                                             grad_checkpointing_ok=has_grad_checkpointing(student))
+        self.speed = _as_the_loader_pins(self.speed, data, self.device)
         self.precision = self.speed.precision
         self.accum = cfg.accum_freq
         self.steps_per_epoch = int(data.num_batches) // self.accum
@@ -181,9 +202,6 @@ class Trainer:
         self.compiled = apply_speed_settings(module, self.speed, self.device)
         self.optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps, cfg.optimizer,
                                         cfg.momentum, fused=self.speed.fused_optimizer)
-        loader = getattr(data, "dataloader", None)
-        if self.device.type == "cuda" and hasattr(loader, "pin_memory"):
-            loader.pin_memory = self.speed.pin_memory  # read when each epoch's iterator starts
         self.scheduler = make_schedule(self.optimizer, cfg, self.total_steps, self.steps_per_epoch)
         self.scaler = (torch.amp.GradScaler("cuda") if self.precision == "amp" and self.device.type == "cuda"
                        else None)
@@ -240,7 +258,7 @@ class Trainer:
             except StopIteration:
                 raise DataError(f"the data ran out after {local_step * self.accum + micro} batches of epoch "
                                 f"{epoch}, but {self.data.num_batches} were expected") from None
-            batch = to_device(batch, self.device, self.speed.channels_last)
+            batch = to_device(batch, self.device, self.speed.channels_last, non_blocking=self.speed.pin_memory)
             last = micro == self.accum - 1
             sync = model.no_sync() if self.env.distributed and not last else contextlib.nullcontext()
             with sync:

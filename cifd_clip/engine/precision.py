@@ -106,6 +106,14 @@ def _fused_kernel_on(device: torch.device) -> bool:
     return False
 
 
+def resolve_pin_memory(cfg, device: torch.device | str) -> bool:
+    """--pin-memory (`None`: auto) on this device: on with CUDA unless turned off; always off on CPU, where there is
+    no GPU to copy to. The training stages pass the answer to the loader they build (the DataLoader pins in its own
+    thread as batches arrive) and the loop copies batches without blocking when it is on."""
+    pin = getattr(cfg, "pin_memory", None)
+    return torch.device(device).type == "cuda" and (True if pin is None else bool(pin))
+
+
 def resolve_speed_settings(cfg, device: torch.device | str, *, convolutional: bool, grad_checkpointing_ok: bool = True,
                            bf16_supported: Optional[bool] = None) -> SpeedSettings:
     """The run's settings from the options (`None`: auto) and the device: TF32 and pinned memory need CUDA; the
@@ -134,5 +142,5 @@ def resolve_speed_settings(cfg, device: torch.device | str, *, convolutional: bo
         channels_last=channels_last,
         torchcompile=bool(getattr(cfg, "torchcompile", False)),
         grad_checkpointing=grad_checkpointing,
-        pin_memory=cuda and auto(getattr(cfg, "pin_memory", None), True),
+        pin_memory=resolve_pin_memory(cfg, device),
     )

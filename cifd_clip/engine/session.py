@@ -113,16 +113,18 @@ def make_evaluator(cfg, tower, env: DistEnv) -> Optional[Callable]:
 def build_loader(cfg, tower, env: DistEnv, *, teacher=None, sample_stages: Sequence[Callable] = (),
                  preprocess: Optional[Callable] = None):
     """The training stream; `preprocess` replaces the student's random training transform (distillation
-    passes its deterministic eval transform, so that the student sees the teacher's pixels). Its DataLoader keeps
-    its workers per --persistent-workers."""
+    passes its deterministic eval transform, so that the student sees the teacher's pixels). Its DataLoader pins
+    batches when --pin-memory resolves to on for the run's device and keeps its workers per --persistent-workers."""
     from ..data.loader import make_train_loader
+    from . import precision
     return make_train_loader(
         cfg.train_data, preprocess=preprocess or tower.preprocess_train, tokenizer=tower.tokenizer, batch_size=cfg.batch_size,
         workers=cfg.workers, seed=cfg.seed, rank=env.rank, world_size=env.world_size,
         num_samples=cfg.train_num_samples, resampled=cfg.dataset_resampled,
         teacher_preprocess=teacher.preprocess if teacher is not None else None,
         teacher_tokenizer=teacher.tokenizer if teacher is not None else None, sample_stages=sample_stages,
-        max_bad_fraction=cfg.max_bad_fraction, persistent_workers=cfg.persistent_workers)
+        max_bad_fraction=cfg.max_bad_fraction, pin_memory=precision.resolve_pin_memory(cfg, env.device),
+        persistent_workers=cfg.persistent_workers)
 
 
 def preflight(cfg, env: DistEnv, needed_keys: Sequence[str] = ()) -> None:
