@@ -15,6 +15,16 @@ same runs (train included: each code's ratios are to its own train run) with the
 tree DIR (put first on PYTHONPATH), e.g. a `git archive` of an older commit, to compare code versions in one run.
 `--rdm` adds `cifd_rdm`: distill --loss cifd with a 3-rate RDM family (trained once up front, not counted).
 
+Online distillation next to open_clip_train: `--variants ... online oc_train oc_distill` adds
+  online      cifd-clip distill --loss distill_clip --teacher tiny-rn-teacher --teacher-online (the 1-epoch teacher)
+  oc_train    open_clip_train's main: plain training of the same student on the same shards and settings
+  oc_distill  open_clip_train's main with --distill-model tiny-rn-teacher --distill-pretrained (the same teacher)
+and a second table of per-round wall-time ratios between them (ours ÷ open_clip_train's). open_clip_train runs
+with `--open-clip-python PY`, the Python of an environment where its webdataset loader works (it fails with
+webdataset >= 0.2.111, which this project's environment has: `KeyError: 'fname'`), with our tiny model configs
+registered (open_clip.add_model_config) before its main(); its wall time includes its per-epoch checkpoints, as
+ours does.
+
     .venv/bin/python benchmarks/bench_distill_vs_train.py [--rounds 3] [--epochs 3] [--workers 1]
         [--code before=/tmp/base] [--variants train distill_clip cifd] [--quick]
 
@@ -36,8 +46,16 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
-def run(argv: list[str], env: dict, log: Path) -> dict:
-    cmd = [sys.executable, "-m", "cifd_clip", *argv]
+OPEN_CLIP_RUNNER = """import sys, open_clip
+open_clip.add_model_config(sys.argv[1])
+from open_clip_train.main import main
+main(sys.argv[2:])
+"""
+PAIRS = [("train", "oc_train"), ("online", "oc_distill"), ("online", "train"), ("oc_distill", "oc_train")]
+
+
+def run(argv: list[str], env: dict, log: Path, cmd: list[str] | None = None) -> dict:
+    cmd = [*(cmd or [sys.executable, "-m", "cifd_clip"]), *argv]
     # not from the checkout's root: `python -m` puts the working directory first on sys.path, before PYTHONPATH
     with open(log, "w") as out:
         start = time.perf_counter()
@@ -65,6 +83,8 @@ def main() -> None:
                         help="also run the distill variants with the cifd_clip package of source tree DIR")
     parser.add_argument("--rdm", action="store_true", help="add distill --loss cifd --rdm (the demo's 3 RDMs, at "
                         "train-rdm's default widths, trained up front for 2 epochs and not counted)")
+    parser.add_argument("--open-clip-python", default=sys.executable,
+                        help="the Python that runs open_clip_train for oc_train/oc_distill (see the module doc)")
     parser.add_argument("--workdir", help="keep data, cache and logs here (default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not a measurement")
     parser.add_argument("--output", default=str(RESULTS / "bench_distill_vs_train.json"))
@@ -111,10 +131,24 @@ def main() -> None:
     commands = {"train": ["train", *student],
                 "distill_clip": ["distill", "--loss", "distill_clip", "--cache", str(cache), *student],
                 "cifd": ["distill", "--loss", "cifd", "--cache", str(cache), *student],
-                "cifd_rdm": ["distill", "--loss", "cifd", "--cache", str(cache), "--rdm", str(rdm), *student]}
+                "cifd_rdm": ["distill", "--loss", "cifd", "--cache", str(cache), "--rdm", str(rdm), *student],
+                "online": ["distill", "--loss", "distill_clip", "--teacher", "tiny-rn-teacher", "--teacher-pretrained",
+                           str(teacher), "--teacher-online", *student]}
+    runner = work / "open_clip_train_runner.py"
+    runner.write_text(OPEN_CLIP_RUNNER)
+    configs = Path(__file__).resolve().parents[1] / "cifd_clip" / "model_configs"
+    oc_cmd = [args.open_clip_python, str(runner), str(configs)]
+    oc_student = ["--model", args.student, "--epochs", str(args.epochs), "--lr", "0.002", "--wd", "0.1",
+                  "--train-data", shards, "--train-num-samples", str(info["splits"]["train"]["samples"]),
+                  "--dataset-type", "webdataset", "--batch-size", str(args.batch_size), "--workers", str(args.workers),
+                  "--precision", "fp32", "--seed", "0", "--warmup", "10", "--report-to", ""]
+    oc_commands = {"oc_train": oc_student,
+                   "oc_distill": [*oc_student, "--distill-model", "tiny-rn-teacher", "--distill-pretrained", str(teacher)]}
     if args.rdm and "cifd_rdm" not in args.variants:
         args.variants.append("cifd_rdm")
-    variants = [(v, commands[v], env, "train") for v in args.variants]
+    variants = [(v, commands[v], env, "train") for v in args.variants if v in commands]
+    variants += [(v, oc_commands[v], env, "oc_train" if "oc_train" in args.variants else v) for v in args.variants
+                 if v in oc_commands]
     for spec in args.code:
         name, _, path = spec.partition("=")
         other = dict(env, PYTHONPATH=str(Path(path).resolve()))
@@ -127,9 +161,12 @@ def main() -> None:
     for r in range(args.rounds):
         for i, (name, argv, venv, _) in enumerate(variants):
             run_name = f"r{r}-{i}"
-            res = run([*argv, "--logs", str(work / "runs"), "--name", run_name], venv, logs / f"{run_name}.log")
-            summary = json.loads((work / "runs" / run_name / "summary.json").read_text())
-            res["loop_s"] = summary["wall_time_s"]
+            ours = name not in oc_commands
+            res = run([*argv, "--logs", str(work / "runs"), "--name", run_name], venv, logs / f"{run_name}.log",
+                      None if ours else oc_cmd)
+            # open_clip_train writes no loop time: its row's loop column repeats the wall time
+            res["loop_s"] = (json.loads((work / "runs" / run_name / "summary.json").read_text())["wall_time_s"]
+                             if ours else res["wall_s"])
             rows[name].append(res)
             print(f"round {r} {name:28s} wall {res['wall_s']:6.1f} s  cpu {res['cpu_s']:6.1f} s  loop {res['loop_s']:6.1f} s",
                   flush=True)
@@ -150,10 +187,17 @@ def main() -> None:
     for row in table:
         print(f"{row['variant']:28s} {row['wall_s']:7.1f} {row['wall_s_ratio']:8.3f}x {row['cpu_s']:7.1f} "
               f"{row['cpu_s_ratio']:5.3f}x {row['loop_s']:7.1f} {row['loop_s_ratio']:5.3f}x")
+    pairs = [{"ours": a, "theirs": b, "wall_ratio": statistics.median(x["wall_s"] / y["wall_s"]
+                                                                      for x, y in zip(rows[a], rows[b]))}
+             for a, b in PAIRS if a in rows and b in rows]
+    if pairs:
+        print(f"\n{'pair':32s} {'wall ratio (median per round)':>30s}")
+        for p in pairs:
+            print(f"{p['ours'] + ' / ' + p['theirs']:32s} {p['wall_ratio']:29.3f}x")
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"settings": vars(args), "machine": platform.machine(), "cpus": os.cpu_count(),
-                               "rows": table, "quick": args.quick}, indent=1))
+                               "rows": table, "pairs": pairs, "quick": args.quick}, indent=1))
     print(f"saved {out}")
     if tmp is not None:
         tmp.cleanup()
