@@ -157,3 +157,24 @@ def test_a_persistent_worker_follows_the_epoch_and_a_resume_exactly(demo_train_s
     assert second != first and sorted(second) == sorted(first)
     assert first == fresh(0) and second == fresh(1) and third == fresh(2)
     assert resumed == second[5 * 3:] == fresh(1, skip=5)
+
+
+class _EpochStamp:
+    """A sample stage that knows the epoch (as the embedding cache's join does, to draw a cached view per epoch)."""
+
+    def __init__(self):
+        self.epoch = -1
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __call__(self, sample):
+        sample["stamp"] = self.epoch
+        return sample
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_sample_stages_get_each_epoch_in_the_process_that_runs_them(demo_train_spec, student_transforms, workers):
+    info = _loader(demo_train_spec, student_transforms, workers=workers, sample_stages=[_EpochStamp()])
+    for epoch in (0, 1, 2):
+        assert {int(s) for b in info.iterate(epoch, skip_batches=epoch) for s in b["stamp"]} == {epoch}

@@ -21,7 +21,8 @@ The R·K workers of the job are "readers"; reader g = rank·K + k.
 Workers are persistent by default (started once, at the first epoch; open_clip_train does the same). A worker holds
 the copy of the stream it was started with, so what changes between epochs, the epoch and the batches a resume
 skips, lives in shared memory (`SharedInt`, open_clip_train's SharedEpoch): the main process sets it before an
-epoch's batches are asked for, and each worker reads it once when it starts the epoch.
+epoch's batches are asked for, and each worker reads it once when it starts the epoch. Sample stages with a
+`set_epoch` method (the embedding cache's join) get the epoch there, in the worker that runs them.
 
 Bad samples are skipped in the workers and counted by reason; the counts travel back to the main
 process inside each batch (key `__stats__`) and `DataInfo` adds them up and stops the run with a
@@ -229,6 +230,9 @@ class ShardStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info is not None else (1, 0)
         epoch, skip_batches = self.epoch, self.skip_batches  # read once: the main process may set the next ones
+        for stage in self.sample_stages:
+            if hasattr(stage, "set_epoch"):  # e.g. the embedding cache's join, which draws a cached view per epoch
+                stage.set_epoch(epoch)
         # Rotate worker roles so that after skipping k batches, the first worker asked holds batch k.
         role = (worker + skip_batches) % workers
         reader, readers = self.rank * workers + role, self.world_size * workers

@@ -367,10 +367,11 @@ class CacheJoin:
 
     Adds `t_image_emb` [D_img] and `t_text_emb` [D_txt] (float32 numpy) and `paug` [5] (the chosen view's
     crop box + flip, float32). With `view="random"` one of the K cached views is drawn per sample from
-    (seed, epoch, key) — call `set_epoch` between epochs; `view=None` means random when K > 1, else the
-    plain image. When `replay=True` the sample's PIL image is replaced by that view (crop + flip); the
-    student's preprocess after this stage must then be deterministic (resize, centre crop, normalise, as
-    the teacher's was) so that it sees the pixels the teacher saw.
+    (seed, epoch, key) — the training stream calls `set_epoch` at each epoch, in the worker that runs the
+    stage; `view=None` means random when K > 1, else the plain image. When `replay=True` the sample's PIL
+    image is replaced by that view (crop + flip); the student's preprocess after this stage must then be
+    deterministic (resize, centre crop, normalise, as the teacher's was) so that it sees the pixels the
+    teacher saw.
 
     The sibling shard of the sample's source shard is loaded on first use; recently used shards are kept
     while they fit in `max_bytes_in_memory` (the loader's shuffle buffer interleaves several shards).
