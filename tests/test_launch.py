@@ -121,7 +121,8 @@ def slurm_env(rank: int, tasks: int, port: int | None = None, **extra) -> dict:
     """A task's environment as srun sets it (no torchrun variables); MASTER_ADDR only with a port."""
     env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR",
                                                        "MASTER_PORT") and not k.startswith("SLURM_")}
-    env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(tasks), SLURM_LOCALID=str(rank), SLURM_JOB_ID="7", **extra)
+    env.update(SLURM_PROCID=str(rank), SLURM_NTASKS=str(tasks), SLURM_STEP_NUM_TASKS=str(tasks),
+               SLURM_LOCALID=str(rank), SLURM_JOB_ID="7", **extra)
     if port:
         env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     return env
@@ -167,13 +168,16 @@ def test_an_srun_task_without_master_addr_stops_with_one_sentence(monkeypatch, c
     assert len(err.splitlines()) == 1 and "MASTER_ADDR, which is not set: export MASTER_ADDR" in err, err
 
 
-@pytest.mark.parametrize("slurm", [{"SLURM_PROCID": "0", "SLURM_NTASKS": "1"}, {"SLURM_PROCID": "0"},
-                                   {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"},
-                                   {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "RANK": "0", "WORLD_SIZE": "1"}],
-                         ids=["one-task-step", "no-task-count", "salloc-shell", "torchrun-vars-first"])
+@pytest.mark.parametrize("slurm", [{"SLURM_PROCID": "0", "SLURM_NTASKS": "1", "SLURM_STEP_NUM_TASKS": "1"},
+                                   {"SLURM_PROCID": "0"}, {"SLURM_JOB_ID": "7", "SLURM_NTASKS": "4"},
+                                   {"SLURM_JOB_ID": "7", "SLURM_PROCID": "0", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"},
+                                   {"SLURM_PROCID": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "RANK": "0",
+                                    "WORLD_SIZE": "1"}],
+                         ids=["one-task-step", "no-task-count", "salloc-shell", "batch-script", "torchrun-vars-first"])
 def test_a_single_slurm_task_runs_alone(monkeypatch, slurm):
-    """A one-task job, an salloc shell (no SLURM_PROCID there), and a process the runner starts as one process
-    inside a task of a larger step (RANK=0 WORLD_SIZE=1): world size 1, no process group, no MASTER_ADDR needed."""
+    """A one-task job, an salloc shell (no SLURM_PROCID there), the batch script of a several-task job (SLURM_PROCID=0
+    and the job's SLURM_NTASKS, but no srun step), and a process the runner starts as one process inside a task of a
+    larger step (RANK=0 WORLD_SIZE=1): world size 1, no process group, no MASTER_ADDR needed."""
     from cifd_clip.engine.distributed import init_distributed
 
     for key in [*os.environ]:
@@ -317,7 +321,7 @@ SRUN = """#!/usr/bin/env bash
 while [[ $1 == -* ]]; do shift; done
 pids=()
 for ((i = 0; i < SLURM_NTASKS; i++)); do
-    SLURM_PROCID=$i SLURM_LOCALID=$i "$@" > "$SRUN_LOGS/task$i.log" 2>&1 &
+    SLURM_PROCID=$i SLURM_LOCALID=$i SLURM_STEP_NUM_TASKS=$SLURM_NTASKS "$@" > "$SRUN_LOGS/task$i.log" 2>&1 &
     pids+=($!)
 done
 rc=0

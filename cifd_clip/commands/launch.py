@@ -44,7 +44,7 @@ class Config:
     rdzv_id: str = option("cifd-clip", "rendezvous id prefix (each step appends its name)")
     launcher: str = option("torchrun", "torchrun: this command runs once per node and starts each step under "
                                        "torchrun; srun: it runs once per srun task (one per GPU) and each task runs "
-                                       "every step as one rank, from SLURM_PROCID/SLURM_NTASKS (default: torchrun)",
+                                       "every step as one rank, from SLURM_PROCID/SLURM_STEP_NUM_TASKS (default: torchrun)",
                            choices=["torchrun", "srun"])
     print_only: bool = option(False, "print each step's launch line and run nothing (the step config files the "
                                      "lines read are written to OUT/launch/)")
@@ -56,7 +56,7 @@ class Config:
         if self.launcher == "srun" and (self.nproc_per_node, self.nnodes, self.node_rank, self.rdzv_endpoint) != \
                 (1, 1, None, None):
             raise ConfigError("--launcher srun takes the layout from srun's tasks (one per GPU; rank SLURM_PROCID of "
-                              "SLURM_NTASKS), so it goes without --nproc-per-node, --nnodes, --node-rank and "
+                              "SLURM_STEP_NUM_TASKS), so it goes without --nproc-per-node, --nnodes, --node-rank and "
                               "--rdzv-endpoint")
 
 

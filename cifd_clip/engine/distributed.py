@@ -2,10 +2,11 @@
 
 `init_distributed()` works the same with or without a launcher:
 - torchrun: RANK, WORLD_SIZE, LOCAL_RANK (and MASTER_ADDR/MASTER_PORT) from torchrun; unchanged whenever they are set.
-- srun with one task per GPU, no torchrun (as open_clip_train documents): SLURM_PROCID, SLURM_NTASKS and
-  SLURM_LOCALID give the rank, world size and local rank; MASTER_ADDR (the job's first host) must be
-  exported, MASTER_PORT defaults to 29500. Only a job step of several tasks counts: a one-task job or an
-  interactive `salloc` shell runs alone, as without SLURM.
+- srun with one task per GPU, no torchrun (as open_clip_train documents): SLURM_PROCID, SLURM_STEP_NUM_TASKS
+  and SLURM_LOCALID give the rank, world size and local rank; MASTER_ADDR (the job's first host) must be
+  exported, MASTER_PORT defaults to 29500. Only a job step of several tasks counts (srun sets
+  SLURM_STEP_NUM_TASKS): a one-task job, an interactive `salloc` shell, or the batch script itself (where
+  SLURM_NTASKS and SLURM_PROCID=0 are set too, but no other rank will ever start) runs alone, as without SLURM.
 - neither: world size 1, no process group.
 gloo on CPU, nccl on CUDA (as open_clip_train).
 """
@@ -71,12 +72,14 @@ def slurm_task() -> SlurmTask | None:
     describes no task, or the job step has one task (a one-task job, an `salloc` shell: the run is alone)."""
     if any(name in os.environ for name in TORCHRUN_VARS) or "SLURM_PROCID" not in os.environ:
         return None
-    world_size = _env_int("SLURM_NTASKS", 1)
+    # the job step's task count, which only srun sets: the batch script also has SLURM_NTASKS (the job's) and
+    # SLURM_PROCID=0, and a group formed there would wait for ranks that never start
+    world_size = _env_int("SLURM_STEP_NUM_TASKS", 1)
     if world_size <= 1:
         return None
     rank, local_rank = _env_int("SLURM_PROCID", 0), _env_int("SLURM_LOCALID", 0)
     if not 0 <= rank < world_size:
-        raise UserError(f"SLURM_PROCID={rank} is not a rank of SLURM_NTASKS={world_size} tasks")
+        raise UserError(f"SLURM_PROCID={rank} is not a rank of SLURM_STEP_NUM_TASKS={world_size} tasks")
     if not os.environ.get("MASTER_ADDR"):
         raise UserError(f"this is task {rank} of {world_size} of an srun job step, and its ranks meet at "
                         f"MASTER_ADDR, which is not set: export MASTER_ADDR=$(scontrol show hostnames "
@@ -100,7 +103,7 @@ def resolve_device(device: str, local_rank: int = 0) -> torch.device:
 
 
 def init_distributed(device: str = "auto") -> DistEnv:
-    """Join the process group torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or srun (SLURM_PROCID/SLURM_NTASKS/
+    """Join the process group torchrun (RANK/WORLD_SIZE/LOCAL_RANK) or srun (SLURM_PROCID/SLURM_STEP_NUM_TASKS/
     SLURM_LOCALID) describes, or run alone."""
     task = slurm_task()
     if task is not None:
