@@ -103,7 +103,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=2000)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=1, help="embed's loader workers")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1],
+                        help="embed's loader workers, one embed run each (0 is embed's default on CPU)")
     parser.add_argument("--rounds", type=int, default=3, help="baseline and embed runs, taking turns")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--teacher", default="tiny-vit-teacher")
@@ -119,10 +120,12 @@ def main() -> None:
             runs.setdefault("baseline (teacher forward, no cache)", []).append(
                 baseline_forward(spec, args.teacher, args.batch_size))
             for k in (1, 4):
-                total, loop, meta = embed_throughput(spec, args.teacher, work / f"cache{k}", k, args.batch_size,
-                                                     args.threads, args.workers)
-                runs.setdefault(f"embed K={k}, end to end", []).append(total)
-                runs.setdefault(f"embed K={k}, loop", []).append(loop)
+                for w in args.workers:
+                    total, loop, meta = embed_throughput(spec, args.teacher, work / f"cache{k}", k, args.batch_size,
+                                                         args.threads, w)
+                    runs.setdefault(f"embed K={k} {w} workers, end to end", []).append(total)
+                    runs.setdefault(f"embed K={k} {w} workers, loop", []).append(loop)
+            torch.set_num_threads(args.threads)  # embed --threads set this process's count; the baseline keeps its own
         base_runs = runs["baseline (teacher forward, no cache)"]
         rows = {name: statistics.median(v) for name, v in runs.items()}
         ratios = {name: statistics.median(x / b for x, b in zip(v, base_runs)) for name, v in runs.items()}
@@ -130,7 +133,7 @@ def main() -> None:
         base = rows["baseline (teacher forward, no cache)"]
         ratios["read cache (iter_cached_embeddings)"] = rows["read cache (iter_cached_embeddings)"] / base
         print(f"\nthroughput, {args.teacher}, {args.samples} samples, {args.threads} threads, embed with {args.workers} "
-              f"loader worker(s), CPU; medians of {args.rounds} rounds; ratio = median of per-round ratios to the baseline")
+              f"loader workers, CPU; medians of {args.rounds} rounds; ratio = median of per-round ratios to the baseline")
         print(f"{'':40s} {'samples/s':>12s} {'ratio':>8s}")
         for name, value in rows.items():
             print(f"{name:40s} {value:12.1f} {ratios[name]:8.2f}")

@@ -35,7 +35,9 @@ class Config:
     dtype: str = option("float16", "storage type of the embeddings", choices=["float16", "float32"])
     normalize: bool = option(True, "store L2-normalised embeddings (what CLIP compares and CIFD distils)")
     batch_size: int = option(64, "samples per teacher forward pass (each with --augmentations views)")
-    workers: int = option(1, "data-loading worker processes per rank (decode + preprocess)")
+    workers: Optional[int] = option(None, "data-loading worker processes per rank (decode + preprocess); default: 0 on "
+                                          "CPU, where a worker takes cores from the teacher's forward (slower: "
+                                          "benchmarks/README.md), 4 on a GPU")
     precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto", choices=["auto", "fp32", "amp", "amp_bf16"])
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     threads: Optional[int] = option(None, "CPU threads per rank for the teacher (default: torch's choice)")
@@ -49,7 +51,7 @@ class Config:
             raise ConfigError(f"--augmentations must be at least 1, got {self.augmentations}")
         if self.batch_size < 1:
             raise ConfigError(f"--batch-size must be at least 1, got {self.batch_size}")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ConfigError(f"--workers must not be negative, got {self.workers}")
         if len(self.aug_scale) != 2 or not 0 < self.aug_scale[0] <= self.aug_scale[1] <= 1:
             raise ConfigError(f"--aug-scale must be two numbers 0 < low <= high <= 1, got {self.aug_scale}")

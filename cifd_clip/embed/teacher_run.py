@@ -286,6 +286,18 @@ class _Embedder:
         return [(it, img[i], txt[i]) for i, it in enumerate(items)]
 
 
+GPU_WORKERS = 4
+
+
+def embed_workers(workers: Optional[int], device: torch.device) -> int:
+    """--workers, or its default: on a GPU, loader workers decode while the teacher runs; on a CPU they take cores
+    from the teacher's own threads, and decoding in the main process is faster (bench_embed: 0.91x the bare
+    forward with 0 workers, 0.85x with 1, on 2 cores)."""
+    if workers is not None:
+        return workers
+    return GPU_WORKERS if device.type == "cuda" else 0
+
+
 def embed_shards(cfg) -> Optional[str]:
     """Embed this rank's unfinished shards; rank 0 then writes cache.json. Returns rank 0's summary line."""
     from tqdm import tqdm
@@ -335,7 +347,7 @@ def embed_shards(cfg) -> Optional[str]:
         for stale in out.glob(f"{cache_lib.sibling_name(u)}{cache_lib.TMP_MARK}*"):
             stale.unlink()
 
-    workers = min(cfg.workers, len(todo))
+    workers = min(embed_workers(cfg.workers, env.device), len(todo))
     loader = torch.utils.data.DataLoader(
         ShardInputs(todo, teacher.preprocess, teacher.tokenizer, augment),
         batch_size=None, num_workers=workers, pin_memory=env.device.type == "cuda")
@@ -411,7 +423,7 @@ def embed_shards(cfg) -> Optional[str]:
         if zeroshot_set is not None:
             payload = rdm_zeroshot.embed_zeroshot_set(
                 teacher, cfg.zeroshot_dataset, cfg.zeroshot_root, settings=settings, batch_size=cfg.batch_size,
-                workers=cfg.workers, device=env.device, autocast=lambda: autocast(precision, env.device),
+                workers=embed_workers(cfg.workers, env.device), device=env.device, autocast=lambda: autocast(precision, env.device),
                 built=zeroshot_set)
             rdm_zeroshot.write_zeroshot_eval(zeroshot_path, payload)
             summary += (f"; zero-shot set {cfg.zeroshot_root}: {len(payload['labels'])} images, "
