@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..data.loader import SharedInt
+from ..data.loader import SharedInt, shared_int_property
 from ..errors import DataError
 from .data import PLAIN, ClassificationSet, Recipe, sample_view, view_tensor
 
@@ -39,13 +39,7 @@ class Views(Dataset):
         self.teacher_recipe, self.views_for = teacher_recipe, views_for
         self._epoch = SharedInt(0)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._epoch.set(value)
+    epoch = shared_int_property("_epoch")
 
     def __len__(self) -> int:
         return len(self.data)

@@ -77,6 +77,11 @@ class SharedInt:
         self._shared = shared if shared is not None else multiprocessing.Value("q", state["value"], lock=False)
 
 
+def shared_int_property(attr: str) -> property:
+    """A plain int attribute backed by the `SharedInt` in `attr`: set in the main process, read by the workers."""
+    return property(lambda self: getattr(self, attr).get(), lambda self, value: getattr(self, attr).set(value))
+
+
 def reader_quota(num_batches: int, workers_per_rank: int, role: int) -> int:
     """Batches that worker `role` of a rank produces: the rank's batches role, role+K, ..."""
     return num_batches // workers_per_rank + (1 if role < num_batches % workers_per_rank else 0)
@@ -140,21 +145,8 @@ class ShardStream(IterableDataset):
         # set by DataInfo.iterate before an epoch's batches are asked for; read by each worker as it starts the epoch
         self._epoch, self._skip_batches = SharedInt(0), SharedInt(0)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch.get()
-
-    @epoch.setter
-    def epoch(self, value: int) -> None:
-        self._epoch.set(value)
-
-    @property
-    def skip_batches(self) -> int:
-        return self._skip_batches.get()
-
-    @skip_batches.setter
-    def skip_batches(self, value: int) -> None:
-        self._skip_batches.set(value)
+    epoch = shared_int_property("_epoch")
+    skip_batches = shared_int_property("_skip_batches")
 
     def __len__(self) -> int:
         return self.num_batches
