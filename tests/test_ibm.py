@@ -102,11 +102,12 @@ def test_wrong_width_is_one_sentence():
 
 def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_per_image_text_pair():
     torch.manual_seed(0)
-    for student, target in ((4, 30), (30, 4), (6, 10)):  # the low-rank path (3k < n) both ways, and the direct one
+    # the low-rank path (3k < n) both ways, with a generator far below and near norm 1, and the direct path
+    for student, target, size in ((4, 30, 0.3), (4, 30, 1e-3), (30, 4, 0.3), (6, 10, 0.3)):
         decoder = IsometricDecoder(student, target)
         original = decoder.map.parametrizations.weight.original
         with torch.no_grad():
-            original.add_(0.3 * torch.randn_like(original))
+            original.add_(size * torch.randn_like(original))
         assert torch.allclose(decoder.weight(), decoder.map.weight, atol=1e-5)
         x, g = torch.randn(5, student), torch.randn(5, target)
         (decoder.scale * torch.nn.functional.linear(x, decoder.map.weight) * g).sum().backward()
