@@ -102,12 +102,16 @@ def test_wrong_width_is_one_sentence():
 
 def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_per_image_text_pair():
     torch.manual_seed(0)
-    # the low-rank path (3k < n) both ways, with a generator far below and near norm 1, and the direct path
-    for student, target, size in ((4, 30, 0.3), (4, 30, 1e-3), (30, 4, 0.3), (6, 10, 0.3)):
+    # the low-rank path (3k < n) both ways, also with a generator far below norm 1 (the rescaled block's other
+    # regime: `original` starts near norm 1), and the direct path
+    for student, target, small in ((4, 30, False), (4, 30, True), (30, 4, False), (6, 10, False)):
         decoder = IsometricDecoder(student, target)
         original = decoder.map.parametrizations.weight.original
         with torch.no_grad():
-            original.add_(size * torch.randn_like(original))
+            if small:
+                original.copy_(1e-3 * torch.randn_like(original))
+            else:
+                original.add_(0.3 * torch.randn_like(original))
         assert torch.allclose(decoder.weight(), decoder.map.weight, atol=1e-5)
         x, g = torch.randn(5, student), torch.randn(5, target)
         (decoder.scale * torch.nn.functional.linear(x, decoder.map.weight) * g).sum().backward()
