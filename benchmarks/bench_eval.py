@@ -42,7 +42,8 @@ def clip_benchmark_eval(spec, dataset, root, task, args, output: Path) -> dict:
 def ours_eval(tower, dataset, root, task, args) -> dict:
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
     return evaluate_model_on_dataset(tower, dataset, root, task, batch_size=args.batch_size, workers=args.workers,
-                                     device=args.device, amp=args.amp, show_progress=False)["metrics"]
+                                     device=args.device, precision="amp" if args.amp else "fp32",
+                                     show_progress=False)["metrics"]
 
 
 def timed(fn, repeats):
