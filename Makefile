@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= demo_out
 
-.PHONY: setup demo test test-fast test-recipes bench clean
+.PHONY: setup demo test test-fast test-recipes test-study bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,15 +24,19 @@ demo: setup
 PYTEST := $(PY) -m pytest -q -n 2 --dist loadfile --durations=15
 
 test: setup
-	$(PYTEST) -m "not recipes"
+	$(PYTEST) -m "not recipes and not study"
 
 test-fast: setup
-	$(PYTEST) -m "not slow and not recipes"
+	$(PYTEST) -m "not slow and not recipes and not study"
 
 # Every paper recipe's smoke run, end to end through its launchers (several minutes; CI runs it after `test`).
 # The three ViT-L-14 recipes share a teacher cache, so they stay on one worker (xdist_group).
 test-recipes: setup
 	$(PY) -m pytest -q -n 2 --dist loadgroup --durations=10 -m recipes tests/test_launch.py
+
+# The study script end to end at quick sizes (it starts a dozen stage processes; CI runs it after `test`).
+test-study: setup
+	$(PY) -m pytest -q --durations=5 -m study tests/test_study.py
 
 bench: setup
 	$(PY) benchmarks/run_all.py

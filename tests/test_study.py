@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.study
 def test_quick_study_runs_every_command_and_reports_each_run(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "studies" / "clip_cifd.py"), "--out", str(tmp_path),
                              "--quick", "--jobs", "1"], capture_output=True, text=True, timeout=900)
