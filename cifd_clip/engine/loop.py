@@ -153,17 +153,12 @@ def _seed_loader(data, seed: int, rank: int, epoch: int) -> None:
 
 
 def _as_the_loader_pins(speed: SpeedSettings, data, device: torch.device) -> SpeedSettings:
-    """The run's pin_memory is what the stage's DataLoader does (it was built with the resolved setting); a loader
-    built otherwise is reported, and the loop copies as that loader pins (non-blocking only from pinned memory)."""
+    """The run's pin_memory is what the stage's DataLoader does (built with `precision.resolve_pin_memory`'s
+    answer): the loop copies batches without blocking only from pinned memory."""
     loader = getattr(data, "dataloader", None)
     if loader is None or not hasattr(loader, "pin_memory"):
         return speed
-    pinned = device.type == "cuda" and bool(loader.pin_memory)
-    if pinned != speed.pin_memory:
-        log.warning("--pin-memory resolved to %s but the loader was built with pin_memory=%s; the run copies as "
-                    "the loader pins", "on" if speed.pin_memory else "off", bool(loader.pin_memory))
-        speed = dataclasses.replace(speed, pin_memory=pinned)
-    return speed
+    return dataclasses.replace(speed, pin_memory=device.type == "cuda" and bool(loader.pin_memory))
 
 
 def _check_resume_fits(ckpt: dict, steps_per_epoch: int, world_size: int, path) -> None:
