@@ -59,7 +59,7 @@ def test_defaults_resolve_to_todays_cpu_run_and_to_the_fast_gpu_run():
     cpu = resolve_speed_settings(cfg, "cpu", convolutional=True)
     assert cpu.to_dict() == dict(precision="fp32", tf32=False, fused_optimizer=False, channels_last=False,
                                  torchcompile=False, grad_checkpointing=False, pin_memory=False)
-    assert cpu.describe() == ("precision fp32, tf32 off, unfused AdamW, channels_last off, compile off, "
+    assert cpu.describe() == ("precision fp32, tf32 off, multi-tensor AdamW, channels_last off, compile off, "
                               "grad checkpointing off, pin memory off")
     # CUDA is only a device name here: resolving touches no GPU
     gpu = resolve_speed_settings(cfg, "cuda:0", convolutional=True, bf16_supported=True)
@@ -153,7 +153,7 @@ def test_cpu_run_with_defaults_logs_its_settings_and_pins_nothing(demo_train_spe
                                                       ("tf32", "fused_optimizer", "channels_last", "torchcompile",
                                                        "grad_checkpointing", "pin_memory"))
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("precision ")]
-    assert lines == ["precision fp32, tf32 off, unfused AdamW, channels_last off, compile off, grad checkpointing "
+    assert lines == ["precision fp32, tf32 off, multi-tensor AdamW, channels_last off, compile off, grad checkpointing "
                      "off, pin memory off"]
 
 
@@ -220,8 +220,29 @@ def test_resumed_optimizer_keeps_this_runs_fused_setting():
     for key, value in model.state_dict().items():
         assert torch.allclose(value, expected[key], rtol=1e-5, atol=1e-7), key
     set_fused(fused, False)
-    assert not any(g["fused"] for g in fused.param_groups)
+    assert not any(g["fused"] for g in fused.param_groups) and all(g["foreach"] for g in fused.param_groups)
     step(fused)
+
+
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_the_unfused_optimizer_is_torchs_multi_tensor_one_with_the_per_tensor_loops_results(kind):
+    """On the CPU torch's default is a Python loop over the tensors; make_optimizer asks for the multi-tensor
+    update, which must not move a single bit of a run's weights (the demo's and the studies' numbers)."""
+    results = []
+    for foreach in (False, True):
+        torch.manual_seed(0)
+        model = open_clip.create_model("tiny-vit-student")
+        opt = make_optimizer(model, lr=1e-3, kind=kind)
+        assert all(g["foreach"] for g in opt.param_groups)
+        for group in opt.param_groups:
+            group["foreach"] = foreach
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            for p in model.parameters():
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        results.append([p.detach().clone() for p in model.parameters()])
+    assert all(torch.equal(a, b) for a, b in zip(*results))
 
 
 def test_compiling_in_place_keeps_the_state_dict_keys():

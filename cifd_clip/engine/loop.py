@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import config as config_lib
 from ..errors import DataError, UserError
 from ..outputs import check_free_space
 from . import checkpoint as ckpt_lib
@@ -366,6 +367,8 @@ class Trainer:
         self.resume()
         if self.env.is_main:
             self.check_disk_space()
+            # only now: a refused resume leaves the run's config.yaml as it was
+            config_lib.save(self.cfg, self.run_dir / "config.yaml")
         model = wrap_ddp(self.module, self.env, self.find_unused_parameters)
         self.writer = ckpt_lib.CheckpointWriter(self.run_dir)
         self.metrics = MetricsLog(self.run_dir, self.env.is_main)

@@ -87,7 +87,7 @@ class SpeedSettings:
             return "on" if flag else "off"
 
         name = {"adamw": "AdamW", "sgd": "SGD"}.get(optimizer, optimizer)
-        return (f"precision {self.precision}, tf32 {on(self.tf32)}, {'fused' if self.fused_optimizer else 'unfused'} "
+        return (f"precision {self.precision}, tf32 {on(self.tf32)}, {'fused' if self.fused_optimizer else 'multi-tensor'} "
                 f"{name}, channels_last {on(self.channels_last)}, compile {on(self.torchcompile)}, grad checkpointing "
                 f"{on(self.grad_checkpointing)}, pin memory {on(self.pin_memory)}")
 
@@ -102,7 +102,7 @@ def _fused_kernel_on(device: torch.device) -> bool:
         return device.type == "cuda"
     if device.type in _get_fused_kernels_supported_devices():
         return True
-    log.info("--fused-optimizer: torch has no fused optimizer kernel for %s; the optimizer runs unfused", device)
+    log.info("--fused-optimizer: torch has no fused optimizer kernel for %s; the optimizer runs its multi-tensor update", device)
     return False
 
 

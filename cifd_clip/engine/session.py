@@ -35,7 +35,7 @@ def default_run_name(model: str) -> str:
 
 def start_run(cfg) -> tuple[DistEnv, Path]:
     """Join the process group, pick <logs>/<name>/ (refusing to overwrite a run or to share it with a run still
-    going), check the run's other inputs, and save config.yaml there."""
+    going) and check the run's other inputs."""
     check_folder_target(cfg.logs, "--logs")
     check_eval_sets(cfg)
     env = init_distributed(cfg.device)
@@ -54,12 +54,6 @@ def start_run(cfg) -> tuple[DistEnv, Path]:
         if torch.get_num_threads() > 1 and env.device.type == "cpu" and env.world_size > 1:
             log.info("%d CPU threads per process", torch.get_num_threads())
     return env, run_dir
-
-
-def save_config(cfg, run_dir: Path, env: DistEnv) -> None:
-    """config.yaml, written once the run's inputs have been checked and training is about to start."""
-    if env.is_main:
-        config_lib.save(cfg, run_dir / "config.yaml")
 
 
 def check_eval_sets(cfg) -> None:
@@ -146,8 +140,8 @@ class TrainingPlan:
 
 
 def run_training(cfg, prepare: Callable[[DistEnv, Path], Optional[TrainingPlan]]) -> int:
-    """Every training stage: start the run, `prepare` its plan (None: nothing to train, e.g. --dry-run), save the
-    config, train, and leave the process group whatever happens."""
+    """Every training stage: start the run, `prepare` its plan (None: nothing to train, e.g. --dry-run), train
+    (the loop saves config.yaml once a resume has been checked), and leave the process group whatever happens."""
     from .distributed import cleanup
     from .loop import fit
 
@@ -156,7 +150,6 @@ def run_training(cfg, prepare: Callable[[DistEnv, Path], Optional[TrainingPlan]]
         plan = prepare(env, run_dir)
         if plan is None:
             return 0
-        save_config(cfg, run_dir, env)
         summary = fit(plan.module, plan.data, cfg, env, run_dir, describe=plan.describe, evaluate=plan.evaluate,
                       find_unused_parameters=getattr(plan.module, "find_unused_parameters", False),
                       summary_extra=plan.summary_extra)
