@@ -370,6 +370,25 @@ def test_the_srun_sbatch_script_runs_a_recipe_as_two_tasks_without_torchrun(demo
     assert (out / "kd" / "open_clip_config.json").is_file()
 
 
+@pytest.mark.parametrize("script, variable", [("slurm.sbatch", "RDZV_ENDPOINT"), ("slurm-srun.sbatch", "MASTER_PORT")])
+def test_two_slurm_jobs_on_one_first_host_meet_at_ports_of_their_own(tmp_path, script, variable):
+    tools = tmp_path / "bin"
+    tools.mkdir()
+    for name, text in (("srun", f"#!/usr/bin/env bash\necho ${variable}\n"),
+                       ("scontrol", "#!/usr/bin/env bash\necho node0\n")):
+        (tools / name).write_text(text)
+        (tools / name).chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "MASTER_ADDR", "RDZV_ENDPOINT")}
+    env.update(PATH=f"{tools}{os.pathsep}{env['PATH']}", SLURM_JOB_NODELIST="node0")
+
+    def port(job_id: int) -> str:
+        job = subprocess.run(["bash", str(REPO / "recipes" / "launch" / script), "recipe.yaml"], cwd=REPO,
+                             env={**env, "SLURM_JOB_ID": str(job_id)}, capture_output=True, text=True, check=True)
+        return job.stdout.strip().rsplit(":", 1)[-1]
+
+    assert port(4321) == "14321" and port(4322) == "14322"
+
+
 @pytest.mark.parametrize("launcher", ["torchrun", "srun"])
 def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tmp_path, launcher):
     """torchrun: node 1 waits for node 0; srun: global rank 1 waits for rank 0 (both of one step's markers)."""
