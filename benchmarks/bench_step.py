@@ -3,9 +3,11 @@
 Variants (same student, batch size, threads; forward + backward + AdamW step):
   floor            student-only contrastive step (`cifd-clip train`)
   cifd_cached      CIFD, teacher and RDM targets from cached embeddings (3 RDMs per modality + IBMs)
+  cifd_cached_exp  the same with the isometric decoder's Q by the matrix exponential (earlier rounds' default)
   cifd_online      CIFD with the frozen teacher run on every batch
   openclip_online  open_clip-style online distillation: DistillClipLoss + teacher forward
-for two teacher→student pairs.
+for two teacher→student pairs by default (tiny-vit-student with 128- and 512-wide targets), and on request the
+paper's ViT-L-14 → ViT-S-16 (`--pairs vitl14-vits16`).
 
 Timing: for each pair, every variant is built in ONE process and the variants take turns, one step each,
 round after round (floor, cifd_cached, ... floor, cifd_cached, ...), so a load that comes and goes on the
@@ -38,8 +40,10 @@ import sys
 import time
 from pathlib import Path
 
-PAIRS = {"tiny": ("tiny-vit-teacher", "tiny-vit-student"), "vitb32": ("ViT-B-32", "tiny-vit-student")}
-VARIANTS = ("floor", "cifd_cached", "cifd_online", "openclip_online")
+PAIRS = {"tiny": ("tiny-vit-teacher", "tiny-vit-student"), "vitb32": ("ViT-B-32", "tiny-vit-student"),
+         "vitl14-vits16": ("ViT-L-14", "ViT-S-16")}  # the paper's pair: seconds per CPU step, so not a default
+DEFAULT_PAIRS = ("tiny", "vitb32")
+VARIANTS = ("floor", "cifd_cached", "cifd_cached_exp", "cifd_online", "openclip_online")
 PHASES = ("student_forward", "teacher_forward", "rdm_forward", "method", "backward", "optimizer")
 RATES = [1e2, 1e3, 1e4]
 WARMUP = 2
@@ -70,7 +74,7 @@ def _batch(student, teacher, d: int, batch_size: int, online: bool, device):
 class Variant:
     """One variant's module, optimizer and batch, and a step timed phase by phase."""
 
-    def __init__(self, pair: str, variant: str, batch_size: int, device: str):
+    def __init__(self, pair: str, variant: str, batch_size: int, device: str, generator_norm: float = 0.0):
         import open_clip
         import torch
         from cifd_clip.distill.distiller import Distiller
@@ -92,9 +96,18 @@ class Variant:
         rdm = RDMFamily.build({"image": d, "text": d}, RATES, hidden_dim=256, bottleneck_dim=64).eval() \
             if variant.startswith("cifd") else None
         loss = {"floor": "contrastive", "openclip_online": "distill_clip"}.get(variant, "cifd")
-        self.module = Distiller.build(student.model, LossSettings(loss=loss), student_dim=student.embed_dim,
+        settings = LossSettings(loss=loss, **({"ibm_orthogonal_map": "matrix_exp"} if variant.endswith("_exp") else {}))
+        self.module = Distiller.build(student.model, settings, student_dim=student.embed_dim,
                                       teacher_dims=None if loss == "contrastive" else (d, d), teacher=teacher,
                                       rdm=rdm).to(device).train()
+        if generator_norm and loss == "cifd":
+            # a trained decoder's generator instead of the initial one (A = 0): the exponential's cost grows with ‖A‖
+            original = self.module.method.decoders[0].map.parametrizations.weight.original
+            with torch.no_grad():
+                original.copy_(torch.randn(original.shape, generator=torch.Generator().manual_seed(0)))
+                tall = (original if original.shape[0] >= original.shape[1] else original.mT).tril()
+                a = torch.cat([tall, tall.new_zeros(tall.shape[0], tall.shape[0] - tall.shape[1])], 1)
+                original.mul_(generator_norm / (a - a.mT).abs().sum(0).max())
         self.optimizer = make_optimizer(self.module)
         self.batch = _batch(student, teacher_tower, d, batch_size, online, device)
         self.info = {"pair": pair, "variant": variant, "teacher": teacher_name, "student": student_name}
@@ -143,7 +156,7 @@ class Variant:
 
 def time_pair(pair: str, args) -> list[dict]:
     """Every variant of a pair in this process, taking turns step by step; returns one row per variant."""
-    variants = [Variant(pair, v, args.batch_size, args.device) for v in args.variants]
+    variants = [Variant(pair, v, args.batch_size, args.device, args.generator_norm) for v in args.variants]
     rounds = {v.name: (args.steps if "online" not in v.name else min(args.steps, args.online_steps)) for v in variants}
     for v in variants:
         for _ in range(WARMUP):
@@ -173,7 +186,7 @@ def time_pair(pair: str, args) -> list[dict]:
 def peak_memory(pair: str, variant: str, args) -> float:
     """A few steps of one variant alone in this process; its peak memory in MB."""
     import torch
-    v = Variant(pair, variant, args.batch_size, args.device)
+    v = Variant(pair, variant, args.batch_size, args.device, args.generator_norm)
     for _ in range(WARMUP + 1):
         v.step()
     peak = (torch.cuda.max_memory_allocated() if args.device.startswith("cuda")
@@ -189,8 +202,13 @@ def main() -> None:
                         help="timed rounds of the online variants (a ViT-B-32 teacher step takes seconds on a CPU)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--pairs", nargs="+", default=list(PAIRS), choices=list(PAIRS))
+    parser.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS), choices=list(PAIRS),
+                        help="vitl14-vits16 (the paper's ViT-L-14 -> ViT-S-16, 224 px) takes seconds per step on a CPU: "
+                             "give it a small --batch-size and --steps")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--generator-norm", type=float, default=0.0,
+                        help="start the isometric decoder at a generator A with this 1-norm, as a trained one has "
+                             "(the demo's CIFD student ends near 3.5), instead of A = 0")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-variant peak-memory processes")
     parser.add_argument("--output", default=str(RESULTS / "bench_step.json"))
     parser.add_argument("--pair-timing", metavar="PAIR", help=argparse.SUPPRESS)
@@ -207,8 +225,8 @@ def main() -> None:
 
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     common = ["--batch-size", str(args.batch_size), "--steps", str(args.steps), "--online-steps",
-              str(args.online_steps), "--threads", str(args.threads), "--device", args.device, "--variants",
-              *args.variants]
+              str(args.online_steps), "--threads", str(args.threads), "--device", args.device, "--generator-norm",
+              str(args.generator_norm), "--variants", *args.variants]
 
     def child(*extra: str):
         out = subprocess.run([sys.executable, __file__, *extra, *common], capture_output=True, text=True, env=env)
@@ -227,7 +245,8 @@ def main() -> None:
                 row["mem_ratio"] = row["peak_mem_mb"] / floor["peak_mem_mb"]
         rows += pair_rows
 
-    print(f"batch {args.batch_size}, {args.threads} threads, {args.device}; {args.steps} interleaved rounds "
+    print(f"batch {args.batch_size}, {args.threads} threads, {args.device}, decoder generator 1-norm "
+          f"{args.generator_norm:g}; {args.steps} interleaved rounds "
           f"({args.online_steps} for online variants) after {WARMUP} warm-up steps; medians; × floor = median of "
           f"the per-round ratios to the student-only step")
     head = (f"{'pair':7} {'variant':16} {'step ms':>8} {'× floor':>8} {'CPU ×':>6} {'mem ×':>6}  "

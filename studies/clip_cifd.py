@@ -84,6 +84,8 @@ def configs(quick: bool) -> list[Config]:
               "--ibm-decoder", "separate"),
         _cifd("dec-shared", "where the knowledge sits", "one linear decoder for both modalities (+ per-modality "
               "offset), not angle-preserving", "--ibm-decoder", "shared"),
+        _cifd("dec-matrix-exp", "where the knowledge sits", "the isometric decoder's Q by the matrix exponential "
+              "(earlier rounds' default) instead of the Cayley map", "--ibm-orthogonal-map", "matrix_exp"),
         _cifd("input-raw", "IBM noise vs W's scale", "noise on the raw embedding W", "--ibm-input", "raw"),
         _cifd("no-rate", "IBM noise vs W's scale", "IBM without its rate term", "--ibm-weight", "0"),
         _cifd("targets-raw", "IBM noise vs W's scale", "targets not re-normalised", "--no-normalize-targets"),

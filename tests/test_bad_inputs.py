@@ -201,6 +201,14 @@ def test_resuming_with_another_models_checkpoint(world, capsys):
                                               world["student"]), 1, "another shape", "--resume")
 
 
+def test_resuming_a_run_with_the_other_orthogonal_map(world, capsys):
+    argv = distill_args(world, "--name", "expmap", "--rdm", world["rdm"], "--ibm-orthogonal-map", "matrix_exp",
+                        "--stop-after-steps", "1")
+    assert main([str(a) for a in argv]) == 0
+    resumed = [a for a in argv if a not in ("--ibm-orthogonal-map", "matrix_exp")] + ["--resume", "latest"]
+    refused(capsys, world["root"], resumed, 1, "pass --ibm-orthogonal-map matrix_exp to continue it")
+
+
 @pytest.mark.parametrize("flag, value, words", [
     ("--lr", "nan", "--lr must be a positive number"), ("--beta1", "2", "--beta1 must be in [0, 1)"),
     ("--grad-clip-norm", "nan", "--grad-clip-norm must be a positive number"),
@@ -339,6 +347,7 @@ def test_a_truncated_shard_is_counted_once(world, tmp_path):
     (["--loss", "clipkd", "--rdm", "RDM"], 2, "--rdm is only used by the CIFD losses"),
     (["--fd-weight", "10"], 2, "--fd-weight is not used by --loss cifd"),
     (["--no-ibm", "--ibm-weight", "0.1"], 2, "--no-ibm"),
+    (["--ibm-decoder", "shared", "--ibm-orthogonal-map", "matrix_exp"], 2, "--ibm-decoder shared has none"),
     (["--kd-dropout", "1"], 2, "--kd-dropout"),
     (["--teacher-logit-scale", "-1"], 2, "--teacher-logit-scale"),
     (["--rdm-weights", "1", "-1"], 2, "--rdm-weights"),

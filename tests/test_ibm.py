@@ -100,12 +100,14 @@ def test_wrong_width_is_one_sentence():
         InformationBottleneck(4, input_kind="sphere")
 
 
-def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_per_image_text_pair():
+@pytest.mark.parametrize("orthogonal_map", ["cayley", "matrix_exp"])
+def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_per_image_text_pair(orthogonal_map):
     torch.manual_seed(0)
-    # the low-rank path (3k < n) both ways, also with a generator far below norm 1 (the rescaled block's other
-    # regime: `original` starts near norm 1), and the direct path
-    for student, target, small in ((4, 30, False), (4, 30, True), (30, 4, False), (6, 10, False)):
-        decoder = IsometricDecoder(student, target)
+    # the low-rank path (3k < n for the exponential, 2k < n for Cayley) both ways, also with a generator far below
+    # norm 1 (the rescaled block's other regime: `original` starts near norm 1), and the direct path
+    for student, target, small in ((4, 30, False), (4, 30, True), (30, 4, False), (6, 10, False), (4, 7, False)):
+        decoder = IsometricDecoder(student, target, orthogonal_map)
+        assert decoder.map.parametrizations.weight[0].orthogonal_map.name == orthogonal_map
         original = decoder.map.parametrizations.weight.original
         with torch.no_grad():
             if small:
@@ -160,3 +162,22 @@ def test_matrix_exponential_gradient_is_as_accurate_as_torchs_for_large_gradient
     torchs = torch.autograd.grad(torch.matrix_exp(a), a, g)[0].double()
     assert torch.equal(matrix_exp(a), torch.matrix_exp(a))
     assert (ours - exact).norm() <= max((torchs - exact).norm(), 1e-6 * exact.norm())
+
+
+def test_a_checkpoint_is_never_read_through_the_other_orthogonal_map():
+    from cifd_clip.distill.ibm import ORTHOGONAL_MAPS
+    torch.manual_seed(0)
+    exp_decoder = IsometricDecoder(4, 12, "matrix_exp")
+    with torch.no_grad():
+        exp_decoder.map.parametrizations.weight.original.add_(0.5)
+    state = exp_decoder.state_dict()
+    with pytest.raises(UserError, match="pass --ibm-orthogonal-map matrix_exp to continue it"):
+        IsometricDecoder(4, 12, "cayley").load_state_dict(dict(state))
+    # checkpoints from before the map was recorded hold no code: they were all written with the exponential
+    old = {k: v for k, v in state.items() if k != "orthogonal_map_code"}
+    with pytest.raises(UserError, match="matrix_exp"):
+        IsometricDecoder(4, 12, "cayley").load_state_dict(dict(old))
+    again = IsometricDecoder(4, 12, "matrix_exp")
+    again.load_state_dict(old)
+    assert torch.equal(again.weight(), exp_decoder.weight())
+    assert int(IsometricDecoder(4, 12).orthogonal_map_code) == ORTHOGONAL_MAPS.index("cayley")  # the default

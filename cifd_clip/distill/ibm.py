@@ -30,6 +30,7 @@ from ..entropy import EntropyBottleneck
 from ..errors import UserError
 
 INPUTS = ("normalized", "raw")
+ORTHOGONAL_MAPS = ("cayley", "matrix_exp")
 
 
 def make_decoder(input_dim: int, output_dim: int, hidden_dim: Optional[int] = None) -> nn.Module:
@@ -63,18 +64,39 @@ class IsometricDecoder(nn.Module):
     fall by aligning directions (a learned scale collapses to 0 early on, when Ŵ and the targets are still
     unrelated, and the student then never hears from the teacher: measured, see docs/studies/clip-cifd.md).
 
-    Q is torch's orthogonal parametrization (`map.weight`, matrix_exp map; its state is what checkpoints
-    hold), computed by `orthogonal_weight`: the same function, but cheaper when one side is under a third of
-    the other (see there), and computed once for the image call and the text call that follows it."""
+    Q is torch's orthogonal parametrization (`map.weight`; its state is what checkpoints hold), computed by
+    `orthogonal_weight`: the same function, but cheaper when one side is much narrower than the other (see
+    there), and computed once for the image call and the text call that follows it. The map from the
+    generator to Q is the Cayley map by default (a linear solve; the matrix exponential costs several times
+    as much per step, for students as good: docs/studies/clip-cifd.md). Which map a decoder uses is part of
+    its state."""
 
-    def __init__(self, input_dim: int, output_dim: int):
+    def __init__(self, input_dim: int, output_dim: int, orthogonal_map: str = "cayley"):
         super().__init__()
         from torch.nn.utils.parametrizations import orthogonal
 
+        if orthogonal_map not in ORTHOGONAL_MAPS:
+            raise UserError(f"the orthogonal map must be one of {', '.join(ORTHOGONAL_MAPS)}, got {orthogonal_map!r}")
         # householder (torch's default for non-square maps) collapses to 0 after one AdamW step here
-        self.map = orthogonal(nn.Linear(input_dim, output_dim, bias=False), orthogonal_map="matrix_exp")
+        self.map = orthogonal(nn.Linear(input_dim, output_dim, bias=False), orthogonal_map=orthogonal_map)
+        self.orthogonal_map = orthogonal_map
         self.scale = 1.0 / math.sqrt(input_dim)
         self._reuse: Optional[tuple] = None  # (key, Q) kept by a modality-0 call for the modality-1 call after it
+        # checkpointed, so that a checkpoint is never read through the other map
+        self.register_buffer("orthogonal_map_code", torch.tensor(ORTHOGONAL_MAPS.index(orthogonal_map)))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints from before the map was recorded all used the matrix exponential
+        code = state_dict.setdefault(prefix + "orthogonal_map_code",
+                                     torch.tensor(ORTHOGONAL_MAPS.index("matrix_exp")))
+        if not 0 <= int(code) < len(ORTHOGONAL_MAPS):
+            raise UserError(f"this checkpoint's isometric IBM decoder uses an orthogonal map this version does not "
+                            f"know (code {int(code)})")
+        saved = ORTHOGONAL_MAPS[int(code)]
+        if saved != self.orthogonal_map:
+            raise UserError(f"this checkpoint's isometric IBM decoder computes Q with the {saved} map and this run "
+                            f"with the {self.orthogonal_map} one: pass --ibm-orthogonal-map {saved} to continue it")
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def weight(self, modality: int = 0) -> torch.Tensor:
         """Q [output_dim, input_dim], equal to `self.map.weight` up to float rounding."""
@@ -85,9 +107,9 @@ class IsometricDecoder(nn.Module):
         reuse, self._reuse = self._reuse, None
         if modality != 0 and reuse is not None and reuse[0] == key:
             return reuse[1]
-        q = orthogonal_weight(x, base)
+        q = orthogonal_weight(x, base, self.orthogonal_map)
         if modality == 0:
-            # The text call right after this image call reads the same Q: one matrix exponential (and one backward
+            # The text call right after this image call reads the same Q: one Q (and one backward
             # through it) per step instead of two. Reused once, and never after a backward went through it.
             self._reuse = (key, q)
             if q.requires_grad:
@@ -107,23 +129,30 @@ class IsometricDecoder(nn.Module):
         return self.scale * F.linear(x, self.weight(modality))
 
 
-def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor]) -> torch.Tensor:
-    """What torch's `orthogonal(..., orthogonal_map="matrix_exp")` computes from its `original` X [n', k'] and
-    `base` (use_trivialization): with X tall [n, k] (transposed if wide), A = L̃ − L̃ᵀ for L̃ = [tril(X), 0]
-    [n, n], Q = base · exp(A)[:, :k].
+def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor], kind: str = "matrix_exp") -> torch.Tensor:
+    """What torch's `orthogonal(..., orthogonal_map=kind)` computes from its `original` X [n', k'] and `base`
+    (use_trivialization): with X tall [n, k] (transposed if wide), A = L̃ − L̃ᵀ for L̃ = [tril(X), 0] [n, n],
+    Q = base · exp(A)[:, :k] ("matrix_exp") or base · [(I − A/2)⁻¹(I + A/2)][:, :k] ("cayley").
 
     A has rank ≤ 2k: A = U Vᵀ with U = [L, −E], V = [E, L] (L = tril(X), E = the first k columns of the
     identity), so exp(A) = I + U φ(VᵀU) Vᵀ with φ(z) = (eᶻ − 1)/z, and exp(A)[:, :k] = E + U φ(M) B with
     M = VᵀU [2k, 2k] and B = VᵀE = [I; L_topᵀ] [2k, k]. φ(M)·B is the top-right block of exp([[M, B], [0, 0]]),
     a 3k × 3k exponential: when 3k < n that replaces the n × n exponential (and its backward, a 2n × 2n one),
     e.g. 192 instead of 512 for a 64-wide student and 512-wide targets. Otherwise A's exponential is taken
-    directly, as torch does."""
+    directly, as torch does.
+
+    The Cayley map's columns, (I − A/2)⁻¹(I + A/2)E = 2(I − A/2)⁻¹E − E, are by Woodbury E + U (I − M/2)⁻¹ B: one
+    2k × 2k solve instead of an n × n one when 2k < n."""
+    if kind not in ORTHOGONAL_MAPS:
+        raise UserError(f"the orthogonal map must be one of {', '.join(ORTHOGONAL_MAPS)}, got {kind!r}")
     transposed = x.shape[-2] < x.shape[-1]
     if transposed:
         x = x.mT
     n, k = x.shape[-2], x.shape[-1]
     low = x.tril()
-    if 3 * k < n:
+    if kind == "cayley":
+        q = _cayley_columns(low, n, k)
+    elif 3 * k < n:
         top = low[:k]  # L_top [k, k]
         eye = torch.eye(k, dtype=x.dtype, device=x.device)
         # M's identity block gives it norm ≥ 1 however small X is, and the exponential's cost grows with the norm;
@@ -143,6 +172,23 @@ def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor]) -> torch.Te
     if base is not None:
         q = base @ q
     return q.mT if transposed else q
+
+
+def _cayley_columns(low: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """The first k columns of (I − A/2)⁻¹(I + A/2), A = L̃ − L̃ᵀ (see `orthogonal_weight`)."""
+    if 2 * k < n:
+        top = low[:k]
+        eye = torch.eye(k, dtype=low.dtype, device=low.device)
+        m = torch.cat([torch.cat([top, -eye], 1), torch.cat([low.mT @ low, -top.mT], 1)], 0)  # M = VᵀU
+        b = torch.cat([eye, top.mT], 0)  # B = VᵀE
+        r = torch.linalg.solve(torch.eye(2 * k, dtype=low.dtype, device=low.device) - 0.5 * m, b)
+        u = torch.cat([low, -torch.cat([eye, low.new_zeros(n - k, k)], 0)], 1)  # U
+        q = u @ r
+        return torch.cat([q[:k] + eye, q[k:]], 0)
+    square = torch.cat([low, low.new_zeros(n, n - k)], 1) if n != k else low
+    a = square - square.mT
+    eye = torch.eye(n, dtype=low.dtype, device=low.device)
+    return torch.linalg.solve(eye - 0.5 * a, (eye + 0.5 * a)[:, :k])
 
 
 class _MatrixExp(torch.autograd.Function):

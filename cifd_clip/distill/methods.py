@@ -98,7 +98,7 @@ class CIFD(Method):
         self.ibm_text = InformationBottleneck(student_dim, **ibm)
         self.shared_decoder = s.ibm_decoder in ("shared", "isometric")
         if s.ibm_decoder == "isometric":
-            self.decoders = nn.ModuleList([IsometricDecoder(student_dim, t_img)])
+            self.decoders = nn.ModuleList([IsometricDecoder(student_dim, t_img, s.ibm_orthogonal_map)])
         elif self.shared_decoder:
             self.decoders = nn.ModuleList([SharedDecoder(student_dim, t_img, s.ibm_hidden_dim)])
         else:

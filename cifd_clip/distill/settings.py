@@ -23,7 +23,7 @@ CIFD_CONTRASTIVE_WEIGHT = 1.0
 BASELINE_CONTRASTIVE_WEIGHT = 1.0
 
 _CIFD = ("contrastive_weight", "teacher_weight", "rdm_weights", "normalize_targets", "ibm", "ibm_weight",
-         "ibm_hidden_dim", "ibm_decoder", "ibm_input", "kd_dropout", "distortion")
+         "ibm_hidden_dim", "ibm_decoder", "ibm_orthogonal_map", "ibm_input", "kd_dropout", "distortion")
 
 # loss name -> (one-line description, fields it reads, whether it needs teacher targets)
 METHODS = {
@@ -68,6 +68,10 @@ class LossSettings:
                                            "modalities (isometric), one linear/MLP map for both plus a per-modality "
                                            "offset (shared), or one per modality (separate, the paper's literal "
                                            "reading)", choices=["isometric", "shared", "separate"])
+    ibm_orthogonal_map: str = option("cayley", "CIFD: how the isometric decoder's Q is computed from its "
+                                               "generator: the Cayley map, a linear solve, or torch's matrix "
+                                               "exponential, several times dearer per step (earlier rounds' "
+                                               "checkpoints)", choices=["cayley", "matrix_exp"])
     ibm_input: str = option("normalized", "CIFD: what the IBM adds its ±0.5 noise to: the student embedding "
                                           "scaled to unit RMS per dimension (√d·W/‖W‖, normalized) or as the "
                                           "tower outputs it (raw)", choices=["normalized", "raw"])
@@ -108,6 +112,9 @@ class LossSettings:
             _check_weight("rdm_weights", w)
         if not 0.0 <= self.kd_dropout < 1.0:
             raise ConfigError(f"--kd-dropout must be in [0, 1), got {self.kd_dropout}")
+        if self.ibm_decoder != "isometric" and self.ibm_orthogonal_map != LossSettings.ibm_orthogonal_map:
+            raise ConfigError("--ibm-orthogonal-map sets the isometric decoder's map; --ibm-decoder "
+                              f"{self.ibm_decoder} has none")
         if self.ibm_hidden_dim is not None and self.ibm_hidden_dim < 1:
             raise ConfigError(f"--ibm-hidden-dim must be a positive integer, got {self.ibm_hidden_dim}")
         if self.teacher_logit_scale is not None and not 0 < self.teacher_logit_scale < float("inf"):
