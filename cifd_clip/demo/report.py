@@ -130,7 +130,7 @@ def plot_training_curves(layout: Layout, path: Path) -> Path:
 # Measured once, at full scale, by studies/clip_cifd.py (runs no-kd, kd, cifd; seeds 0, 1, 2): one demo run
 # cannot show its own spread, and three seeds per student do not fit the demo's ten minutes.
 SEED_SPREAD = ("Over seeds 0, 1 and 2 at full scale the same students gave zero-shot top-1 35.6 ± 5.4 % (no KD), "
-               "35.7 ± 9.5 % (KD) and 47.2 ± 3.7 % (CIFD), mean ± std (docs/studies/clip-cifd.md): differences "
+               "35.7 ± 9.5 % (KD) and 49.2 ± 2.5 % (CIFD), mean ± std (docs/studies/clip-cifd.md): differences "
                "of a few points between two single runs are within seed noise.")
 
 
