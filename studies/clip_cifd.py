@@ -223,6 +223,8 @@ def _u_space_tower(tower, ckpt: dict):
     saved = ckpt["config"]
     settings = LossSettings(**{f.name: saved[f.name] for f in dataclasses.fields(LossSettings) if f.name in saved})
     settings.rdm_weights = []  # the RDMs are not needed to map W to Û
+    if "ibm_orthogonal_map" not in saved and settings.ibm_decoder == "isometric":  # older run: the exponential
+        settings.ibm_orthogonal_map = "matrix_exp"
     meta = read_cache_meta(saved["cache"])
     distiller = Distiller.build(tower.model, settings, student_dim=tower.embed_dim,
                                 teacher_dims=(int(meta["image_dim"]), int(meta["text_dim"])))

@@ -105,15 +105,17 @@ def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_
     torch.manual_seed(0)
     # the low-rank path (3k < n for the exponential, 2k < n for Cayley) both ways, also with a generator far below
     # norm 1 (the rescaled block's other regime: `original` starts near norm 1), and the direct path
-    for student, target, small in ((4, 30, False), (4, 30, True), (30, 4, False), (6, 10, False), (4, 7, False)):
+    # a generator of a trained decoder's size too (‖A‖₁ of several units: the demo's ends near 3.5)
+    for student, target, size in ((4, 30, 0.3), (4, 30, 1e-3), (4, 30, 1.0), (30, 4, 0.3), (30, 4, 1.0),
+                                  (6, 10, 0.3), (4, 7, 0.3)):
         decoder = IsometricDecoder(student, target, orthogonal_map)
         assert decoder.map.parametrizations.weight[0].orthogonal_map.name == orthogonal_map
         original = decoder.map.parametrizations.weight.original
         with torch.no_grad():
-            if small:
-                original.copy_(1e-3 * torch.randn_like(original))
+            if size < 0.01:
+                original.copy_(size * torch.randn_like(original))
             else:
-                original.add_(0.3 * torch.randn_like(original))
+                original.add_(size * torch.randn_like(original))
         assert torch.allclose(decoder.weight(), decoder.map.weight, atol=1e-5)
         x, g = torch.randn(5, student), torch.randn(5, target)
         (decoder.scale * torch.nn.functional.linear(x, decoder.map.weight) * g).sum().backward()
@@ -181,3 +183,6 @@ def test_a_checkpoint_is_never_read_through_the_other_orthogonal_map():
     again.load_state_dict(old)
     assert torch.equal(again.weight(), exp_decoder.weight())
     assert int(IsometricDecoder(4, 12).orthogonal_map_code) == ORTHOGONAL_MAPS.index("cayley")  # the default
+    # a checkpoint without an isometric decoder is not mistaken for one with the other map: its keys are missing
+    result = IsometricDecoder(4, 12).load_state_dict({}, strict=False)
+    assert "map.parametrizations.weight.original" in result.missing_keys

@@ -86,9 +86,12 @@ class IsometricDecoder(nn.Module):
         self.register_buffer("orthogonal_map_code", torch.tensor(ORTHOGONAL_MAPS.index(orthogonal_map)))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # checkpoints from before the map was recorded all used the matrix exponential
-        code = state_dict.setdefault(prefix + "orthogonal_map_code",
-                                     torch.tensor(ORTHOGONAL_MAPS.index("matrix_exp")))
+        code = state_dict.get(prefix + "orthogonal_map_code")
+        if code is None and prefix + "map.parametrizations.weight.original" in state_dict:
+            # an isometric decoder from before the map was recorded: they all used the matrix exponential
+            code = state_dict[prefix + "orthogonal_map_code"] = torch.tensor(ORTHOGONAL_MAPS.index("matrix_exp"))
+        if code is None:  # no decoder of this kind in the checkpoint: the missing keys say so
+            return super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         if not 0 <= int(code) < len(ORTHOGONAL_MAPS):
             raise UserError(f"this checkpoint's isometric IBM decoder uses an orthogonal map this version does not "
                             f"know (code {int(code)})")
@@ -129,7 +132,7 @@ class IsometricDecoder(nn.Module):
         return self.scale * F.linear(x, self.weight(modality))
 
 
-def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor], kind: str = "matrix_exp") -> torch.Tensor:
+def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor], kind: str) -> torch.Tensor:
     """What torch's `orthogonal(..., orthogonal_map=kind)` computes from its `original` X [n', k'] and `base`
     (use_trivialization): with X tall [n, k] (transposed if wide), A = L̃ − L̃ᵀ for L̃ = [tril(X), 0] [n, n],
     Q = base · exp(A)[:, :k] ("matrix_exp") or base · [(I − A/2)⁻¹(I + A/2)][:, :k] ("cayley").
@@ -142,7 +145,7 @@ def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor], kind: str =
     directly, as torch does.
 
     The Cayley map's columns, (I − A/2)⁻¹(I + A/2)E = 2(I − A/2)⁻¹E − E, are by Woodbury E + U (I − M/2)⁻¹ B: one
-    2k × 2k solve instead of an n × n one when 2k < n."""
+    2k × 2k solve instead of an n × n one when 2k < n (with L = tril(X, −1): the diagonal cancels in A)."""
     if kind not in ORTHOGONAL_MAPS:
         raise UserError(f"the orthogonal map must be one of {', '.join(ORTHOGONAL_MAPS)}, got {kind!r}")
     transposed = x.shape[-2] < x.shape[-1]
@@ -177,6 +180,9 @@ def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor], kind: str =
 def _cayley_columns(low: torch.Tensor, n: int, k: int) -> torch.Tensor:
     """The first k columns of (I − A/2)⁻¹(I + A/2), A = L̃ − L̃ᵀ (see `orthogonal_weight`)."""
     if 2 * k < n:
+        # L's diagonal cancels in A; left in U and V it would only worsen I − M/2's conditioning (torch starts X
+        # at −I) and give the diagonal rounding-noise gradients that AdamW would scale up into steps
+        low = low.tril(-1)
         top = low[:k]
         eye = torch.eye(k, dtype=low.dtype, device=low.device)
         m = torch.cat([torch.cat([top, -eye], 1), torch.cat([low.mT @ low, -top.mT], 1)], 0)  # M = VᵀU

@@ -46,7 +46,7 @@ def make_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.2
     """AdamW (open_clip's defaults) or SGD with momentum (the classification recipes'), same groups.
     `fused`: torch's one-kernel update; otherwise torch's multi-tensor (foreach) one, on the CPU too, where
     torch's default is a Python loop over the tensors: the same arithmetic and results, bit for bit
-    (tests/test_engine_checkpoint.py), at a third of the time for an open_clip tower."""
+    (tests/test_gpu_flags.py), in less time (bench_step's optimizer phase: 15-17 -> 12 ms for tiny-vit-student)."""
     groups = param_groups(model, weight_decay)
     extra = {"fused": True} if fused else {"foreach": True}
     if kind == "sgd":
