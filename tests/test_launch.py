@@ -395,7 +395,7 @@ def test_two_slurm_jobs_on_one_first_host_meet_at_ports_of_their_own(tmp_path, s
 
 
 @pytest.mark.parametrize("launcher", ["torchrun", "srun"])
-def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tmp_path, launcher):
+def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tmp_path, launcher, capsys):
     """torchrun: node 1 waits for node 0; srun: global rank 1 waits for rank 0 (both of one step's markers)."""
     import threading
     import time
@@ -421,6 +421,7 @@ def test_a_node_waits_for_node_0s_single_process_step_and_stops_when_it_fails(tm
 
     threading.Thread(target=node0_finishes, args=(".done",)).start()
     assert run_recipe(recipe, node1, poll_s=0.05) == 0
+    assert f"step export: runs on {leader}; waiting for {launch_dir / 'export.done'}" in capsys.readouterr().out
     (launch_dir / "export.done").unlink()
     threading.Thread(target=node0_finishes, args=(".failed",)).start()
     with pytest.raises(UserError, match=f"step export failed on {leader}"):

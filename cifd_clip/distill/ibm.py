@@ -146,55 +146,56 @@ def orthogonal_weight(x: torch.Tensor, base: Optional[torch.Tensor], kind: str) 
 
     The Cayley map's columns, (I − A/2)⁻¹(I + A/2)E = 2(I − A/2)⁻¹E − E, are by Woodbury E + U (I − M/2)⁻¹ B: one
     2k × 2k solve instead of an n × n one when 2k < n (with L = tril(X, −1): the diagonal cancels in A)."""
-    if kind not in ORTHOGONAL_MAPS:
-        raise UserError(f"the orthogonal map must be one of {', '.join(ORTHOGONAL_MAPS)}, got {kind!r}")
     transposed = x.shape[-2] < x.shape[-1]
     if transposed:
         x = x.mT
     n, k = x.shape[-2], x.shape[-1]
     low = x.tril()
-    if kind == "cayley":
-        q = _cayley_columns(low, n, k)
+    if kind == "cayley" and 2 * k < n:
+        low = low.tril(-1)  # the diagonal cancels in A; in U and V it would only worsen I − M/2's conditioning
+        m, b = _low_rank_blocks(low, k)
+        q = _identity_plus_u(low, torch.linalg.solve(torch.eye(2 * k, dtype=x.dtype, device=x.device) - 0.5 * m, b))
+    elif kind == "cayley":
+        a = _skew(low)
+        eye = torch.eye(n, dtype=x.dtype, device=x.device)
+        q = torch.linalg.solve(eye - 0.5 * a, (eye + 0.5 * a)[:, :k])
     elif 3 * k < n:
-        top = low[:k]  # L_top [k, k]
-        eye = torch.eye(k, dtype=x.dtype, device=x.device)
         # M's identity block gives it norm ≥ 1 however small X is, and the exponential's cost grows with the norm;
         # M' = D⁻¹MD with D = diag(I, εI), ε ≈ ‖L‖ (φ(M) = D φ(M') D⁻¹, any ε), and B scaled by ε, have norm ≈ ‖L‖.
         eps = low.detach().abs().sum(0).amax().clamp(1e-4, 1.0)
-        m = torch.cat([torch.cat([top, -eps * eye], 1), torch.cat([low.mT @ low / eps, -top.mT], 1)], 0)  # M'
-        b = torch.cat([eps * eye, top.mT], 0)  # ε·D⁻¹B, B = VᵀE = [I; L_topᵀ] [2k, k]
+        m, b = _low_rank_blocks(low, k, eps)
         block = torch.cat([torch.cat([m, b], 1), x.new_zeros(k, 3 * k)], 0)  # [[M', εD⁻¹B], [0, 0]] [3k, 3k]
         r = matrix_exp(block)[:2 * k, 2 * k:]  # ε·φ(M')·D⁻¹B
-        phi_b = torch.cat([r[:k] / eps, r[k:]], 0)  # φ(M)·B = D·r/ε [2k, k]
-        u = torch.cat([low, -torch.cat([eye, x.new_zeros(n - k, k)], 0)], 1)  # U [n, 2k]
-        q = u @ phi_b
-        q = torch.cat([q[:k] + eye, q[k:]], 0)  # + E
+        q = _identity_plus_u(low, torch.cat([r[:k] / eps, r[k:]], 0))  # φ(M)·B = D·r/ε [2k, k]
     else:
-        square = torch.cat([low, x.new_zeros(n, n - k)], 1) if n != k else low
-        q = matrix_exp(square - square.mT)[:, :k]
+        q = matrix_exp(_skew(low))[:, :k]
     if base is not None:
         q = base @ q
     return q.mT if transposed else q
 
 
-def _cayley_columns(low: torch.Tensor, n: int, k: int) -> torch.Tensor:
-    """The first k columns of (I − A/2)⁻¹(I + A/2), A = L̃ − L̃ᵀ (see `orthogonal_weight`)."""
-    if 2 * k < n:
-        # L's diagonal cancels in A; left in U and V it would only worsen I − M/2's conditioning (torch starts X
-        # at −I) and give the diagonal rounding-noise gradients that AdamW would scale up into steps
-        low = low.tril(-1)
-        top = low[:k]
-        eye = torch.eye(k, dtype=low.dtype, device=low.device)
-        m = torch.cat([torch.cat([top, -eye], 1), torch.cat([low.mT @ low, -top.mT], 1)], 0)  # M = VᵀU
-        b = torch.cat([eye, top.mT], 0)  # B = VᵀE
-        r = torch.linalg.solve(torch.eye(2 * k, dtype=low.dtype, device=low.device) - 0.5 * m, b)
-        u = torch.cat([low, -torch.cat([eye, low.new_zeros(n - k, k)], 0)], 1)  # U
-        q = u @ r
-        return torch.cat([q[:k] + eye, q[k:]], 0)
+def _low_rank_blocks(low: torch.Tensor, k: int, eps=1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """M' = D⁻¹MD [2k, 2k] and ε·D⁻¹B [2k, k] for D = diag(I, εI), M = VᵀU and B = VᵀE = [I; L_topᵀ] (see
+    `orthogonal_weight`); ε = 1 gives M and B themselves."""
+    top = low[:k]  # L_top [k, k]
+    eye = torch.eye(k, dtype=low.dtype, device=low.device)
+    m = torch.cat([torch.cat([top, -eps * eye], 1), torch.cat([low.mT @ low / eps, -top.mT], 1)], 0)
+    return m, torch.cat([eps * eye, top.mT], 0)
+
+
+def _identity_plus_u(low: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """E + U·C for U = [L, −E] [n, 2k] and C [2k, k]."""
+    n, k = low.shape
+    eye = torch.eye(k, dtype=low.dtype, device=low.device)
+    q = torch.cat([low, -torch.cat([eye, low.new_zeros(n - k, k)], 0)], 1) @ coefficients
+    return torch.cat([q[:k] + eye, q[k:]], 0)
+
+
+def _skew(low: torch.Tensor) -> torch.Tensor:
+    """A = L̃ − L̃ᵀ for L̃ = [L, 0] [n, n]."""
+    n, k = low.shape
     square = torch.cat([low, low.new_zeros(n, n - k)], 1) if n != k else low
-    a = square - square.mT
-    eye = torch.eye(n, dtype=low.dtype, device=low.device)
-    return torch.linalg.solve(eye - 0.5 * a, (eye + 0.5 * a)[:, :k])
+    return square - square.mT
 
 
 class _MatrixExp(torch.autograd.Function):

@@ -48,10 +48,14 @@ def make_optimizer(model: nn.Module, lr: float = 5e-4, weight_decay: float = 0.2
     torch's default is a Python loop over the tensors: the same arithmetic and results, bit for bit
     (tests/test_gpu_flags.py), in less time (bench_step's optimizer phase: 15-17 -> 12 ms for tiny-vit-student)."""
     groups = param_groups(model, weight_decay)
-    extra = {"fused": True} if fused else {"foreach": True}
     if kind == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **extra)
-    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, **extra)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **_kernel(fused))
+    return torch.optim.AdamW(groups, lr=lr, betas=(beta1, beta2), eps=eps, **_kernel(fused))
+
+
+def _kernel(fused: bool) -> dict:
+    """torch's group options for the fused update, or else the multi-tensor one."""
+    return {"fused": True, "foreach": None} if fused else {"fused": None, "foreach": True}
 
 
 def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
@@ -61,8 +65,7 @@ def set_fused(optimizer: torch.optim.Optimizer, fused: bool) -> None:
     for group in optimizer.param_groups:
         if "fused" not in group:
             continue
-        group["fused"] = bool(fused) or None
-        group["foreach"] = None if fused else True
+        group.update(_kernel(fused))
         for p in group["params"]:
             state = optimizer.state.get(p, {})
             step = state.get("step")
