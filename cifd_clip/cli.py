@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import traceback
 
 from . import config as config_lib
 from .errors import UserError
@@ -103,5 +104,19 @@ def one_line(error: BaseException) -> str:
     return text[0][:200] if text else type(error).__name__
 
 
+def entry() -> None:
+    """The `cifd-clip` command and `python -m cifd_clip`: main(), then the process's end (see end_process)."""
+    from .engine.distributed import end_process
+
+    try:
+        code = main()
+    except SystemExit as e:  # argparse's usage errors (it has printed them) and --help
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    end_process(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

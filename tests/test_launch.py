@@ -152,6 +152,37 @@ def test_two_srun_tasks_join_one_gloo_group_from_slurms_variables():
                         "sum": 3.0}
 
 
+END = """
+import atexit, sys, threading, time, torch, torch.distributed as dist
+from pathlib import Path
+from cifd_clip.engine.distributed import cleanup, end_process, init_distributed
+out = Path(sys.argv[1])
+env = init_distributed("cpu")
+dist.all_reduce(torch.ones(1))
+cleanup(env)
+atexit.register(lambda: (out / f"atexit{env.rank}").write_text("ran"))
+threading.Thread(target=lambda: (time.sleep(0.3), (out / f"thread{env.rank}").write_text("done"))).start()
+sys.stdout.write(f"rank {env.rank} unflushed")  # a pipe is block-buffered: only an explicit flush shows this
+end_process(3)
+"""
+
+
+def test_a_process_that_joined_a_group_ends_with_its_code_and_loses_nothing(tmp_path):
+    """end_process skips the interpreter's shutdown after a process group (a gloo worker thread asking for the
+    GIL then aborts the process): what that shutdown would do must still happen."""
+    port = free_port()
+    buffered = {"PYTHONUNBUFFERED": ""}  # as a user's shell has it (CI sets it)
+    tasks = [subprocess.Popen([sys.executable, "-c", END, str(tmp_path)], cwd=REPO,
+                              env=dict(slurm_env(rank, 2, port), **buffered),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outs = [task.communicate(timeout=300) for task in tasks]
+    assert [task.returncode for task in tasks] == [3, 3], outs
+    for rank, (out, _) in enumerate(outs):
+        assert f"rank {rank} unflushed" in out
+        assert (tmp_path / f"atexit{rank}").read_text() == "ran"
+        assert (tmp_path / f"thread{rank}").read_text() == "done"
+
+
 def test_an_srun_task_without_master_addr_stops_with_one_sentence(monkeypatch, capsys):
     from cifd_clip.engine.distributed import init_distributed
     from cifd_clip.errors import UserError

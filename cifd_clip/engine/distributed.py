@@ -12,8 +12,12 @@ gloo on CPU, nccl on CUDA (as open_clip_train).
 """
 from __future__ import annotations
 
+import atexit
 import os
+import sys
+import threading
 from dataclasses import dataclass
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -119,6 +123,7 @@ def init_distributed(device: str = "auto") -> DistEnv:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
+    _joined_a_group()
     return DistEnv(rank, local_rank, world_size, dev, backend)
 
 
@@ -132,6 +137,7 @@ def _init_slurm(task: SlurmTask, device: str) -> DistEnv:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, init_method=task.init_method, rank=task.rank,
                                 world_size=task.world_size)
+    _joined_a_group()
     return DistEnv(task.rank, task.local_rank, task.world_size, dev, backend)
 
 
@@ -161,3 +167,35 @@ def all_reduce_mean(env: DistEnv, tensor: torch.Tensor) -> torch.Tensor:
 def cleanup(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()
+
+
+_JOINED = False
+
+
+def _joined_a_group() -> None:
+    global _JOINED
+    _JOINED = True
+
+
+def end_process(code: int) -> NoReturn:
+    """Exit with `code`; a process that joined a process group skips the interpreter's own shutdown.
+
+    Why: a collective's gloo worker thread releases the collective's tensors a moment after the caller's wait
+    returns, and releasing a tensor Python knows takes the GIL. If that moment falls after the interpreter began
+    to shut down, Python ends the thread inside C++ code and the process dies with SIGABRT ("terminate called
+    without an active exception"): a finished, successful run reported as failed by torchrun. So the work
+    shutdown would do is done here (Python threads joined, atexit handlers run, which flush and close the log
+    handlers, output flushed), then os._exit.
+    """
+    if not _JOINED:
+        sys.exit(code)
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken pipe: nothing left to flush into
+            pass
+    os._exit(code)
