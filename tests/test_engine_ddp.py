@@ -108,4 +108,6 @@ def test_two_gloo_processes_match_one_process(tmp_path):
 
 
 if __name__ == "__main__":
+    from cifd_clip.engine.distributed import end_process
     _worker(sys.argv[1])
+    end_process(0)  # as the cifd-clip command ends (see end_process)

@@ -130,13 +130,14 @@ def slurm_env(rank: int, tasks: int, port: int | None = None, **extra) -> dict:
 
 JOIN = """
 import json, torch, torch.distributed as dist
-from cifd_clip.engine.distributed import cleanup, init_distributed
+from cifd_clip.engine.distributed import cleanup, end_process, init_distributed
 env = init_distributed("cpu")
 total = torch.tensor([env.rank + 1.0])
 dist.all_reduce(total)
 print(json.dumps({"rank": env.rank, "local_rank": env.local_rank, "world_size": env.world_size,
                   "backend": env.backend, "group_size": dist.get_world_size(), "sum": total.item()}))
 cleanup(env)
+end_process(0)
 """
 
 
