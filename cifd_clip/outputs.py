@@ -51,12 +51,24 @@ def refuse_to_replace(paths: Iterable[Path], option: str, overwrite: bool, what:
                         f"({existing[0].name}); pass --overwrite to replace it, or choose another place")
 
 
-def check_free_space(folder: str | os.PathLike, needed_bytes: float, what: str, margin: float = 1.1) -> None:
+def check_free_space(folder: str | os.PathLike, needed_bytes: float, what: str, margin: float = 1.1,
+                     hint: str = "") -> None:
+    """`needed_bytes` (with a 10% margin) fit on the disk of `folder`; `hint` ends the sentence when they do not."""
     folder = _nearest_existing(Path(folder))
     free = shutil.disk_usage(folder).free
     if needed_bytes * margin > free:
         raise UserError(f"not enough disk space in {folder} for {what}: about {_size(needed_bytes)} needed, "
-                        f"{_size(free)} free")
+                        f"{_size(free)} free{'; ' + hint if hint else ''}")
+
+
+def free_bytes(path: str | os.PathLike) -> tuple[Path, int]:
+    """The nearest existing folder of `path` and the free bytes on its disk."""
+    folder = _nearest_existing(Path(path))
+    return folder, shutil.disk_usage(folder).free
+
+
+def size_text(n: float) -> str:
+    return _size(n)
 
 
 def _size(n: float) -> str:

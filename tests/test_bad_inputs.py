@@ -215,6 +215,7 @@ def test_resuming_a_run_with_the_other_orthogonal_map(world, capsys):
     ("--stop-after-steps", "-1", "--stop-after-steps must be at least 1"), ("--eps", "0", "--eps"),
     ("--wd", "-1", "--wd"), ("--warmup", "1.5", "--warmup"), ("--max-bad-fraction", "2", "--max-bad-fraction"),
     ("--epochs", "0", "--epochs"), ("--workers", "-1", "--workers"), ("--train-num-samples", "0", "--train-num"),
+    ("--keep-step-checkpoints", "-1", "--keep-step-checkpoints must not be negative"),
 ])
 def test_nonsense_numbers_are_config_errors(world, capsys, flag, value, words):
     refused(capsys, world["root"], train_args(world, "--name", "nums", flag, value), 2, words)

@@ -49,6 +49,24 @@ def test_persistent_workers_train_what_fresh_workers_train_and_resume_exactly(de
         assert weights.keys() == fresh.keys() and all(torch.equal(fresh[k], weights[k]) for k in fresh), name
 
 
+@pytest.mark.parametrize("retention", [
+    ("--save-every-steps", "2", "--delete-previous-checkpoint"),  # the newest only, through epoch_latest.pt
+    ("--save-every-steps", "1", "--keep-step-checkpoints", "1", "--no-save-most-recent"),  # found by its name
+])
+def test_a_resume_after_retention_deleted_checkpoints_reaches_the_same_weights(demo_train_spec, tmp_path, retention):
+    """4 steps per epoch, 2 epochs; the cut run stops at step 7 (mid-epoch 2) after retention deleted the earlier
+    checkpoints, and its resume ends where the uninterrupted run does."""
+    short = ("--train-num-samples", "16")
+    assert _train(demo_train_spec, tmp_path, "full", *short) == 0
+    assert _train(demo_train_spec, tmp_path, "cut", *short, *retention, "--stop-after-steps", "7") == 0
+    left = sorted(p.name for p in (tmp_path / "cut" / "checkpoints").glob("*.pt"))
+    assert left == (["epoch_latest.pt", "step_7.pt"] if "--delete-previous-checkpoint" in retention
+                    else ["epoch_1.pt", "step_7.pt"])
+    assert _train(demo_train_spec, tmp_path, "cut", *short, *retention, "--resume", "latest") == 0
+    full, resumed = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert full.keys() == resumed.keys() and all(torch.equal(full[k], resumed[k]) for k in full)
+
+
 def test_rerunning_into_a_finished_run_needs_resume(demo_train_spec, tmp_path, capsys):
     assert _train(demo_train_spec, tmp_path, "r", "--epochs", "1") == 0
     assert _train(demo_train_spec, tmp_path, "r", "--epochs", "1") == 1
@@ -88,7 +106,8 @@ def _train_with_nan_at(bad_step, spec, logs, name, *extra):
 
 def test_nan_loss_stops_the_run_naming_step_and_term(demo_train_spec, tmp_path):
     with pytest.raises(NonFiniteLoss, match=r"at step 3 \(epoch 0\) in term 'contrastive'"):
-        _train_with_nan_at(3, demo_train_spec, tmp_path, "nan", "--save-every-steps", "1")
+        _train_with_nan_at(3, demo_train_spec, tmp_path, "nan", "--save-every-steps", "1",
+                           "--keep-step-checkpoints", "0")
     saved = sorted(p.name for p in (tmp_path / "nan" / "checkpoints").glob("step_*.pt"))
     assert saved == ["step_1.pt", "step_2.pt", "step_3.pt"]  # step_3 = state after 3 good steps
     for p in (tmp_path / "nan" / "checkpoints").glob("*.pt"):

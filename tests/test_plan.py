@@ -71,6 +71,34 @@ def test_plan_of_a_recipe_prints_every_step_and_cifd_below_kd_and_takd(tmp_path,
     assert "× plain KD" in printed
 
 
+def test_plan_prints_the_disk_of_the_cache_and_of_the_checkpoints_its_retention_keeps(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--recipe", str(REPO / "recipes/clip/vitl14-vits16.yaml"), "--var", "teacher=tiny-vit-teacher",
+            "student=tiny-vit-student", "assistant=tiny-vit-ta", f"out={tmp_path / 'run'}", "--json-out", str(out)]
+    assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    steps = {s["name"]: s for s in plan["steps"]}
+    per_checkpoint = counting.parameter_count(counting.meta_clip("tiny-vit-student")) * 12 / 1024 ** 3
+    # 32 epochs of 2929 steps (3M samples at 4 x 256) and a step checkpoint every 1000: 125 written; the recipe's
+    # --delete-previous-checkpoint keeps the newest, and the one being written makes two at once
+    for name in ("cifd", "nokd", "kd", "clipkd", "tinyclip"):
+        assert steps[name]["disk_gib"] == pytest.approx(2 * per_checkpoint), name
+        assert "2 of its 125 checkpoints at once" in steps[name]["disk_what"]
+    assert plan["disk_gib"] == pytest.approx(sum(s["disk_gib"] or 0 for s in plan["steps"]))
+    assert plan["out"] == str(tmp_path / "run") and plan["free_gib"] > 0
+    assert f"under {tmp_path / 'run'}, where" in printed and "it fits" in printed
+    assert "- embed:" in printed and "the embedding cache" in printed and "keeping the newest checkpoint only" in printed
+    # without the recipe's retention: every epoch checkpoint and 2 step checkpoints (+ the one being written)
+    from cifd_clip.launch.recipe import load_recipe
+    from cifd_clip.plan.estimate import Planner
+    loaded = load_recipe(REPO / "recipes/clip/vitl14-vits16.yaml", {"student": "tiny-vit-student"})
+    step = loaded.step("cifd")
+    step.options.pop("delete_previous_checkpoint")
+    disk, what = Planner(loaded, gpu="a100", mfu=0.4, gpus=4).checkpoint_disk(step)
+    assert disk == pytest.approx(35 * per_checkpoint) and "35 of its 125" in what
+
+
 def test_plan_refuses_what_it_cannot_size(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("vars: {out: x}\nsteps:\n  - {name: s, stage: train, options: {model: tiny-vit-student, "

@@ -3,11 +3,14 @@
 Layout of a run: `<logs>/<name>/checkpoints/step_N.pt` (every --save-every-steps),
 `epoch_N.pt` (each epoch end) and `epoch_latest.pt`, which always points at the newest of
 them so that `--resume latest` continues from the last saved step, not just the last epoch.
+Which of them stay on disk is retention.py's (--keep-step-checkpoints, --delete-previous-checkpoint,
+--save-most-recent).
 `state_dict` holds the student CLIP only (open_clip loads it with `pretrained=FILE`);
 IBMs, projections and loss-module parameters go to `distill_state_dict`.
 """
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -21,8 +24,9 @@ import torch
 from ..files import write_atomic
 from ..errors import UserError
 from ..towers import read_checkpoint, strip_prefixes
+from .retention import LATEST, Retention, checkpoint_step, to_delete
 
-LATEST = "epoch_latest.pt"
+log = logging.getLogger(__name__)
 
 
 def to_plain(obj: Any) -> Any:
@@ -121,19 +125,29 @@ def _point_latest(path: Path) -> None:
 
 
 class CheckpointWriter:
-    """Writes step_N.pt / epoch_N.pt and keeps epoch_latest.pt on the newest one."""
+    """Writes step_N.pt / epoch_N.pt, keeps epoch_latest.pt on the newest one (--save-most-recent) and, once a new
+    file is complete, deletes what the retention rules no longer keep (retention.py)."""
 
-    def __init__(self, run_dir: str | os.PathLike):
+    def __init__(self, run_dir: str | os.PathLike, steps_per_epoch: int = 1, retention: Retention = Retention()):
         self.folder = Path(run_dir) / "checkpoints"
+        self.steps_per_epoch, self.retention = steps_per_epoch, retention
 
     def save_step(self, ckpt: dict) -> Path:
-        path = save_atomic(ckpt, self.folder / f"step_{ckpt['step']}.pt")
-        _point_latest(path)
-        return path
+        return self._save(ckpt, f"step_{ckpt['step']}.pt")
 
     def save_epoch(self, ckpt: dict) -> Path:
-        path = save_atomic(ckpt, self.folder / f"epoch_{ckpt['epoch']}.pt")
-        _point_latest(path)
+        return self._save(ckpt, f"epoch_{ckpt['epoch']}.pt")
+
+    def _save(self, ckpt: dict, name: str) -> Path:
+        path = save_atomic(ckpt, self.folder / name)
+        if self.retention.save_most_recent:
+            _point_latest(path)
+        elif (self.folder / LATEST).exists():  # left by an earlier invocation: it would name an older checkpoint
+            (self.folder / LATEST).unlink()
+        names = [p.name for p in self.folder.iterdir()]
+        for old in to_delete(names, name, self.steps_per_epoch, self.retention):
+            (self.folder / old).unlink(missing_ok=True)
+            log.debug("retention: deleted %s", old)
         return path
 
 
@@ -141,8 +155,11 @@ def _natural_key(path: Path):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", path.name)]
 
 
-def resolve_resume(value: Optional[str], run_dir: str | os.PathLike) -> Optional[Path]:
-    """`latest` → the run's newest checkpoint (None when there is none yet); a path → that file."""
+def resolve_resume(value: Optional[str], run_dir: str | os.PathLike, steps_per_epoch: Optional[int] = None
+                   ) -> Optional[Path]:
+    """`latest` → the run's newest checkpoint (None when there is none yet); a path → that file. Without
+    epoch_latest.pt (--no-save-most-recent) the newest is the one of the most steps: by its name when the run's
+    steps per epoch are known, else by the step each file records."""
     if not value:
         return None
     if value == "latest":
@@ -152,6 +169,11 @@ def resolve_resume(value: Optional[str], run_dir: str | os.PathLike) -> Optional
         candidates = sorted(folder.glob("*.pt"), key=_natural_key) if folder.is_dir() else []
         if not candidates:
             return None
+        if steps_per_epoch:
+            named = [(found[0], found[1] == "epoch", p) for p in candidates
+                     if (found := checkpoint_step(p.name, steps_per_epoch)) is not None]
+            if named:
+                return max(named, key=lambda t: t[:2])[2]
         # newest by recorded step, so step_120.pt wins over epoch_1.pt when it is later
         return max(candidates, key=lambda p: (read_checkpoint(p).get("step", -1), p.stat().st_mtime))
     path = Path(value)

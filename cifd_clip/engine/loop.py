@@ -48,6 +48,7 @@ from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
 from .precision import SpeedSettings, autocast, resolve_speed_settings, set_tf32
 from .progress import Progress
+from .retention import Retention, peak_checkpoints, save_counts
 from .schedule import make_optimizer, make_schedule, set_fused
 
 log = logging.getLogger(__name__)
@@ -215,7 +216,7 @@ class Trainer:
     # ---------------------------------------------------------------- set-up
 
     def resume(self) -> None:
-        path = ckpt_lib.resolve_resume(self.cfg.resume, self.run_dir)
+        path = ckpt_lib.resolve_resume(self.cfg.resume, self.run_dir, self.steps_per_epoch)
         if path is None:
             if self.cfg.resume == "latest" and self.env.is_main:
                 log.info("--resume latest: no checkpoint in %s yet, starting from scratch", self.run_dir / "checkpoints")
@@ -352,16 +353,20 @@ class Trainer:
                 return
 
     def check_disk_space(self) -> None:
-        """The checkpoints still to be written fit on the disk (weights plus AdamW's two moments each)."""
+        """The checkpoints this invocation will hold on disk at once, under the run's retention, fit (weights plus
+        AdamW's two moments each)."""
         per_checkpoint = 3 * sum(t.numel() * t.element_size() for t in self.module.state_dict().values())
         end = self.total_steps  # the last step this invocation reaches: --stop-after-steps ends it earlier
         if self.cfg.stop_after_steps is not None:
             end = min(end, max(self.step, self.cfg.stop_after_steps))
-        epoch_ends = end // self.steps_per_epoch - self.step // self.steps_per_epoch
-        step_saves = (end // self.cfg.save_every_steps - self.step // self.cfg.save_every_steps
-                      if self.cfg.save_every_steps else 0)
-        count = epoch_ends + step_saves + (1 if end < self.total_steps else 0)  # + the stop's own checkpoint
-        check_free_space(self.run_dir, per_checkpoint * count, f"the run's {count} checkpoints")
+        retention = Retention.of(self.cfg)
+        epochs, steps = save_counts(self.step, end, self.total_steps, self.steps_per_epoch, self.cfg.save_every_steps)
+        count = peak_checkpoints(epochs, steps, retention)
+        check_free_space(self.run_dir, per_checkpoint * count,
+                         f"the run's checkpoints ({count} on disk at once of the {epochs + steps} it writes, keeping "
+                         f"{retention.describe()})",
+                         hint="" if retention.delete_previous_checkpoint else
+                         "pass --delete-previous-checkpoint or a lower --keep-step-checkpoints, or free some space")
 
     def run(self) -> dict:
         self.resume()
@@ -370,7 +375,7 @@ class Trainer:
             # only now: a refused resume leaves the run's config.yaml as it was
             config_lib.save(self.cfg, self.run_dir / "config.yaml")
         model = wrap_ddp(self.module, self.env, self.find_unused_parameters)
-        self.writer = ckpt_lib.CheckpointWriter(self.run_dir)
+        self.writer = ckpt_lib.CheckpointWriter(self.run_dir, self.steps_per_epoch, Retention.of(self.cfg))
         self.metrics = MetricsLog(self.run_dir, self.env.is_main)
         self.progress = Progress(self.total_steps, self.step, enabled=self.env.is_main)
         if self.env.is_main:

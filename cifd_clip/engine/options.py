@@ -58,6 +58,15 @@ class LoopOptions:
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     save_every_steps: int = option(0, "also write checkpoints/step_N.pt every N optimizer steps (0: epoch ends only)")
+    keep_step_checkpoints: int = option(2, "keep the newest N step checkpoints, deleting older ones once a new one "
+                                           "is written (0: keep every one; epoch checkpoints are kept unless "
+                                           "--delete-previous-checkpoint)")
+    delete_previous_checkpoint: bool = option(False, "delete the checkpoints written before a new one once it is "
+                                                     "complete, so the run keeps only its newest (open_clip_train's "
+                                                     "--delete-previous-checkpoint)")
+    save_most_recent: bool = option(True, "keep checkpoints/epoch_latest.pt on the newest checkpoint, a hard link "
+                                          "(open_clip_train's --save-most-recent, on here by default: --resume "
+                                          "latest and the recipes read it)")
     log_every_steps: int = option(1, "write a metrics.jsonl line every N optimizer steps")
     skip_nonfinite: bool = option(False, "skip an optimizer step whose loss or gradient is NaN/inf instead of stopping")
     stop_after_steps: Optional[int] = option(None, "stop once this many optimizer steps are done in total, "
@@ -75,7 +84,7 @@ class LoopOptions:
         if not 0 <= self.warmup < float("inf") or (self.warmup >= 1 and self.warmup != int(self.warmup)):
             raise ConfigError(f"--warmup must be a fraction of the run below 1 or a whole number of steps, "
                               f"got {self.warmup}")
-        for key in ("workers", "save_every_steps", "eval_every_epochs"):
+        for key in ("workers", "save_every_steps", "keep_step_checkpoints", "eval_every_epochs"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"--{key.replace('_', '-')} must not be negative, got {getattr(self, key)}")
         if self.log_every_steps < 1:

@@ -7,6 +7,10 @@ Memory per GPU = parameters (4 bytes) + AdamW's two moments (8) for what trains,
 storage width, and the tensors alive at the peak of one step (activations, gradients), counted on the meta
 device in fp32 and halved for activations under amp/bf16. The CUDA context and the allocator's slack
 (about 1-2 GiB) are not included.
+
+Disk: the embedding cache as the real writer lays it out, the RDM file, and for each student the most checkpoints
+it holds at once under its retention options (engine/retention.py: --keep-step-checkpoints,
+--delete-previous-checkpoint), each the student's weights and AdamW's two moments in fp32.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import ConfigError
+from ..engine.retention import Retention, peak_checkpoints, save_counts
 from ..launch.recipe import Recipe, Step
 from . import count as counting
 
@@ -38,6 +43,7 @@ class StepCost:
     memory_gib: Optional[float]  # peak per GPU
     disk_gib: Optional[float] = None
     note: str = ""
+    disk_what: str = ""  # what disk_gib counts (the checkpoints kept, the cache)
 
     def samples_per_gpu_second(self, peak: float, mfu: float) -> float:
         """How fast one GPU consumes samples at this MFU: what its data loader must deliver."""
@@ -53,12 +59,21 @@ class Plan:
     gpus: int
     steps: list[StepCost]
     comparison: list[StepCost] = field(default_factory=list)
+    out: Optional[str] = None  # where the recipe writes (its `out` var)
+    free_gib: Optional[float] = None  # free on that disk now
+
+    @property
+    def disk_gib(self) -> float:
+        """The most the recipe holds on disk: every step's cache, RDMs and kept checkpoints (a student's own most
+        at once, while it writes a checkpoint before deleting an older one)."""
+        return sum(s.disk_gib or 0.0 for s in self.steps)
 
     def total(self, names: Optional[list[str]] = None) -> float:
         return sum(s.flops for s in self.steps if names is None or s.name in names)
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k not in ("steps", "comparison")},
+                "disk_gib": self.disk_gib,
                 "steps": [asdict(s) for s in self.steps], "comparison": [asdict(s) for s in self.comparison]}
 
 
@@ -164,7 +179,7 @@ class Planner:
         dim = embed_dim(self.teacher)
         disk = samples * cache_bytes_per_sample(dim, dim, self.views, str(o.get("dtype", "float16"))) / GIB
         return StepCost(step.name, step.stage, f"{self.teacher} forward, {self.views} view(s)", samples * self.views,
-                        flops, self.gpu_hours(flops), memory, disk)
+                        flops, self.gpu_hours(flops), memory, disk, disk_what="the embedding cache")
 
     def rdm(self, step: Step) -> StepCost:
         o = step.options
@@ -174,8 +189,9 @@ class Planner:
         samples = float(self.dataset_samples or 0) * self.views * int(o.get("epochs", 10))
         flops = samples * work.flops
         memory = (counting.parameter_count(family) * 16 + work.peak_bytes(int(o.get("batch_size", 256)))) / GIB
+        disk = counting.parameter_count(family) * 4 / GIB
         return StepCost(step.name, step.stage, f"{len(family.rates('image'))} RDMs per modality", samples, flops,
-                        self.gpu_hours(flops), memory)
+                        self.gpu_hours(flops), memory, disk, disk_what="the RDM file")
 
     def _need_teacher(self, step: Step) -> str:
         if self.teacher is None:
@@ -210,7 +226,25 @@ class Planner:
                 frozen_params += counting.parameter_count(family) * 4
         flops = samples * per_sample
         memory = self._training_memory(spec, batch, _precision(o), frozen_params, frozen_live)
-        return StepCost(step.name, step.stage, what, samples, flops, self.gpu_hours(flops), memory)
+        disk, kept = self.checkpoint_disk(step)
+        return StepCost(step.name, step.stage, what, samples, flops, self.gpu_hours(flops), memory, disk,
+                        disk_what=kept)
+
+    def checkpoint_disk(self, step: Step) -> tuple[float, str]:
+        """GiB of the checkpoints a training step holds at once under its retention options, and what they are."""
+        o = step.options
+        per_epoch = self._samples(o, f"step {step.name}")
+        global_batch = int(o.get("batch_size", 64)) * self.gpus * int(o.get("accum_freq", 1))
+        steps_per_epoch = max(1, int(per_epoch) // global_batch)
+        total = steps_per_epoch * int(o.get("epochs", 1))
+        end = min(total, int(o["stop_after_steps"])) if o.get("stop_after_steps") else total
+        retention = Retention(int(o.get("keep_step_checkpoints", 2)), bool(o.get("delete_previous_checkpoint", False)),
+                              bool(o.get("save_most_recent", True)))
+        epochs, steps = save_counts(0, end, total, steps_per_epoch, int(o.get("save_every_steps", 0) or 0))
+        count = peak_checkpoints(epochs, steps, retention)
+        per_checkpoint = _params(str(o["model"])) * 12
+        return count * per_checkpoint / GIB, (f"{count} of its {epochs + steps} checkpoints at once "
+                                              f"({_gib(per_checkpoint / GIB)} each), keeping {retention.describe()}")
 
     def plan(self) -> Plan:
         costs = []
@@ -228,7 +262,12 @@ class Planner:
             else:
                 costs.append(StepCost(step.name, step.stage, "evaluation / export", 0, 0.0, 0.0, None,
                                       note="not counted: minutes"))
-        return Plan(str(self.recipe.path), self.gpu, self.peak, self.mfu, self.gpus, costs, self.comparison(costs))
+        plan = Plan(str(self.recipe.path), self.gpu, self.peak, self.mfu, self.gpus, costs, self.comparison(costs))
+        if self.recipe.vars.get("out"):
+            from ..outputs import free_bytes
+            plan.out = str(self.recipe.vars["out"])
+            plan.free_gib = free_bytes(plan.out)[1] / GIB
+        return plan
 
     def comparison(self, costs: list[StepCost]) -> list[StepCost]:
         """The CIFD student's whole pipeline against plain KD and a TAKD-style run of the same student."""
@@ -264,6 +303,10 @@ class Planner:
         return rows
 
 
+def _gib(x: float) -> str:
+    return f"{x:.1f} GiB" if x >= 0.1 else f"{x * 1024:.1f} MiB" if x * 1024 >= 0.1 else f"{x * 1024 ** 2:.0f} kiB"
+
+
 def format_plan(plan: Plan) -> str:
     def num(x: float) -> str:
         return "-" if not x else f"{x:.2e}"
@@ -287,6 +330,15 @@ def format_plan(plan: Plan) -> str:
     total = plan.total()
     lines.append(f"| total | | | | {num(total)} | {hours(sum(s.gpu_hours for s in plan.steps))} | "
                  f"{hours(sum(s.gpu_hours for s in plan.steps) / plan.gpus)} | | | |")
+    if plan.disk_gib:
+        lines += ["", f"Disk: {plan.disk_gib:.1f} GiB at most"
+                  + (f" under {plan.out}, where {plan.free_gib:.1f} GiB are free now: "
+                     + ("it fits" if plan.disk_gib * 1.1 <= plan.free_gib else "it does NOT fit (set "
+                        "delete_previous_checkpoint or a lower keep_step_checkpoints in the students' options, or "
+                        "write elsewhere)") if plan.out is not None else "")]
+        for s in plan.steps:
+            if s.disk_gib:
+                lines.append(f"- {s.name}: {_gib(s.disk_gib)}, {s.disk_what}")
     if plan.comparison:
         base = next(c for c in plan.comparison if c.name == "plain KD")
         lines += ["", "The CIFD student against the same student distilled other ways (same data, epochs, batch):", "",
