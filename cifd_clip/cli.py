@@ -13,6 +13,7 @@ import sys
 import traceback
 
 from . import config as config_lib
+from . import runlog
 from .errors import UserError
 from .outputs import release_all_locks
 
@@ -66,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    runlog.setup_console()
     parser = build_parser()
     args = parser.parse_args(argv)
     module, name = args._run
@@ -75,17 +76,24 @@ def main(argv=None) -> int:
         result = module.run(cfg)
     except UserError as e:
         print(f"cifd-clip {name}: error: {e}", file=sys.stderr)
+        runlog.record_failure(name, e)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         print(f"cifd-clip {name}: interrupted", file=sys.stderr)
+        runlog.record_failure(name, e)
         return 130
     except (OSError, RuntimeError) as e:
         if not disk_full(e):
+            runlog.record_failure(name, e)
             raise
         print(f"cifd-clip {name}: error: the disk is full ({one_line(e)}); free some space and run the command "
               f"again (a training run continues with --resume latest, embed resumes by itself)", file=sys.stderr)
         return 1
+    except BaseException as e:
+        runlog.record_failure(name, e)
+        raise
     finally:
+        runlog.close_run_logs()
         release_all_locks()
     return int(result) if isinstance(result, int) else 0
 

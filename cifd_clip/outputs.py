@@ -108,7 +108,8 @@ def hold_run_lock(folder: str | os.PathLike, what: str) -> None:
 
 
 def release_run_lock(folder: str | os.PathLike) -> None:
-    """Drop the lock and its file; a folder made only to hold the lock (the run failed first) goes too."""
+    """Drop the lock and its file; a folder made only to hold the lock (the run failed first) goes too, with the
+    log file that run began in it."""
     folder = Path(folder).absolute()
     held: Optional[tuple] = _held_locks.pop(str(folder), None)
     if held is None:
@@ -117,10 +118,20 @@ def release_run_lock(folder: str | os.PathLike) -> None:
     (folder / LOCK_FILE).unlink(missing_ok=True)
     handle.close()
     if created:
+        left = list(folder.iterdir())
+        if left and all(_is_run_log(p) for p in left):  # the log of a run that failed before it wrote anything
+            for p in left:
+                p.unlink(missing_ok=True)
         try:
             folder.rmdir()  # only if empty
         except OSError:
             pass
+
+
+def _is_run_log(path: Path) -> bool:
+    """out.log, out-RANK.log, FILE_out.log (runlog.py's names)."""
+    name = path.name
+    return path.is_file() and name.endswith(".log") and (name.startswith("out") or "_out" in name)
 
 
 def release_all_locks() -> None:

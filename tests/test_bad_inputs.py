@@ -1,5 +1,6 @@
 """The catalogue of faults and bad inputs: each ends in one sentence and a non-zero exit, never a traceback,
-and nothing that existed before the command is changed (or lost) by it.
+and nothing that existed before the command is changed (or lost) by it (a run's out.log excepted: a refused
+resume is appended to it, with its sentence).
 
 Commands run in-process through the CLI's own entry point (`cifd_clip.cli.main`), as a user would run them.
 """
@@ -24,7 +25,7 @@ def snapshot(root: Path) -> dict:
     """Every file under root with its size and content hash (a changed or removed file shows)."""
     out = {}
     for path in sorted(root.rglob("*")):
-        if path.is_file() and not path.is_symlink():
+        if path.is_file() and not path.is_symlink() and not (path.name.startswith("out") and path.suffix == ".log"):
             out[str(path.relative_to(root))] = hashlib.sha1(path.read_bytes()).hexdigest()
     return out
 

@@ -113,10 +113,16 @@ def test_train_rdm_under_torchrun_two_processes(tmp_path):
     out = tmp_path / "run"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
                 "-m", "cifd_clip"]
-    result = cli("--cache", cache, "--out", out, "--epochs", 3, "--device", "cpu", *SMALL, launcher=torchrun)
+    result = cli("--cache", cache, "--out", out, "--epochs", 3, "--device", "cpu", "--log-every-rank", *SMALL,
+                 launcher=torchrun)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "rdm_eval.json").read_text())
     assert report["train"]["world_size"] == 2
+    # out.log is rank 0's, out-1.log rank 1's (asked for); every line, on stderr too, names host and rank
+    for name, rank in (("out.log", 0), ("out-1.log", 1)):
+        lines = (out / name).read_text().splitlines()
+        assert lines and all(f" rank {rank}/2] " in line for line in lines if line[:4].isdigit()), name
+    assert "rank 0/2] INFO training 6 RDMs" in result.stderr
     # every non-held-out sample was read once per epoch, split between the two ranks
     assert report["train"]["samples"] == (800 - report["num_samples"]) * 3
     family = RDMFamily.load(out / "rdm.pt")

@@ -54,6 +54,7 @@ def run(cfg: Config) -> int:
     from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
     from ..rdm.model import RDMFamily
     from ..rdm.report import write_report
+    from ..runlog import open_run_log
     from ..rdm.training import evaluate_rdm, split_batch, train_family
 
     log = logging.getLogger("cifd_clip.cls_train_rdm")
@@ -63,6 +64,7 @@ def run(cfg: Config) -> int:
     if meta.get("kind") != "classification":
         raise UserError(f"{cfg.cache} is not a classifier's cache: make one with cifd-clip cls-embed")
     hold_run_lock(out, "output folder")
+    open_run_log(out)
     held = [split_batch(b, cfg.holdout_fraction, held_out=True) for b in iter_cached_outputs(cfg.cache, batch_size=4096)]
     held = {k: torch.cat([b[k] for b in held if b]) for k in ("t_image_emb", "t_logits", "label")}
     if not len(held["label"]):

@@ -9,8 +9,8 @@ given a zero-shot eval file (`cifd-clip embed --zeroshot-root`), zero-shot accur
 as a markdown table, JSON and a rate-distortion plot. It warns when a higher R does not give a higher
 rate and a lower distortion.
 
-Outputs: `--out FILE.pt` puts FILE_eval.{md,json,png} and FILE_config.yaml beside it; `--out DIR` (default
-<logs>/<name>) writes DIR/rdm.pt, DIR/rdm_eval.*, DIR/config.yaml.
+Outputs: `--out FILE.pt` puts FILE_eval.{md,json,png}, FILE_config.yaml and FILE_out.log beside it; `--out DIR`
+(default <logs>/<name>) writes DIR/rdm.pt, DIR/rdm_eval.*, DIR/config.yaml, DIR/out.log.
 """
 from __future__ import annotations
 
@@ -47,6 +47,8 @@ class Config(RDMArchitecture):
     seed: int = option(0, "random seed")
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     log_every: int = option(50, "log the loss terms every N steps")
+    log_every_rank: bool = option(False, "every process writes its own log file beside the checkpoint too (rank 0 "
+                                         "always writes out.log, or FILE_out.log for --out FILE.pt)")
 
     def validate(self):
         if not self.rates or any(not r > 0 for r in self.rates):
@@ -73,9 +75,10 @@ def output_paths(cfg: Config) -> dict:
     if cfg.out and cfg.out.endswith((".pt", ".pth")):
         ckpt = Path(cfg.out)
         return {"checkpoint": ckpt, "dir": ckpt.parent, "stem": f"{ckpt.stem}_eval",
-                "config": ckpt.parent / f"{ckpt.stem}_config.yaml"}
+                "config": ckpt.parent / f"{ckpt.stem}_config.yaml", "log": f"{ckpt.stem}_out.log"}
     folder = Path(cfg.out) if cfg.out else Path(cfg.logs) / (cfg.name or f"rdm-{Path(cfg.cache).resolve().name}")
-    return {"checkpoint": folder / "rdm.pt", "dir": folder, "stem": "rdm_eval", "config": folder / "config.yaml"}
+    return {"checkpoint": folder / "rdm.pt", "dir": folder, "stem": "rdm_eval", "config": folder / "config.yaml",
+            "log": "out.log"}
 
 
 def check_outputs(cfg: Config, paths: dict) -> None:
@@ -99,6 +102,7 @@ def run(cfg: Config) -> int:
     from ..embed.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
     from ..outputs import hold_run_lock
+    from ..runlog import open_run_log
     from ..errors import DataError
     from ..rdm.model import RDMFamily
     from ..rdm.report import write_report
@@ -123,6 +127,8 @@ def run(cfg: Config) -> int:
     env = init_distributed(cfg.device)
     if env.is_main:
         hold_run_lock(paths["dir"], "output folder")
+    if env.is_main or cfg.log_every_rank:
+        open_run_log(paths["dir"], env.rank, env.world_size, cfg.log_every_rank, name=paths["log"])
     try:
         if env.world_size > meta["num_samples"]:
             raise DataError(f"the cache has {meta['num_samples']} samples, fewer than the {env.world_size} processes")

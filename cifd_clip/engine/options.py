@@ -68,6 +68,8 @@ class LoopOptions:
                                           "(open_clip_train's --save-most-recent, on here by default: --resume "
                                           "latest and the recipes read it)")
     log_every_steps: int = option(1, "write a metrics.jsonl line every N optimizer steps")
+    log_every_rank: bool = option(False, "every process writes its own out-RANK.log in the run folder too (rank 0 "
+                                         "always writes out.log)")
     skip_nonfinite: bool = option(False, "skip an optimizer step whose loss or gradient is NaN/inf instead of stopping")
     stop_after_steps: Optional[int] = option(None, "stop once this many optimizer steps are done in total, "
                                                    "with a checkpoint (time-boxed jobs; resume later)")

@@ -14,6 +14,7 @@ from .. import config as config_lib
 from ..errors import UserError
 from ..files import remove_stale_temp_files
 from ..outputs import check_folder_target, hold_run_lock
+from ..runlog import open_run_log
 from .distributed import DistEnv, init_distributed
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,10 @@ def start_run(cfg) -> tuple[DistEnv, Path]:
                         f"or choose another --name")
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
+    every_rank = bool(getattr(cfg, "log_every_rank", False))
+    if env.is_main or every_rank:
+        open_run_log(run_dir, env.rank, env.world_size, every_rank)
+    if env.is_main:
         if torch.get_num_threads() > 1 and env.device.type == "cpu" and env.world_size > 1:
             log.info("%d CPU threads per process", torch.get_num_threads())
     return env, run_dir
