@@ -53,8 +53,21 @@ def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[
     describe image b (any number per image), optionally with a third element, each image's sortable file
     position: the embeddings are then put in that order first, so ties rank the same for any worker count.
     """
+    check_recall_k(recall_k)
+    embeddings = retrieval_embeddings(model, dataloader, tokenizer, device, precision=precision)
+    return retrieval_metrics(embeddings["image"], embeddings["text"], embeddings["text_to_image"],
+                             [int(k) for k in recall_k])
+
+
+def check_recall_k(recall_k: Sequence[int]) -> None:
     if any(int(k) < 1 for k in recall_k):
         raise ValueError(f"recall@K needs K >= 1, got {list(recall_k)}")
+
+
+def retrieval_embeddings(model, dataloader, tokenizer, device, *, precision: str = "fp32") -> dict:
+    """{"image" [N, D], "text" [T, D] (normalised, float32, CPU), "text_to_image" [T], "order" (each image's file
+    position, [] when the loader gives none)}: in file order when the loader gives positions (see
+    `evaluate_retrieval`), so two models' passes over one set line up."""
     model.eval()
     image_embs, text_embs, text_to_image, orders = [], [], [], []
     offset = 0
@@ -76,7 +89,10 @@ def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[
     images, texts, owners = torch.cat(image_embs), torch.cat(text_embs), torch.tensor(text_to_image)
     if len(orders) == len(images):
         images, texts, owners = _in_file_order(images, texts, owners, orders)
-    return retrieval_metrics(images, texts, owners, [int(k) for k in recall_k])
+        orders = sorted(orders)
+    else:
+        orders = []
+    return {"image": images, "text": texts, "text_to_image": owners, "order": list(orders)}
 
 
 def _in_file_order(images, texts, owners, orders):

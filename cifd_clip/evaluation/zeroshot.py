@@ -69,17 +69,30 @@ def evaluate_zeroshot_classification(model, dataloader, tokenizer, classnames: S
         classnames = [c for c, keep in zip(classnames, class_mask) if keep]
     model.eval()
     classifier = build_classifier(model, tokenizer, classnames, templates, device, precision)
-    all_logits, all_targets = [], []
+    features, targets = image_embeddings(model, dataloader, device, precision=precision)
+    return classification_metrics_from_embeddings(features, targets, classifier)
+
+
+def image_embeddings(model, dataloader, device, *, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised image embeddings [N, D] (float32, CPU) and labels [N] of a (images, targets) loader."""
+    model.eval()
+    all_features, all_targets = [], []
     with torch.no_grad():
         for images, targets in dataloader:
             with autocast(precision, device):
                 features = F.normalize(model.encode_image(images.to(device)), dim=-1)
-            all_logits.append((100.0 * features.float() @ classifier).cpu())
+            all_features.append(features.float().cpu())
             all_targets.append(torch.as_tensor(targets).long().cpu())
-    if not all_logits:
+    if not all_features:
         raise ValueError("the dataloader yielded no images")
-    logits, targets = torch.cat(all_logits), torch.cat(all_targets)
-    if targets.min() < 0 or targets.max() >= len(classnames):
+    return torch.cat(all_features), torch.cat(all_targets)
+
+
+def classification_metrics_from_embeddings(features: torch.Tensor, targets: torch.Tensor,
+                                           classifier: torch.Tensor) -> dict:
+    """CLIP_benchmark's logits (100 · features @ classifier) and their metrics; the labels must index the classes."""
+    num_classes = classifier.shape[1]
+    if targets.min() < 0 or targets.max() >= num_classes:
         raise ValueError(f"labels run from {targets.min().item()} to {targets.max().item()} "
-                         f"but there are {len(classnames)} classes")
-    return classification_metrics(logits, targets)
+                         f"but there are {num_classes} classes")
+    return classification_metrics(100.0 * features @ classifier.float().cpu(), targets)
