@@ -28,6 +28,8 @@ PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILE = "open_clip_model.safetensors"
 STATE_DICT_FILE = "open_clip_state_dict.pt"
+MAP_FILE = "teacher_space_map.pt"  # --space teacher: the map M [D, d] that was folded in, and its teacher
+MAP_FORMAT = "cifd_clip.teacher_space_map"
 MANIFEST = ".cifd-clip-export"  # the files an export wrote, so that --overwrite removes exactly those
 
 
@@ -68,29 +70,63 @@ def prepare_out(out: Path, overwrite: bool) -> None:
             (out / name).unlink(missing_ok=True)
 
 
+SPACES = ("student", "teacher")
+
+
 def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
-                   eval_results: Optional[str | os.PathLike] = None, overwrite: bool = False) -> Path:
-    """Write the export folder for `checkpoint`; returns the folder."""
+                   eval_results: Optional[str | os.PathLike] = None, overwrite: bool = False, *,
+                   space: str = "student", teacher_map: str = "learned", teacher_cache: Optional[str] = None,
+                   fit_data: Optional[str] = None, fit_samples: int = 4096) -> Path:
+    """Write the export folder for `checkpoint`; returns the folder.
+
+    `space="teacher"`: the towers end in the teacher's width, with the map `teacher_map` (see
+    `export.teacher_space`) folded into their final projections."""
+    if space not in SPACES:
+        raise UserError(f"--space must be one of {', '.join(SPACES)}, got {space!r}")
     ckpt = read_student_checkpoint(checkpoint)
     out = Path(out_dir)
     eval_table = _find_eval_table(checkpoint, eval_results)
-    prepare_out(out, overwrite)
-    out.mkdir(parents=True, exist_ok=True)
+    check_folder_target(out, "--out")
     state_dict = {k: v.contiguous() for k, v in strip_prefixes(ckpt["state_dict"]).items()}
+    model_cfg, mapping = ckpt["model_cfg"], None
     model_name = str(ckpt.get("model_name") or "student").replace("/", "-")
     if model_name.startswith("local-dir:") or model_name.endswith((".json", ".pt")):
         model_name = "student"
+    if space == "teacher":
+        from .teacher_space import build_map, fold_into_projections
 
-    config = {"model_cfg": ckpt["model_cfg"], "preprocess_cfg": _plain_preprocess(ckpt.get("preprocess_cfg", {}))}
+        mapping = build_map(ckpt, str(checkpoint), teacher_map, cache=teacher_cache, train_data=fit_data,
+                            samples=fit_samples)
+        state_dict, model_cfg = fold_into_projections(state_dict, model_cfg, mapping.matrix)
+        model_name = f"{model_name}-teacher-space"
+    prepare_out(out, overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+
+    config = {"model_cfg": model_cfg, "preprocess_cfg": _plain_preprocess(ckpt.get("preprocess_cfg", {}))}
     write_atomic(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(config, indent=2)))
     # clone() breaks any storage sharing, which safetensors refuses to write
     write_atomic(out / WEIGHTS_FILE, lambda p: save_file({k: v.clone() for k, v in state_dict.items()}, str(p)))
     write_atomic(out / STATE_DICT_FILE, lambda p: torch.save(state_dict, p))
-    write_text_atomic(out / f"{model_name}.json", json.dumps(ckpt["model_cfg"], indent=2))
-    write_text_atomic(out / "README.md", model_card(ckpt, checkpoint, model_name, eval_table))
+    write_text_atomic(out / f"{model_name}.json", json.dumps(model_cfg, indent=2))
     files = [CONFIG_FILE, WEIGHTS_FILE, STATE_DICT_FILE, f"{model_name}.json", "README.md"]
+    if mapping is not None:
+        map_file = {"format": MAP_FORMAT, "format_version": 1, "matrix": mapping.matrix.contiguous(),
+                    "kind": mapping.kind, "teacher": mapping.teacher, "fit": mapping.fit}
+        write_atomic(out / MAP_FILE, lambda p: torch.save(map_file, p))
+        files.append(MAP_FILE)
+    write_text_atomic(out / "README.md", model_card(ckpt, checkpoint, model_name, eval_table, model_cfg, mapping))
     write_text_atomic(out / MANIFEST, "\n".join(files) + "\n")
     return out
+
+
+def read_teacher_space_map(out_dir: str | os.PathLike) -> Optional[dict]:
+    """The map a `--space teacher` export folded in ({"matrix", "kind", "teacher", "fit"}), None for another export."""
+    from ..files import check_format, read_torch_file
+
+    path = Path(out_dir) / MAP_FILE
+    if not path.is_file():
+        return None
+    return check_format(read_torch_file(path, "teacher-space map"), path, "a teacher-space map", MAP_FORMAT, 1)
 
 
 def _find_eval_table(checkpoint, eval_results) -> Optional[str]:
@@ -109,8 +145,10 @@ def _find_eval_table(checkpoint, eval_results) -> Optional[str]:
     return None
 
 
-def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[str]) -> str:
+def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[str], model_cfg: Optional[dict] = None,
+               mapping=None) -> str:
     run_cfg = ckpt.get("config") or {}
+    model_cfg = model_cfg or ckpt["model_cfg"]
     teacher = run_cfg.get("teacher") or run_cfg.get("cache") or "none (trained without distillation)"
     lines = [
         f"# {ckpt.get('name') or model_name}",
@@ -118,11 +156,12 @@ def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[str
         "An open_clip student exported by cifd_clip"
         + (" (CIFD distillation)." if run_cfg.get("rdm") or run_cfg.get("cache") else "."),
         "",
-        f"- Architecture: `{model_name}` (embedding width {ckpt['model_cfg'].get('embed_dim')})",
+        f"- Architecture: `{model_name}` (embedding width {model_cfg.get('embed_dim')})",
         f"- Teacher / embedding cache: `{teacher}`",
         f"- Training data: `{run_cfg.get('train_data', 'unknown')}`",
         f"- Epochs completed: {ckpt.get('epoch', '?')}, optimizer steps: {ckpt.get('step', '?')}",
         f"- Source checkpoint: `{Path(checkpoint).name}`",
+        *(teacher_space_section(mapping, ckpt["model_cfg"].get("embed_dim")) if mapping is not None else []),
         "",
         "## Loading",
         "```python",
@@ -142,8 +181,31 @@ def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[str
     return "\n".join(lines) + "\n"
 
 
-def verify_export(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, atol: float = 1e-5) -> float:
-    """Load the folder through open_clip and compare embeddings with the checkpoint's weights."""
+def teacher_space_section(mapping, student_dim) -> list[str]:
+    teacher = mapping.teacher
+    how = {"ibm-isometric": "the isometric IBM decoder Q the distillation trained (semi-orthogonal, both towers)",
+           "identity": "none needed: the run distilled the student's own embeddings into the teacher's (CLIP-KD, "
+                       "equal widths)",
+           "procrustes": "an orthogonal map fitted after training (Procrustes) on cached student/teacher pairs",
+           "lstsq": "a least-squares linear map fitted after training on cached student/teacher pairs"}[mapping.kind]
+    lines = ["", "## Embedding space: the teacher's",
+             f"This model embeds images and captions into the space of the teacher `{teacher.get('spec')}` "
+             f"(`{teacher.get('model_name')}`, weights fingerprint `{teacher.get('fingerprint')}`), width "
+             f"{mapping.teacher_dim}: its embeddings can be searched against an index that teacher built. "
+             f"The map from the student's own {student_dim}-wide space is folded into both towers' final "
+             f"projections ({MAP_FILE} holds it): {how}."]
+    if mapping.fit:
+        lines.append(f"Fitted on {mapping.fit['pairs']} image and caption pairs; mean cosine to the teacher's "
+                     f"embeddings there {mapping.fit['mean_cosine']:.3f}.")
+    lines.append("Check it on your own data with `cifd-clip eval --task cross_model_retrieval --gallery-model "
+                 "TEACHER` (docs/evaluation.md).")
+    return lines
+
+
+def verify_export(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, atol: float = 1e-5,
+                  matrix: Optional[torch.Tensor] = None) -> float:
+    """Load the folder through open_clip and compare embeddings with the checkpoint's weights (mapped by
+    `matrix` [D, d] for a teacher-space export); the largest difference, relative to the embeddings' size."""
     import open_clip
 
     from ..towers import load_model
@@ -157,9 +219,13 @@ def verify_export(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, ato
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(2, 3, *size, generator=generator)
     tokens = open_clip.get_tokenizer(f"local-dir:{out_dir}")(["a photo of a red circle", "two blue squares"])
+    def expected(embedding):
+        return embedding if matrix is None else embedding @ matrix.to(embedding.dtype).T
+
     with torch.no_grad():
-        diff = max((exported.encode_image(images) - reference.encode_image(images)).abs().max().item(),
-                   (exported.encode_text(tokens) - reference.encode_text(tokens)).abs().max().item())
+        pairs = [(exported.encode_image(images), expected(reference.encode_image(images))),
+                 (exported.encode_text(tokens), expected(reference.encode_text(tokens)))]
+        diff = max(((got - want).abs().max() / want.abs().max().clamp_min(1.0)).item() for got, want in pairs)
     if diff > atol:
         raise UserError(f"the export in {out_dir} does not reproduce the checkpoint (max abs difference {diff:.2e})")
     return diff
