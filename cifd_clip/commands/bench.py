@@ -23,6 +23,11 @@ class Config(EvalRunOptions):
     output_dir: str = required("folder for the result JSONs, results.json and results.md")
     dataset_root_base: Optional[str] = option(None, "what {root} means in the suite's dataset roots "
                                                     "(default: the suite's dataset_root_base)")
+    gallery_model: Optional[str] = option(None, "the teacher whose embeddings the suite's cross-model entries search "
+                                                "each model's queries against (any --model spec)")
+    gallery_pretrained: Optional[str] = option(None, "weights file or open_clip pretrained tag for --gallery-model")
+    gallery_dir: Optional[str] = option(None, "where the teacher's embeddings of each cross-model set are kept, made "
+                                              "once and reused (default: OUTPUT_DIR/gallery)")
 
 
 def run(cfg: Config):
@@ -35,7 +40,9 @@ def run(cfg: Config):
     check_folder_target(cfg.output_dir, "--output-dir")
     device, precision = cfg.resolved_device_and_precision()
     summary = run_suite(cfg.suite, cfg.model, cfg.output_dir, dataset_root_base=cfg.dataset_root_base,
-                        batch_size=cfg.batch_size, workers=cfg.workers, device=device, precision=precision)
+                        batch_size=cfg.batch_size, workers=cfg.workers, device=device, precision=precision,
+                        gallery_model=cfg.gallery_model, gallery_pretrained=cfg.gallery_pretrained,
+                        gallery_dir=cfg.gallery_dir)
     config_lib.save(cfg, Path(cfg.output_dir) / "bench_config.yaml")
     print(summary["markdown"])
     print(f"wrote {Path(cfg.output_dir) / 'results.md'} ({summary['missing']} missing, {summary['errors']} failed)")

@@ -17,7 +17,8 @@ from ..config import option, required
 from ..errors import ConfigError
 from ..evaluation.options import EvalRunOptions
 
-TASK_CHOICES = ["auto", "zeroshot_classification", "zeroshot_retrieval"]
+TASK_CHOICES = ["auto", "zeroshot_classification", "zeroshot_retrieval", "cross_model_retrieval",
+                "cross_model_classification"]
 
 
 @dataclass
@@ -38,9 +39,22 @@ class Config(EvalRunOptions):
     annotation_file: Optional[str] = option(None, "Karpathy JSON / captions file for flickr30k or mscoco")
     captions_per_image: int = option(5, "captions kept per image for flickr30k/mscoco (0 = all)")
     border_crop: int = option(2, "pixels cropped off each ObjectNet image border (0 = none, as CLIP_benchmark)")
+    gallery_model: Optional[str] = option(None, "cross-model tasks: the teacher whose embeddings of the set form the "
+                                                "index the model's queries search (any --model spec)")
+    gallery_pretrained: Optional[str] = option(None, "weights file or open_clip pretrained tag for --gallery-model")
+    gallery_embeddings: Optional[str] = option(None, "cross-model tasks: a file of the teacher's embeddings of the "
+                                                     "set: read when it exists, else written by --gallery-model")
 
     def validate(self):
         EvalRunOptions.validate(self)
+        cross = self.task.startswith("cross_model_")
+        if cross and not (self.gallery_model or self.gallery_embeddings):
+            raise ConfigError(f"--task {self.task} searches the model's queries against the teacher's embeddings: "
+                              f"pass --gallery-model TEACHER (and --gallery-embeddings FILE to keep them) or "
+                              f"--gallery-embeddings FILE from an earlier run")
+        if not cross and (self.gallery_model or self.gallery_embeddings or self.gallery_pretrained):
+            raise ConfigError("--gallery-model, --gallery-pretrained and --gallery-embeddings belong to the "
+                              "cross-model tasks: pass --task cross_model_retrieval or cross_model_classification")
         if not self.recall_k or any(k < 1 for k in self.recall_k):
             raise ConfigError(f"--recall-k needs values of at least 1, got {self.recall_k}")
         if self.output:
@@ -79,7 +93,7 @@ def _expected_task(cfg, name: str) -> str:
 
 def summary_line(result: dict) -> str:
     metrics = ", ".join(f"{k}={v * 100:.2f}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in result["metrics"].items())
+                        for k, v in result["metrics"].items() if not k.startswith(("teacher_", "student_")))
     return (f"{result['dataset']} ({result['task']}) {result['model']}: {metrics} "
             f"[{result['num_images']} images, {result['images_per_second']:.1f} images/s]")
 
@@ -100,6 +114,12 @@ def run(cfg: Config):
     if not Path(cfg.dataset_root).expanduser().is_dir():
         raise DatasetMissing(name, Path(cfg.dataset_root).expanduser(), "no folder")
     tower = load_model(cfg.model, cfg.pretrained, device=device)
+    gallery = None
+    if task is not None and task.startswith("cross_model_"):
+        from ..evaluation.cross_model import GallerySource
+
+        teacher = load_model(cfg.gallery_model, cfg.gallery_pretrained, device=device) if cfg.gallery_model else None
+        gallery = GallerySource(teacher, cfg.gallery_embeddings)
     template = cfg.output or "{dataset}_{model}_{task}.json"
 
     def output_path(dataset: str, pretrained: str, task_name: str) -> Path:
@@ -110,7 +130,8 @@ def run(cfg: Config):
     check_file_target(output_path(name, cfg.pretrained or weights_label(tower), _expected_task(cfg, name)), "--output")
     result = evaluate_model_on_dataset(tower, cfg.dataset, cfg.dataset_root, task, batch_size=cfg.batch_size,
                                        workers=cfg.workers, recall_k=cfg.recall_k, device=device, precision=precision,
-                                       options=dataset_options(cfg), pretrained=cfg.pretrained or None)
+                                       options=dataset_options(cfg), pretrained=cfg.pretrained or None,
+                                       gallery=gallery)
     output = check_file_target(output_path(result["dataset"], result["pretrained"], result["task"]), "--output")
     write_text_atomic(output, json.dumps(result, indent=2) + "\n")
     config_lib.save(cfg, output.with_suffix(".config.yaml"))

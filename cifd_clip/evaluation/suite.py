@@ -5,7 +5,8 @@ A suite (YAML, see eval/suites/) lists datasets:
     dataset_root_base: data            # optional; what `{root}` means unless the caller says
     datasets:
       - name: imagenet1k               # any name build_dataset accepts
-        task: zeroshot_classification  # optional: the dataset's own task
+        task: zeroshot_classification  # optional: the dataset's own task; or cross_model_retrieval /
+                                       # cross_model_classification (bench --gallery-model TEACHER)
         root: "{root}/imagenet"
         label: ImageNet                # optional: the name shown in the table
         recall_k: [1, 5, 10]           # retrieval only (default 1 5 10)
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, UserError
+from .cross_model import CROSS_TASKS, metric_rows as cross_model_rows
 from .datasets import RETRIEVAL, TASKS, canonical_name, default_task
 
 log = logging.getLogger(__name__)
@@ -61,8 +63,9 @@ def load_suite(suite: Union[dict, str, Path]) -> dict:
         name = canonical_name(entry["name"])
         default_task(name)  # unknown names fail now, not halfway through the suite
         task = entry.get("task")
-        if task is not None and task not in TASKS:
-            raise ConfigError(f"dataset entry {name} of {where} has unknown task {task!r}; use {' or '.join(TASKS)}")
+        if task is not None and task not in TASKS + CROSS_TASKS:
+            raise ConfigError(f"dataset entry {name} of {where} has unknown task {task!r}; use one of "
+                              f"{', '.join(TASKS + CROSS_TASKS)}")
         recall_k = entry.get("recall_k", [1, 5, 10])
         if not isinstance(recall_k, list) or not all(isinstance(k, int) and k >= 1 for k in recall_k):
             raise ConfigError(f"dataset entry {name} of {where}: recall_k must be a list of positive integers")
@@ -93,6 +96,8 @@ def model_labels(specs: Sequence[str]) -> list[str]:
 
 
 def _metric_rows(entry: dict, task: str) -> list[str]:
+    if task in CROSS_TASKS:
+        return cross_model_rows(task, entry["recall_k"])
     if task == RETRIEVAL:
         return [f"{d}_retrieval_recall@{k}" for k in entry["recall_k"] for d in ("image", "text")]
     return list(CLASSIFICATION_METRICS)
@@ -116,7 +121,7 @@ def render_markdown(suite_name: str, specs: Sequence[str], entries: list[dict], 
     for d, entry in enumerate(entries):
         row_results = [results[m][d] for m in range(len(specs))]
         task = next((r["task"] for r in row_results if r["status"] == "ok"), row_results[0]["task"])
-        short_task = task.replace("zeroshot_", "")
+        short_task = task.replace("zeroshot_", "").replace("cross_model_", "cross-model ")
         if all(r["status"] != "ok" for r in row_results) and len({_cell(r, "") for r in row_results}) == 1:
             lines.append(f"| {entry['label']} | {short_task} | all | " +
                          " | ".join(_cell(r, "") for r in row_results) + " |")
@@ -135,9 +140,12 @@ def render_markdown(suite_name: str, specs: Sequence[str], entries: list[dict], 
 
 def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_dir, *,
               dataset_root_base: Optional[str] = None, batch_size: int = 64, workers: int = 4, device="cpu",
-              precision: str = "fp32", show_progress: bool = True) -> dict:
+              precision: str = "fp32", show_progress: bool = True, gallery_model: Optional[str] = None,
+              gallery_pretrained: Optional[str] = None, gallery_dir=None) -> dict:
     """Evaluate every model on every dataset of `suite`; write the JSONs and results.md into `output_dir`.
 
+    The cross-model entries search each model's queries against `gallery_model`'s embeddings of the set, made once
+    per set and kept in `gallery_dir` (default OUTPUT_DIR/gallery), where a later run finds them again.
     Returns {"suite", "models", "datasets", "results": [[result per dataset] per model], "markdown",
     "missing": n, "errors": n}. Model specs are anything cifd_clip.towers.load_model accepts.
     """
@@ -152,15 +160,18 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
+    galleries = _gallery_sources(suite["datasets"], gallery_model, gallery_pretrained,
+                                 Path(gallery_dir) if gallery_dir else output_dir / "gallery", device)
     results: list[list[dict]] = []
     for spec in model_specs:
         tower = load_model(spec, device=device)
         per_model = []
-        for entry, root in zip(suite["datasets"], roots):
+        for entry, root, gallery in zip(suite["datasets"], roots, galleries):
             try:
                 result = evaluate_model_on_dataset(tower, entry["name"], root, entry["task"], batch_size=batch_size,
                                                    workers=workers, recall_k=entry["recall_k"], device=device,
-                                                   precision=precision, options=entry["options"], show_progress=show_progress)
+                                                   precision=precision, options=entry["options"],
+                                                   show_progress=show_progress, gallery=gallery)
             except UserError as e:  # bad data in one set must not cost the others
                 message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                 result = {**result_header(entry["name"], spec, weights_label(tower),
@@ -183,6 +194,22 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
     (output_dir / "results.json").write_text(json.dumps({k: v for k, v in summary.items() if k != "markdown"},
                                                         indent=2) + "\n")
     return summary
+
+
+def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_pretrained: Optional[str],
+                     gallery_dir: Path, device) -> list:
+    """Per entry: None, or the cross-model entry's GallerySource (the teacher loaded once, one file per set)."""
+    from ..towers import load_model
+    from .cross_model import GallerySource
+
+    if not any(e["task"] in CROSS_TASKS for e in entries):
+        if gallery_model:
+            raise ConfigError("--gallery-model is for a suite's cross-model entries (task cross_model_retrieval or "
+                              "cross_model_classification), and this suite has none")
+        return [None] * len(entries)
+    teacher = load_model(gallery_model, gallery_pretrained, device=device) if gallery_model else None
+    return [GallerySource(teacher, gallery_dir / f"{slug(e['label'])}__{e['task']}.pt")
+            if e["task"] in CROSS_TASKS else None for e in entries]
 
 
 def _summary(result: dict) -> str:
