@@ -96,12 +96,15 @@ def record_failure(stage: str, error: BaseException) -> None:
         return
     log = logging.getLogger("cifd_clip")
     from .errors import UserError
+    # only text reaches the record: a handler that keeps records (pytest's) must not keep the error's frames alive
     if isinstance(error, UserError):
-        log.error("cifd-clip %s: error: %s", stage, error, extra=FILE_ONLY)
+        log.error("cifd-clip %s: error: %s", stage, str(error), extra=FILE_ONLY)
     elif isinstance(error, KeyboardInterrupt):
         log.error("cifd-clip %s: interrupted", stage, extra=FILE_ONLY)
     else:
-        log.error("cifd-clip %s: failed", stage, exc_info=error, extra=FILE_ONLY)
+        import traceback
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__)).rstrip()
+        log.error("cifd-clip %s: failed\n%s", stage, text, extra=FILE_ONLY)
 
 
 def close_run_logs() -> None:
