@@ -50,3 +50,18 @@ def student_transforms():
     register_model_configs()
     preprocess = open_clip.image_transform(48, is_train=False)
     return preprocess, open_clip.get_tokenizer("tiny-vit-student")
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_and_cache(demo_train_spec, tmp_path_factory):
+    """(folder, teacher checkpoint): tiny-vit-teacher trained one epoch on the tiny demo, and its float32 embedding
+    cache in FOLDER/cache; treat both as read-only (modules may add their own files to FOLDER)."""
+    from cifd_clip.cli import main
+
+    root = tmp_path_factory.mktemp("teacher")
+    assert main(["train", "--model", "tiny-vit-teacher", "--train-data", demo_train_spec, "--batch-size", "8",
+                 "--workers", "0", "--warmup", "2", "--logs", str(root), "--name", "teacher"]) == 0
+    teacher = root / "teacher" / "checkpoints" / "epoch_1.pt"
+    assert main(["embed", "--teacher", str(teacher), "--train-data", demo_train_spec, "--out", str(root / "cache"),
+                 "--dtype", "float32", "--workers", "0", "--batch-size", "16", "--device", "cpu"]) == 0
+    return root, teacher

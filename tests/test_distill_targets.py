@@ -11,15 +11,10 @@ from cifd_clip.cli import main
 
 
 @pytest.fixture(scope="module")
-def teacher_and_cache(demo_train_spec, tmp_path_factory):
+def teacher_and_cache(tiny_teacher_and_cache):
     """A briefly trained tiny teacher checkpoint, its float32 embedding cache and an RDM family file."""
     from cifd_clip.rdm.model import RDMFamily
-    root = tmp_path_factory.mktemp("distill")
-    assert main(["train", "--model", "tiny-vit-teacher", "--train-data", demo_train_spec, "--batch-size", "8",
-                 "--workers", "0", "--warmup", "2", "--logs", str(root), "--name", "teacher"]) == 0
-    teacher = root / "teacher" / "checkpoints" / "epoch_1.pt"
-    assert main(["embed", "--teacher", str(teacher), "--train-data", demo_train_spec, "--out", str(root / "cache"),
-                 "--dtype", "float32", "--workers", "0", "--batch-size", "16", "--device", "cpu"]) == 0
+    root, teacher = tiny_teacher_and_cache
     torch.manual_seed(0)
     RDMFamily.build({"image": 128, "text": 128}, [10.0, 100.0], hidden_dim=32, bottleneck_dim=8).save(root / "rdm.pt")
     RDMFamily.build({"image": 96, "text": 96}, [10.0], hidden_dim=32, bottleneck_dim=8).save(root / "rdm96.pt")

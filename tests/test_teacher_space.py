@@ -17,22 +17,18 @@ from cifd_clip.export.teacher_space import fit_map
 
 
 @pytest.fixture(scope="module")
-def runs(demo_train_spec, tmp_path_factory):
-    """A briefly trained tiny teacher (width 128), its embedding cache, and a CIFD student (width 64) from it."""
+def runs(tiny_teacher_and_cache, demo_train_spec, tmp_path_factory):
+    """The tiny teacher (width 128), its embedding cache, and a CIFD student (width 64) distilled from it."""
     from cifd_clip.rdm.model import RDMFamily
 
+    shared, teacher = tiny_teacher_and_cache
     root = tmp_path_factory.mktemp("teacher_space")
-    assert main(["train", "--model", "tiny-vit-teacher", "--train-data", demo_train_spec, "--batch-size", "8",
-                 "--workers", "0", "--warmup", "2", "--logs", str(root), "--name", "teacher"]) == 0
-    teacher = root / "teacher" / "checkpoints" / "epoch_1.pt"
-    assert main(["embed", "--teacher", str(teacher), "--train-data", demo_train_spec, "--out", str(root / "cache"),
-                 "--dtype", "float32", "--workers", "0", "--batch-size", "16", "--device", "cpu"]) == 0
     torch.manual_seed(0)
     RDMFamily.build({"image": 128, "text": 128}, [10.0], hidden_dim=32, bottleneck_dim=8).save(root / "rdm.pt")
     assert main(["distill", "--model", "tiny-vit-student", "--train-data", demo_train_spec, "--cache",
-                 str(root / "cache"), "--rdm", str(root / "rdm.pt"), "--batch-size", "8", "--workers", "0",
+                 str(shared / "cache"), "--rdm", str(root / "rdm.pt"), "--batch-size", "8", "--workers", "0",
                  "--warmup", "2", "--logs", str(root), "--name", "cifd"]) == 0
-    return {"root": root, "teacher": teacher, "cache": root / "cache",
+    return {"root": root, "teacher": teacher, "cache": shared / "cache",
             "cifd": root / "cifd" / "checkpoints" / "epoch_1.pt"}
 
 
