@@ -62,6 +62,21 @@ def test_every_model_beats_chance_widely(small_demo):
 
 
 @pytest.mark.slow
+def test_the_students_in_the_teachers_space_search_its_index(small_demo):
+    """Every teacher-space export's queries find the teacher's images far above chance, and the report says so."""
+    out = small_demo[0]
+    results = json.loads((out / "report" / "results.json").read_text())
+    rows = results["teacher_space"]
+    assert list(rows) == ["teacher → teacher index", "student, CIFD (its IBM map Q)", "student, CIFD + Procrustes",
+                          "student, no KD + Procrustes", "student, KD (open_clip) + Procrustes"]
+    for label, row in rows.items():
+        assert row["image_retrieval_recall@5"] > 0.2, label  # the small demo's 60 images: chance at R@5 is 8%
+    assert any("teacher's index" in line for line in results["verdict"])
+    report = (out / "report" / "report.md").read_text()
+    assert "## Student queries → teacher index" in report and "--space teacher" in report
+
+
+@pytest.mark.slow
 def test_exported_student_reloads_through_plain_open_clip_with_the_same_embeddings(small_demo):
     import open_clip
     import torch

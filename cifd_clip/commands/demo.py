@@ -49,7 +49,8 @@ def run(cfg: Config) -> int:
     timings.append(("reload check", "(open_clip.create_model_and_transforms on the export)",
                     time.perf_counter() - check_start))
     shown = write_report(layout, timings, scale=cfg.scale, commands=commands, export_diff=diff)
-    print("\n" + shown["table"] + "\n\n" + shown["stages"] + "\n")
+    print("\n" + shown["table"] + "\n\nstudent queries against the teacher's index:\n" + shown["teacher_space"]
+          + "\n\n" + shown["stages"] + "\n")
     for sentence in shown["verdict"]:
         print(sentence)
     print(f"\nexported CIFD student reloads through open_clip (local-dir:{layout.export}), "

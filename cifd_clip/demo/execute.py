@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import UserError
 
 MARKER = ".cifd_clip_demo"
-OUTPUT_FOLDERS = ("data", "cache", "runs", "bench", "export", "logs", "report")
+OUTPUT_FOLDERS = ("data", "cache", "runs", "bench", "bench-teacher-space", "export", "logs", "report")
 
 
 def prepare_out(out: Path) -> None:

@@ -18,11 +18,18 @@ from ..errors import UserError
 # runs from an installed wheel as well as from the source tree.
 DEFAULT_RECIPES = Path(__file__).resolve().parent / "recipes"
 DEMO_SUITE = Path(__file__).resolve().parents[1] / "evaluation" / "suites" / "demo.yaml"
+TEACHER_SPACE_SUITE = DEMO_SUITE.with_name("demo-teacher-space.yaml")
 SCALES = ("full", "small")
 
 # The compared models: (run name, column label), in table order.
 MODELS = [("teacher", "teacher"), ("student-nokd", "student, no KD"),
           ("student-kd", "student, KD (open_clip)"), ("student-cifd", "student, CIFD")]
+# The students exported into the teacher's space: (run, map, row label), in table order. CIFD's own map is its
+# IBM decoder; the post-hoc Procrustes map is the baseline every student gets.
+TEACHER_SPACE = [("student-cifd", "learned", "student, CIFD (its IBM map Q)"),
+                 ("student-cifd", "procrustes", "student, CIFD + Procrustes"),
+                 ("student-nokd", "procrustes", "student, no KD + Procrustes"),
+                 ("student-kd", "procrustes", "student, KD (open_clip) + Procrustes")]
 
 
 @dataclass
@@ -43,7 +50,12 @@ class Layout:
     @property
     def export(self) -> Path: return self.out / "export" / "student-cifd"
     @property
+    def bench_teacher_space(self) -> Path: return self.out / "bench-teacher-space"
+    @property
     def logs(self) -> Path: return self.out / "logs"
+
+    def teacher_space_export(self, run: str, how: str) -> Path:
+        return self.out / "export" / f"{run}-teacher-space-{how}"
     @property
     def report(self) -> Path: return self.out / "report"
 
@@ -95,6 +107,15 @@ def _training(run: str, *, cache: bool = False, rdm: bool = False) -> Callable[[
     return paths
 
 
+def _teacher_space_export(run: str, how: str) -> Callable[[Layout], list[str]]:
+    def paths(layout: Layout) -> list[str]:
+        args = ["--checkpoint", str(layout.checkpoint(run)), "--out", str(layout.teacher_space_export(run, how))]
+        if how != "learned":  # the fit reads the teacher's cached embeddings of the training shards
+            args += ["--teacher-cache", str(layout.cache), "--fit-data", layout.train_data()]
+        return args
+    return paths
+
+
 STEPS = [
     Step("data", "make-demo-data", "data.yaml", lambda l: ["--out", str(l.data)]),
     Step("teacher", "train", "teacher.yaml", _training("teacher")),
@@ -110,6 +131,13 @@ STEPS = [
         "--model", *(str(l.checkpoint(run)) for run, _ in MODELS)]),
     Step("export", "export", "export.yaml", lambda l: [
         "--checkpoint", str(l.checkpoint("student-cifd")), "--out", str(l.export), "--eval-results", str(l.bench)]),
+    *(Step(f"teacher-space-{run.removeprefix('student-')}-{how}", "export",
+           "export-teacher-space.yaml" if how == "learned" else "export-procrustes.yaml",
+           _teacher_space_export(run, how)) for run, how, _ in TEACHER_SPACE),
+    Step("bench-teacher-space", "bench", "bench-teacher-space.yaml", lambda l: [
+        "--suite", str(TEACHER_SPACE_SUITE), "--output-dir", str(l.bench_teacher_space), "--dataset-root-base",
+        str(l.data), "--gallery-model", str(l.checkpoint("teacher")),
+        "--model", *(f"local-dir:{l.teacher_space_export(run, how)}" for run, how, _ in TEACHER_SPACE)]),
 ]
 
 
@@ -119,7 +147,7 @@ def resolve_recipes(recipes: str | None) -> Path:
     if missing:
         raise UserError(f"recipe folder {folder} lacks {', '.join(missing)}; pass --recipes DIR with one YAML per "
                         f"demo step (see recipes/demo/)")
-    if not DEMO_SUITE.is_file():
+    if not DEMO_SUITE.is_file() or not TEACHER_SPACE_SUITE.is_file():
         raise UserError(f"the demo suite {DEMO_SUITE} is missing: this cifd_clip install is incomplete; reinstall it")
     return folder
 

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .plan import MODELS, Layout
+from .plan import MODELS, TEACHER_SPACE, Layout
 
 CLASSIFICATION_ROWS = [("acc1", "zero-shot top-1"), ("acc5", "zero-shot top-5"),
                        ("mean_per_class_recall", "zero-shot mean per-class recall")]
@@ -90,6 +90,53 @@ def verdict(table: dict) -> list[str]:
     return lines
 
 
+def collect_teacher_space(layout: Layout) -> dict:
+    """{row label: {metric: value}} of the cross-model bench (each teacher-space export's queries against the
+    teacher's index), plus a "teacher → teacher index" row with the teacher's own figures."""
+    bench = json.loads((layout.bench_teacher_space / "results.json").read_text())
+    rows: dict[str, dict] = {}
+    for (run, how, label), per_dataset in zip(TEACHER_SPACE, bench["results"]):
+        row = {"run": run, "map": how}
+        for result in per_dataset:
+            if result["status"] == "ok":
+                row.update(result["metrics"])
+        rows[label] = row
+    first = next(iter(rows.values()))
+    rows = {"teacher → teacher index": {k[len("teacher_"):]: v for k, v in first.items() if k.startswith("teacher_")},
+            **rows}
+    return rows
+
+
+TEACHER_SPACE_ROWS = [("image_retrieval_recall@1", "text→image R@1"), ("image_retrieval_recall@5", "text→image R@5"),
+                      ("text_retrieval_recall@1", "image→text R@1"), ("text_retrieval_recall@5", "image→text R@5"),
+                      ("acc1", "zero-shot top-1")]
+
+
+def teacher_space_table(rows: dict) -> str:
+    """Queries of each model against the teacher's embeddings (the teacher's own queries first)."""
+    lines = ["| queries from | " + " | ".join(name + " (%)" for _, name in TEACHER_SPACE_ROWS)
+             + " | recall kept (% of teacher's) | top-1 kept (%) |", "|---|" + "---:|" * (len(TEACHER_SPACE_ROWS) + 2)]
+    for label, row in rows.items():
+        cells = [f"{100 * row[key]:.1f}" if row.get(key) is not None else "n/a" for key, _ in TEACHER_SPACE_ROWS]
+        kept = [f"{100 * row[key]:.0f}" if row.get(key) is not None else "100" if label.startswith("teacher")
+                else "n/a" for key in ("recall_retained", "acc1_retained")]
+        lines.append(f"| {label} | " + " | ".join(cells + kept) + " |")
+    return "\n".join(lines)
+
+
+def teacher_space_verdict(rows: dict) -> str:
+    """CIFD's own map against the best post-hoc map on a student trained without CIFD."""
+    students = [(label, row) for label, row in rows.items() if not label.startswith("teacher")]
+    cifd = next(item for item in students if item[1]["run"] == "student-cifd" and item[1]["map"] == "learned")
+    others = [item for item in students if item[1]["run"] != "student-cifd"]
+    best_other = max(others, key=lambda item: item[1].get("recall_retained") or 0)
+    ours, theirs = (cifd[1].get("recall_retained") or 0), (best_other[1].get("recall_retained") or 0)
+    verb = "keeps more" if ours - theirs > TIE / 100 else "does NOT keep more" if theirs - ours > TIE / 100 else "ties"
+    return (f"Searching the teacher's index with student queries, the CIFD student in the teacher's space {verb} of "
+            f"the teacher's own recall than the best post-hoc map ({100 * ours:.0f}% vs {100 * theirs:.0f}% for "
+            f"{best_other[0]}).")
+
+
 def _read_metrics(path: Path) -> tuple[list, list, list, list]:
     steps, losses, eval_epochs, eval_acc = [], [], [], []
     for line in path.read_text().splitlines():
@@ -146,6 +193,8 @@ def write_report(layout: Layout, timings: list[tuple[str, str, float]], *, scale
     shutil.copyfile(layout.rdm / "rdm_eval.png", layout.report / "rate_distortion.png")
     plot_training_curves(layout, layout.report / "training_curves.png")
     sentences = verdict(table)
+    cross = collect_teacher_space(layout)
+    sentences.append(teacher_space_verdict(cross))
     rdm_table = (layout.rdm / "rdm_eval.md").read_text().strip()
     md = [f"# cifd_clip demo report ({scale} scale)", "",
           f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
@@ -158,6 +207,16 @@ def write_report(layout: Layout, timings: list[tuple[str, str, float]], *, scale
           f"The exported CIFD student (`{layout.export}`) reloads through "
           f"`open_clip.create_model_and_transforms('local-dir:...')` with the same embeddings "
           f"(max abs difference {export_diff:.1e}).", "",
+          "## Student queries → teacher index", "",
+          "A team with an index the teacher built can embed only its queries with the student, if the student "
+          "embeds into the teacher's space: `cifd-clip export --space teacher` folds CIFD's IBM map Q into the "
+          "student's final projections (no extra code at inference), and `--teacher-map procrustes` fits an "
+          "orthogonal map after training, for any student. Each row's captions and images are searched against "
+          "the teacher's own embeddings of the demo sets, and its images classified with the teacher's zero-shot "
+          "classifier (`cifd-clip bench --suite demo-teacher-space --gallery-model TEACHER`). For a fresh index "
+          "the student's own space can be better (the Results table above): use the teacher's space when the "
+          "index already exists and re-embedding it would cost more than the recall given up.", "",
+          teacher_space_table(cross), "",
           "## Wall time per step", "", stage_table(timings), "",
           "## Rate-distortion modules (held-out teacher embeddings)", "", rdm_table, "",
           "![rate-distortion](rate_distortion.png)", "",
@@ -166,5 +225,6 @@ def write_report(layout: Layout, timings: list[tuple[str, str, float]], *, scale
     (layout.report / "report.md").write_text("\n".join(md))
     (layout.report / "results.json").write_text(json.dumps(
         {"scale": scale, "models": table, "stages": [{"step": n, "stage": s, "seconds": t} for n, s, t in timings],
-         "export_max_abs_diff": export_diff, "verdict": sentences}, indent=2) + "\n")
-    return {"table": markdown_table(table), "stages": stage_table(timings), "verdict": sentences}
+         "export_max_abs_diff": export_diff, "teacher_space": cross, "verdict": sentences}, indent=2) + "\n")
+    return {"table": markdown_table(table), "teacher_space": teacher_space_table(cross), "stages": stage_table(timings),
+            "verdict": sentences}
