@@ -30,3 +30,13 @@ def test_quick_study_runs_every_command_and_reports_each_run(tmp_path):
     again = subprocess.run([sys.executable, str(REPO / "studies" / "clip_cifd.py"), "--out", str(tmp_path),
                             "--quick"], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and json.loads((tmp_path / "results.json").read_text())["runs"] == results["runs"]
+    # the teacher-space study reuses those students and adds their exports and cross-model benches
+    space = subprocess.run([sys.executable, str(REPO / "studies" / "teacher_space.py"), "--out", str(tmp_path),
+                            "--quick"], capture_output=True, text=True, timeout=600)
+    assert space.returncode == 0, space.stdout[-2000:] + space.stderr[-2000:]
+    rows = json.loads((tmp_path / "teacher_space.json").read_text())
+    assert {(r["config"], r["map"]) for r in rows} == {("cifd", "learned"), ("cifd", "procrustes"), ("cifd", "lstsq"),
+                                                       ("no-kd", "procrustes"), ("no-kd", "lstsq")}
+    assert all(0 < r["recall_retained"] and 0 <= r["acc1"] <= 1 for r in rows)
+    page = (tmp_path / "teacher-space.md").read_text()
+    assert "--space teacher --teacher-map learned" in page and str(tmp_path) not in page
