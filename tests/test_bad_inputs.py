@@ -391,6 +391,17 @@ def test_other_stages_option_mistakes(world, capsys, argv, code, words):
     refused(capsys, world["root"], argv, code, words)
 
 
+def test_a_tracker_that_does_not_exist_or_is_not_installed(world, capsys, monkeypatch):
+    refused(capsys, world["root"], train_args(world, "--name", "trk", "--report-to", "tensorboard,mlflow"), 2,
+            "'mlflow' is not a tracker")
+    monkeypatch.setitem(sys.modules, "wandb", None)  # as if the package were not installed
+    err = refused(capsys, world["root"], train_args(world, "--name", "trk", "--report-to", "all"), 1,
+                  "--report-to wandb needs the wandb package", "pip install 'cifd_clip[wandb]'")
+    assert not (world["root"] / "runs" / "trk").exists(), err
+    refused(capsys, world["root"], ["train-rdm", "--cache", world["cache"], "--out", world["root"] / "rdm-trk",
+                                    "--report-to", "wandb"], 1, "cifd_clip[wandb]")
+
+
 def test_a_config_file_that_is_not_a_mapping_or_has_an_unknown_key(world, tmp_path, capsys):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     refused(capsys, tmp_path, ["train", "--config", tmp_path / "list.yaml"], 2, "mapping")

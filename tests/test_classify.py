@@ -204,20 +204,34 @@ def test_kd_takd_and_dgkd_run_in_the_same_loop(shapes):
         assert term in last_terms(shapes, loss)
 
 
+def _tensorboard_scalars(folder) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(next(folder.glob("events.out.tfevents.*"))))
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
 def test_cifd_with_cached_targets_and_rdms_end_to_end(shapes):
     root = shapes["root"]
     assert main(["cls-embed", "--teacher", str(shapes["teacher"]), "--train-data", shapes["data"], "--out",
                  str(root / "cache"), "--augmentations", "3", "--batch-size", "32"]) == 0
     assert main(["cls-train-rdm", "--cache", str(root / "cache"), "--out", str(root / "rdm"), "--epochs", "2",
-                 "--hidden-dim", "32", "--bottleneck-dim", "8", "--holdout-fraction", "0.2"]) == 0
+                 "--hidden-dim", "32", "--bottleneck-dim", "8", "--holdout-fraction", "0.2",
+                 "--report-to", "tensorboard"]) == 0
     report = json.loads((root / "rdm" / "rdm_eval.json").read_text())
     assert [r["rate_weight"] for r in report["rdms"]] == [0.6, 0.8, 1.0] and "acc1" in report["rdms"][0]
+    rdm_scalars = _tensorboard_scalars(root / "rdm" / "tensorboard")
+    assert len(rdm_scalars["val/image/R=0.6/acc1"]) == 2 and "train/image/R=1/rdm_rate" in rdm_scalars  # per epoch
     assert distill(shapes, "cifd", "--loss", "cifd", "--cache", root / "cache", "--rdm", root / "rdm" / "rdm.pt",
-                   "--eval-every-epochs", "1") == 0
+                   "--eval-every-epochs", "1", "--report-to", "tensorboard") == 0
     terms = last_terms(shapes, "cifd")
     assert {"ce", "kd_teacher", "kd_rdm1", "kd_rdm3", "emb_teacher", "emb_rdm2", "rate"} <= set(terms)
     summary = json.loads((root / "runs" / "cifd" / "summary.json").read_text())
     assert 0 <= summary["eval"]["val"]["metrics"]["acc1"] <= 1
+    scalars = _tensorboard_scalars(root / "runs" / "cifd" / "tensorboard")  # open_clip_train's tags
+    assert scalars["val/acc1"] == [(summary["steps"], pytest.approx(summary["eval"]["val"]["metrics"]["acc1"]))]
+    assert {"train/loss", "train/kd_teacher", "train/lr"} <= set(scalars)
     cost = summary["macs_per_sample"]  # cached targets: no teacher forward pass, the RDMs are nearly free
     assert cost["teacher"] == 0 and 0 < cost["rdms"] < 0.01 * cost["student"]
 

@@ -127,3 +127,27 @@ def test_train_rdm_under_torchrun_two_processes(tmp_path):
     assert report["train"]["samples"] == (800 - report["num_samples"]) * 3
     family = RDMFamily.load(out / "rdm.pt")
     assert all(torch.isfinite(p).all() for p in family.parameters())
+
+
+def test_train_rdm_reports_to_tensorboard_and_writes_out_log(tmp_path):
+    """--report-to tensorboard: the loss terms as train/ scalars, the held-out evaluation as val/ ones (read back
+    from the event file); the run's lines in out.log."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cifd_clip.cli import main
+
+    cache = write_cache(tmp_path / "cache", [120])
+    out = tmp_path / "run"
+    assert main(["train-rdm", "--cache", str(cache), "--out", str(out), "--epochs", "2", "--log-every", "2",
+                 "--report-to", "tensorboard", *map(str, SMALL)]) == 0
+    acc = EventAccumulator(str(next((out / "tensorboard").glob("events.out.tfevents.*"))))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"train/loss", "train/image/R=3/rdm_rate", "train/text/R=300/rdm_distortion"} <= set(tags)
+    # 2 epochs of 4 steps of 32 (120 samples, 6 held out), logged at step 1 and every --log-every 2
+    assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 4, 6, 8]
+    report = json.loads((out / "rdm_eval.json").read_text())
+    row = next(r for r in report["rdms"] if r["modality"] == "image" and r["rate_weight"] == 30)
+    assert [(e.step, e.value) for e in acc.Scalars("val/image/R=30/rate_bits")] == [(8, pytest.approx(row["rate_bits"]))]
+    assert "val/teacher/text_retrieval_recall@1" in tags
+    assert "training 6 RDMs" in (out / "out.log").read_text()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from ..config import option, required
+from ..engine.options import report_to_option, validate_trackers, wandb_project_option
 from ..errors import ConfigError
 from ..rdm.config import RDMArchitecture
 
@@ -31,8 +32,11 @@ class Config(RDMArchitecture):
     hidden_dim: int = option(512, "width of the RDMs' hidden layers (the paper's ImageNet RDM: 512)")
     bottleneck_dim: int = option(64, "channels of the entropy bottleneck")
     normalize_input: bool = option(False, "L2-normalise the features first (the paper reconstructs them as they are)")
+    report_to: str = report_to_option()
+    wandb_project_name: str = wandb_project_option()
 
     def validate(self) -> None:
+        validate_trackers(self)
         if not self.rates or any(not r > 0 for r in self.rates) or len(set(self.rates)) != len(self.rates):
             raise ConfigError(f"--rates must be distinct positive numbers, got {self.rates}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -54,6 +58,7 @@ def run(cfg: Config) -> int:
     from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
     from ..rdm.model import RDMFamily
     from ..rdm.report import write_report
+    from ..engine.trackers import Trackers, parse_report_to
     from ..runlog import open_run_log
     from ..rdm.training import evaluate_rdm, split_batch, train_family
 
@@ -83,17 +88,30 @@ def run(cfg: Config) -> int:
 
     best = {id(r): (-1.0, None) for r in family.rdms("image")}
 
+    steps = -(-int(meta["num_samples"]) * int(meta["augmentation"]["views"]) // cfg.batch_size)
+    trackers = Trackers(parse_report_to(cfg.report_to), out, out.name, config_lib.to_dict(cfg), cfg.wandb_project_name)
+
     def keep_best(epoch: int) -> None:
+        accuracies = {}
         for rdm in family.rdms("image"):
-            acc = accuracy(rdm)
+            acc = accuracies[f"image/R={rdm.rate_weight:g}"] = accuracy(rdm)
             if acc > best[id(rdm)][0]:
                 best[id(rdm)] = (acc, copy.deepcopy(rdm.state_dict()))
+        trackers.log_val({k: {"acc1": v} for k, v in accuracies.items()}, (epoch + 1) * steps, epoch + 1)
 
-    steps = -(-int(meta["num_samples"]) * int(meta["augmentation"]["views"]) // cfg.batch_size)
-    stats = train_family(family, lambda epoch: iter_cached_outputs(cfg.cache, batch_size=cfg.batch_size,
-                                                                   seed=cfg.seed, epoch=epoch),
-                         epochs=cfg.epochs, lr=cfg.lr, steps_per_epoch=steps, holdout_fraction=cfg.holdout_fraction,
-                         density_lr_factor=cfg.density_lr_factor, on_epoch=keep_best, log_every=0)
+    def report_step(step: int, terms: dict) -> None:
+        if terms and (step % 50 == 0 or step == 1):
+            trackers.log_train({"step": step, "loss": float(sum(float(v) for v in terms.values())),
+                                **{k: float(v) for k, v in terms.items()}})
+
+    try:
+        stats = train_family(family, lambda epoch: iter_cached_outputs(cfg.cache, batch_size=cfg.batch_size,
+                                                                       seed=cfg.seed, epoch=epoch),
+                             epochs=cfg.epochs, lr=cfg.lr, steps_per_epoch=steps,
+                             holdout_fraction=cfg.holdout_fraction, density_lr_factor=cfg.density_lr_factor,
+                             on_epoch=keep_best, log_every=0, on_step=report_step if trackers.names else None)
+    finally:
+        trackers.close()
     rows = []
     for rdm in family.rdms("image"):
         # the best epoch's weights; the coding tables are rebuilt for them (their sizes depend on the weights)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import option, required
+from ..engine.options import report_to_option, validate_trackers, wandb_project_option
 from ..errors import ConfigError
 from ..rdm.config import RDMArchitecture
 
@@ -49,8 +50,11 @@ class Config(RDMArchitecture):
     log_every: int = option(50, "log the loss terms every N steps")
     log_every_rank: bool = option(False, "every process writes its own log file beside the checkpoint too (rank 0 "
                                          "always writes out.log, or FILE_out.log for --out FILE.pt)")
+    report_to: str = report_to_option()
+    wandb_project_name: str = wandb_project_option()
 
     def validate(self):
+        validate_trackers(self)
         if not self.rates or any(not r > 0 for r in self.rates):
             raise ConfigError(f"--rates must be positive numbers, got {self.rates}")
         if len(set(self.rates)) != len(self.rates):
@@ -102,6 +106,7 @@ def run(cfg: Config) -> int:
     from ..embed.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
     from ..outputs import hold_run_lock
+    from ..engine.trackers import Trackers, parse_report_to, rdm_val_results
     from ..runlog import open_run_log
     from ..errors import DataError
     from ..rdm.model import RDMFamily
@@ -129,6 +134,7 @@ def run(cfg: Config) -> int:
         hold_run_lock(paths["dir"], "output folder")
     if env.is_main or cfg.log_every_rank:
         open_run_log(paths["dir"], env.rank, env.world_size, cfg.log_every_rank, name=paths["log"])
+    trackers = Trackers([])
     try:
         if env.world_size > meta["num_samples"]:
             raise DataError(f"the cache has {meta['num_samples']} samples, fewer than the {env.world_size} processes")
@@ -148,6 +154,15 @@ def run(cfg: Config) -> int:
                   "cache": str(cfg.cache), "holdout_fraction": holdout, "epochs": cfg.epochs},
             **cfg.architecture())
         torch.manual_seed(cfg.seed + 1 + env.rank)  # each rank draws its own quantisation noise
+        if env.is_main:
+            trackers = Trackers(parse_report_to(cfg.report_to), paths["dir"], cfg.name or paths["dir"].name,
+                                config_lib.to_dict(cfg), cfg.wandb_project_name)
+
+        def report_step(step: int, terms: dict) -> None:
+            if trackers.names and terms and (step % cfg.log_every == 0 or step == 1):
+                trackers.log_train({"step": step, "loss": float(sum(float(v) for v in terms.values())),
+                                    **{k: float(v) for k, v in terms.items()}})
+
         steps = num_cached_batches(meta, batch_size=cfg.batch_size, world_size=env.world_size)
         if env.is_main:
             log.info("training %d RDMs (%s x R=%s) on %d cached samples, %d processes, %d steps/epoch on %s",
@@ -160,7 +175,7 @@ def run(cfg: Config) -> int:
                                                  all_views=True),
             epochs=cfg.epochs, lr=cfg.lr, device=env.device, rank=env.rank, world_size=env.world_size,
             steps_per_epoch=steps, holdout_fraction=holdout, log_every=cfg.log_every,
-            density_lr_factor=cfg.density_lr_factor)
+            density_lr_factor=cfg.density_lr_factor, on_step=report_step if trackers.names else None)
         # ranks skip different numbers of held-out samples: count the ones really trained on
         trained = int(round(all_reduce_mean(env, torch.tensor(float(stats.samples))).item() * env.world_size))
         if env.is_main:
@@ -177,6 +192,8 @@ def run(cfg: Config) -> int:
                           "embeddings_per_second": trained / max(stats.seconds, 1e-9),
                           "num_rdms": 2 * len(cfg.rates)},
             })
+            trackers.log_val(rdm_val_results(report["rdms"], report.get("teacher")), stats.steps, cfg.epochs)
+            trackers.close()
             files = write_report(report, paths["dir"], paths["stem"])
             for warning in report["warnings"]:
                 log.warning(warning)
@@ -184,5 +201,6 @@ def run(cfg: Config) -> int:
                   f"and {files['plot']}")
         barrier(env)
     finally:
+        trackers.close()
         cleanup(env)
     return 0

@@ -49,6 +49,7 @@ from .distributed import DistEnv, all_reduce_max, barrier
 from .precision import SpeedSettings, autocast, resolve_speed_settings, set_tf32
 from .progress import Progress
 from .retention import Retention, peak_checkpoints, save_counts
+from .trackers import Trackers, parse_report_to
 from .schedule import make_optimizer, make_schedule, set_fused
 
 log = logging.getLogger(__name__)
@@ -105,35 +106,31 @@ def wrap_ddp(module: nn.Module, env: DistEnv, find_unused_parameters: bool = Fal
 
 
 class MetricsLog:
-    """metrics.jsonl (+ TensorBoard when installed), written by the main process only."""
+    """metrics.jsonl and the trackers of --report-to (trackers.py), written by the main process only."""
 
-    def __init__(self, run_dir: Path, enabled: bool):
+    def __init__(self, run_dir: Path, enabled: bool, trackers: Optional[Trackers] = None):
         self.enabled = enabled
         self.file = None
-        self.tb = None
+        self.trackers = trackers if enabled else None
         if not enabled:
             return
         self.file = open(run_dir / "metrics.jsonl", "a", buffering=1)
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
-        except ImportError:
-            self.tb = None
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         self.file.write(json.dumps(record) + "\n")
-        if self.tb is not None and "step" in record:
-            for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step":
-                    self.tb.add_scalar(k, v, record["step"])
+        if self.trackers is not None and "step" in record:
+            if "eval" in record:
+                self.trackers.log_val(record["eval"], int(record["step"]), record.get("epoch"))
+            else:
+                self.trackers.log_train(record)
 
     def close(self) -> None:
         if self.file:
             self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+        if self.trackers is not None:
+            self.trackers.close()
 
 
 def _first_bad_term(terms: dict) -> Optional[str]:
@@ -376,7 +373,12 @@ class Trainer:
             config_lib.save(self.cfg, self.run_dir / "config.yaml")
         model = wrap_ddp(self.module, self.env, self.find_unused_parameters)
         self.writer = ckpt_lib.CheckpointWriter(self.run_dir, self.steps_per_epoch, Retention.of(self.cfg))
-        self.metrics = MetricsLog(self.run_dir, self.env.is_main)
+        trackers = None
+        if self.env.is_main:
+            trackers = Trackers(parse_report_to(getattr(self.cfg, "report_to", "none")), self.run_dir,
+                                self.run_dir.name, self.describe.get("config", {}),
+                                getattr(self.cfg, "wandb_project_name", "cifd-clip"), resume=self.step > 0)
+        self.metrics = MetricsLog(self.run_dir, self.env.is_main, trackers)
         self.progress = Progress(self.total_steps, self.step, enabled=self.env.is_main)
         if self.env.is_main:
             log.info("%s%s", self.speed.describe(self.cfg.optimizer),

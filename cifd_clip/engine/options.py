@@ -10,6 +10,22 @@ from ..errors import ConfigError
 PRECISIONS = ["auto", "fp32", "amp", "amp_bf16"]
 
 
+def report_to_option():
+    """`--report-to`, the same field in every training stage's options (engine/trackers.py)."""
+    return option("none", "experiment trackers, open_clip_train's --report-to: tensorboard, wandb, "
+                          "tensorboard,wandb, all or none (default: none; metrics.jsonl is always written)")
+
+
+def wandb_project_option():
+    return option("cifd-clip", "the wandb project of --report-to wandb (open_clip_train's --wandb-project-name)")
+
+
+def validate_trackers(cfg) -> None:
+    """A tracker name that does not exist, or one whose package is not installed, is refused before any work."""
+    from .trackers import check_installed, parse_report_to
+    check_installed(parse_report_to(cfg.report_to))
+
+
 @dataclass
 class LoopOptions:
     """What the training loop itself reads: run folder, optimizer, schedule, precision, checkpoints, resume.
@@ -68,6 +84,8 @@ class LoopOptions:
                                           "(open_clip_train's --save-most-recent, on here by default: --resume "
                                           "latest and the recipes read it)")
     log_every_steps: int = option(1, "write a metrics.jsonl line every N optimizer steps")
+    report_to: str = report_to_option()
+    wandb_project_name: str = wandb_project_option()
     log_every_rank: bool = option(False, "every process writes its own out-RANK.log in the run folder too (rank 0 "
                                          "always writes out.log)")
     skip_nonfinite: bool = option(False, "skip an optimizer step whose loss or gradient is NaN/inf instead of stopping")
@@ -80,6 +98,7 @@ class LoopOptions:
         return int(round(self.warmup * total_steps)) if self.warmup < 1 else int(self.warmup)
 
     def validate(self) -> None:
+        validate_trackers(self)
         for key in ("epochs", "batch_size", "accum_freq"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
