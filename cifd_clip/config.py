@@ -110,7 +110,9 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     """Add `--config` and one `--dashed-name` option per field of `cls` to `parser`."""
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
                         help="YAML file with any of the options below (underscores or dashes); "
-                             "command-line options override it")
+                             "command-line options override it. Every option also takes its underscore "
+                             "spelling (--batch_size for --batch-size), as CLIP_benchmark's and "
+                             "open_clip_train's flags are written")
     for f, annotation in _fields(cls):
         tp, is_list, _ = _unwrap(annotation)
         meta = f.metadata
@@ -135,7 +137,9 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         aliases = ["--" + a.replace("_", "-") for a in meta.get("aliases", ())]
         if aliases:
             kwargs["help"] += f" ({', '.join(aliases)}: deprecated name)"
-        parser.add_argument(flag, *aliases, **kwargs)
+        # CLIP_benchmark's and open_clip_train's own spelling of the same flags (--dataset_root, --batch_size)
+        underscored = ["--" + name for name in (f.name, *meta.get("aliases", ())) if "_" in name]
+        parser.add_argument(flag, *aliases, *underscored, **kwargs)
     return parser
 
 

@@ -64,3 +64,31 @@ def test_bench_reports_missing_sets_and_exits_zero(tmp_path):
     table = (tmp_path / "out" / "results.md").read_text()
     assert f"missing (looked in {tmp_path / 'data' / 'coco'})" in table
     assert (tmp_path / "out" / "bench_config.yaml").is_file()
+
+
+@pytest.mark.slow
+def test_clip_benchmarks_own_flags_evaluate_several_datasets_in_one_run(tmp_path):
+    """CLIP_benchmark's spelling as its users type it: underscores, several --dataset, a {dataset_cleaned} root."""
+    for name, classes in (("wds-one", 4), ("wds-two", 5)):
+        write_wds_classification(tmp_path / name, n_classes=classes, per_class=1, shards=1)
+    proc = cifd_clip("eval", "--model", "tiny-vit-student", "--dataset", "wds/one", "wds/two", "--dataset_root",
+                     str(tmp_path / "{dataset_cleaned}"), "--batch_size", 4, "--num_workers", 0, "--language", "en",
+                     "--output", str(tmp_path / "out" / "{dataset}_{language}_{task}.json"))
+    assert proc.returncode == 0, proc.stderr
+    for name, classes in (("one", 4), ("two", 5)):
+        result = json.loads((tmp_path / "out" / f"wds_{name}_en_zeroshot_classification.json").read_text())
+        assert result["num_images"] == classes and result["language"] == "en"
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--dataset", "wds/a", "wds/b", "--dataset-root", "data"], "--dataset-root must be a template with {dataset}"),
+    (["--dataset", "wds/a", "--dataset-root", "data", "--language", "fr"], "pass --classnames and --templates files"),
+    (["--dataset", "wds/a", "--dataset-root", "data", "--language", "en", "fr"], "one --language per eval run"),
+])
+def test_clip_benchmark_habits_we_cannot_follow_are_one_sentence(args, expected):
+    from cifd_clip.commands.eval import Config
+    from cifd_clip.config import parse
+    from cifd_clip.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=expected.replace("{", r"\{").replace("}", r"\}")):
+        parse(Config, ["--model", "tiny-vit-student", *args])
