@@ -217,6 +217,7 @@ def test_resuming_a_run_with_the_other_orthogonal_map(world, capsys):
     ("--wd", "-1", "--wd"), ("--warmup", "1.5", "--warmup"), ("--max-bad-fraction", "2", "--max-bad-fraction"),
     ("--epochs", "0", "--epochs"), ("--workers", "-1", "--workers"), ("--train-num-samples", "0", "--train-num"),
     ("--keep-step-checkpoints", "-1", "--keep-step-checkpoints must not be negative"),
+    ("--save-frequency", "-1", "--save-every-epochs must not be negative"),
 ])
 def test_nonsense_numbers_are_config_errors(world, capsys, flag, value, words):
     refused(capsys, world["root"], train_args(world, "--name", "nums", flag, value), 2, words)
@@ -356,6 +357,8 @@ def test_a_truncated_shard_is_counted_once(world, tmp_path):
     (["--rdm", "RDM", "--rdm-weights", "1"], 1, "--rdm-weights gives 1 weights but the RDM checkpoint holds 2"),
     (["--rdm", "TEACHER"], 1, "RDM checkpoint"),
     (["--teacher-online"], 2, "--teacher-online needs --teacher"),
+    (["--teacher", "TEACHER"], 2, "is only used with --teacher-online"),
+    (["--distill-model", "tiny-vit-teacher", "--distill-pretrained", "TEACHER"], 2, "add --teacher-online"),
     (["--cache-view", "sideways"], 2, "invalid choice"),
     (["--device", "cuda:3"], 1, "CUDA"),
 ])

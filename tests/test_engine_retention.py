@@ -46,6 +46,22 @@ def test_save_counts(start, end, total, spe, every, expected):
     assert save_counts(start, end, total, spe, every) == expected
 
 
+@pytest.mark.parametrize("end, every_steps, every_epochs, expected", [
+    (18, 0, 2, (2, 0)),   # epochs 2 and 3 (the last); epoch 1 writes nothing
+    (18, 0, 0, (1, 0)),   # the last epoch only (open_clip_train's --save-frequency 0)
+    (18, 3, 2, (2, 4)),   # steps 3 6 9 15 (6 is epoch 1's end, written as a step checkpoint); 12 and 18 epochs
+    (6, 0, 2, (1, 0)),    # a stop at epoch 1's end writes it
+])
+def test_save_counts_with_save_every_epochs(end, every_steps, every_epochs, expected):
+    assert save_counts(0, end, 18, 6, every_steps, every_epochs) == expected
+
+
+def test_open_clip_trains_save_frequency_writes_every_nth_epoch_and_the_last(demo_train_spec, tmp_path):
+    assert _train(demo_train_spec, tmp_path, "freq", "--train-num-samples", "16", "--epochs", "3",
+                  "--save-frequency", "2") == 0
+    assert _files(tmp_path / "freq") == ["epoch_2.pt", "epoch_3.pt", "epoch_latest.pt"]
+
+
 def test_peak_counts_the_file_being_written():
     assert peak_checkpoints(32, 93, Retention(keep_step_checkpoints=0)) == 125
     assert peak_checkpoints(32, 93, Retention(keep_step_checkpoints=2)) == 35

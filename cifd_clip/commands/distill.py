@@ -22,8 +22,12 @@ from ..errors import ConfigError
 class Config(TrainingOptions, LossSettings):
     cache: Optional[str] = option(None, "embedding cache folder made by `cifd-clip embed` (targets without a teacher)")
     rdm: Optional[str] = option(None, "RDM checkpoint from `cifd-clip train-rdm` (CIFD's weak-teacher targets)")
-    teacher: Optional[str] = option(None, "teacher model spec (needed with --teacher-online)")
-    teacher_pretrained: Optional[str] = option(None, "teacher weights file or tag, when --teacher names none")
+    teacher: Optional[str] = option(None, "teacher model spec, used with --teacher-online (open_clip_train's "
+                                          "--distill-model; here the default is the cache)",
+                                    aliases=["distill_model"])
+    teacher_pretrained: Optional[str] = option(None, "teacher weights file or tag, when --teacher names none "
+                                                     "(open_clip_train's --distill-pretrained)",
+                                               aliases=["distill_pretrained"])
     teacher_online: bool = option(False, "run the frozen teacher on every batch instead of reading the cache")
     cache_view: str = option("auto", "which cached image view a sample trains on: random (one of its K views, "
                                      "drawn per epoch), first (the plain image) or auto (random when the cache "
@@ -34,6 +38,11 @@ class Config(TrainingOptions, LossSettings):
         LossSettings.validate(self)
         if self.teacher_online and not self.teacher:
             raise ConfigError("--teacher-online needs --teacher SPEC")
+        if (self.teacher or self.teacher_pretrained) and not self.teacher_online:
+            given = f"--teacher {self.teacher}" if self.teacher else f"--teacher-pretrained {self.teacher_pretrained}"
+            raise ConfigError(f"{given} (open_clip_train's --distill-model/--distill-pretrained) is only used with "
+                              f"--teacher-online, which runs the teacher on every batch: add --teacher-online, or "
+                              f"drop it to train on the targets cached in --cache")
         if not self.teacher_online and not self.cache:
             raise ConfigError("give --cache DIR (cached teacher embeddings) or --teacher SPEC --teacher-online")
         if self.teacher_online and self.cache_view != "auto":

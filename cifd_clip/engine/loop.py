@@ -315,12 +315,18 @@ class Trainer:
 
     # ---------------------------------------------------------------- epochs
 
-    def end_epoch(self, batches, epoch: int) -> None:
-        """Finish the loader's epoch (its bad-sample report and limit), save, and evaluate when asked."""
+    def end_epoch(self, batches, epoch: int, stop: bool = False) -> None:
+        """Finish the loader's epoch (its bad-sample report and limit), save (every --save-every-epochs, at the
+        run's end and where it stops; else a step checkpoint when --save-every-steps falls here), and evaluate when
+        asked."""
         for _ in batches:  # batches that --accum-freq leaves over; the loader's epoch-end code runs after them
             pass
+        done, every_epochs = epoch + 1, getattr(self.cfg, "save_every_epochs", 1)
         if self.env.is_main:
-            self.last_saved = self.writer.save_epoch(self.checkpoint(epoch + 1))
+            if stop or done == self.cfg.epochs or (every_epochs and done % every_epochs == 0):
+                self.last_saved = self.writer.save_epoch(self.checkpoint(done))
+            elif self.cfg.save_every_steps and self.step % self.cfg.save_every_steps == 0:
+                self.last_saved = self.writer.save_step(self.checkpoint(epoch + 1))
         every = self.cfg.eval_every_epochs
         if self.evaluate is not None and every and (epoch + 1) % every == 0:
             if self.env.is_main:
@@ -342,7 +348,7 @@ class Trainer:
             stop = stop_after is not None and stop_after <= self.step < self.total_steps
             every = self.cfg.save_every_steps
             if local_step == self.steps_per_epoch:
-                self.end_epoch(batches, epoch)
+                self.end_epoch(batches, epoch, stop=stop)
             elif (stop or (every and self.step % every == 0)) and self.env.is_main:
                 self.last_saved = self.writer.save_step(self.checkpoint(epoch))
             if stop:
@@ -357,7 +363,8 @@ class Trainer:
         if self.cfg.stop_after_steps is not None:
             end = min(end, max(self.step, self.cfg.stop_after_steps))
         retention = Retention.of(self.cfg)
-        epochs, steps = save_counts(self.step, end, self.total_steps, self.steps_per_epoch, self.cfg.save_every_steps)
+        epochs, steps = save_counts(self.step, end, self.total_steps, self.steps_per_epoch, self.cfg.save_every_steps,
+                                    getattr(self.cfg, "save_every_epochs", 1))
         count = peak_checkpoints(epochs, steps, retention)
         check_free_space(self.run_dir, per_checkpoint * count,
                          f"the run's checkpoints ({count} on disk at once of the {epochs + steps} it writes, keeping "

@@ -1,6 +1,7 @@
 """Which checkpoints a run keeps, and how many it holds on disk at most (torch-free: `plan` reads it too).
 
-A run writes `epoch_N.pt` at each epoch end, `step_N.pt` every --save-every-steps and at --stop-after-steps,
+A run writes `epoch_N.pt` every --save-every-epochs (and at its end), `step_N.pt` every --save-every-steps and at
+--stop-after-steps,
 and keeps `epoch_latest.pt` on the newest of them (--save-most-recent, a hard link: no space of its own).
 After each write, and only once the new file is complete, the retention rules delete older ones:
 --delete-previous-checkpoint (open_clip_train's meaning) deletes every checkpoint written before the new one, so
@@ -68,19 +69,24 @@ def to_delete(names: Iterable[str], written: str, steps_per_epoch: int, retentio
     return [name for _, name in (steps[:-keep_older] if keep_older > 0 else steps)]
 
 
-def save_counts(start: int, end: int, total: int, steps_per_epoch: int, save_every_steps: int) -> tuple[int, int]:
+def save_counts(start: int, end: int, total: int, steps_per_epoch: int, save_every_steps: int,
+                save_every_epochs: int = 1) -> tuple[int, int]:
     """(epoch checkpoints, step checkpoints) that steps start+1 .. end of a run of `total` steps write: an epoch
-    checkpoint at each epoch end, a step checkpoint every `save_every_steps` between them and one where the run
-    stops before its end (--stop-after-steps)."""
+    checkpoint at every `save_every_epochs`-th epoch end (0: none) and at the run's last step or where it stops at
+    an epoch end; a step checkpoint every `save_every_steps` where no epoch checkpoint is written, and one where the
+    run stops before its end (--stop-after-steps) between epoch ends."""
     def multiples(k: int) -> int:
         return end // k - start // k if k else 0
 
-    epochs = multiples(steps_per_epoch)
+    epoch_every = steps_per_epoch * save_every_epochs
+    at_epoch_end = end > start and end % steps_per_epoch == 0
+    extra_epoch = at_epoch_end and not (epoch_every and end % epoch_every == 0)  # the last epoch, or a stop
+    epochs = multiples(epoch_every) + extra_epoch
     steps = 0
     if save_every_steps:
-        lcm = save_every_steps * steps_per_epoch // _gcd(save_every_steps, steps_per_epoch)
-        steps = multiples(save_every_steps) - multiples(lcm)
-    if start < end < total and end % steps_per_epoch and not (save_every_steps and end % save_every_steps == 0):
+        lcm = save_every_steps * epoch_every // _gcd(save_every_steps, epoch_every) if epoch_every else 0
+        steps = multiples(save_every_steps) - multiples(lcm) - (extra_epoch and end % save_every_steps == 0)
+    if start < end < total and not at_epoch_end and not (save_every_steps and end % save_every_steps == 0):
         steps += 1
     return epochs, steps
 

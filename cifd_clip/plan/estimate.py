@@ -240,7 +240,8 @@ class Planner:
         end = min(total, int(o["stop_after_steps"])) if o.get("stop_after_steps") else total
         retention = Retention(int(o.get("keep_step_checkpoints", 2)), bool(o.get("delete_previous_checkpoint", False)),
                               bool(o.get("save_most_recent", True)))
-        epochs, steps = save_counts(0, end, total, steps_per_epoch, int(o.get("save_every_steps", 0) or 0))
+        epochs, steps = save_counts(0, end, total, steps_per_epoch, int(o.get("save_every_steps", 0) or 0),
+                                    int(o.get("save_every_epochs", o.get("save_frequency", 1))))
         count = peak_checkpoints(epochs, steps, retention)
         per_checkpoint = _params(str(o["model"])) * 12
         return count * per_checkpoint / GIB, (f"{count} of its {epochs + steps} checkpoints at once "
