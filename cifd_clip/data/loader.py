@@ -3,7 +3,7 @@ ranks and dataloader workers so that every rank yields exactly the same number o
 
 What an epoch is
 ----------------
-Let N be the number of samples (`num_samples`, else counted from sizes.json/__len__), B the per-rank
+Let N be the number of samples (`num_samples`, else counted from sizes.json/__len__/*_stats.json), B the per-rank
 batch size, R the world size and K = max(workers, 1) the workers per rank. Every rank yields exactly
 `num_batches = N // (B·R)` full batches per epoch, in every mode; worker k of a rank produces the
 rank's batches k, k+K, k+2K, ... so the rank's batch order does not depend on worker timing.
@@ -345,8 +345,8 @@ def make_train_loader(train_data: str, *, preprocess: Callable, tokenizer: Calla
     if num_samples is None:
         num_samples = count_samples(urls)
         if num_samples is None:
-            raise DataError(f"cannot count the samples of {train_data} (no sizes.json or __len__ beside the shards): "
-                            f"give --train-num-samples")
+            raise DataError(f"cannot count the samples of {train_data} (no sizes.json, __len__ or img2dataset "
+                            f"*_stats.json for every shard beside them): give --train-num-samples")
     num_batches = num_samples // (batch_size * world_size)
     if num_batches < 1:
         raise DataError(f"{num_samples} samples are fewer than one global batch of {batch_size} × {world_size} ranks")

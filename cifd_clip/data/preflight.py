@@ -12,14 +12,14 @@ from typing import Optional, Sequence
 
 from ..errors import DataError
 from .shards import (DEFAULT_IMAGE_KEY, DEFAULT_TEXT_KEY, BadSampleStats, UNREADABLE_SHARD, count_samples,
-                     expand_urls, is_local, iter_raw_samples, key_alternatives, local_path)
+                     expand_urls, is_local, iter_raw_samples, key_alternatives, local_path, stats_file)
 
 
 @dataclass
 class PreflightReport:
     urls: list
     num_shards: int
-    num_samples: Optional[int]   # None when the shards carry no sizes.json/__len__
+    num_samples: Optional[int]   # None when the shards carry no sizes.json/__len__/img2dataset *_stats.json
     first_sample_members: list   # extensions of the first sample, e.g. ["jpg", "json", "txt"]
 
 
@@ -52,7 +52,9 @@ def _check_sizes_claim(url: str) -> None:
     path = local_path(url)
     sizes_file = path.parent / "sizes.json"
     if not sizes_file.is_file():
-        return
+        sizes_file = stats_file(path)  # raw img2dataset output: the shard's own stats file counts it
+        if not sizes_file.is_file():
+            return
     claimed = count_samples([url])
     if not claimed:
         return
@@ -63,7 +65,7 @@ def _check_sizes_claim(url: str) -> None:
         return  # an unreadable shard is reported when it is read
     if keys and claimed > SIZES_CLAIM_FACTOR * len(keys):
         raise DataError(f"{sizes_file} says {path.name} holds {claimed} samples but it holds {len(keys)}: fix "
-                        f"sizes.json (or give --train-num-samples), or every epoch would repeat the data")
+                        f"{sizes_file.name} (or give --train-num-samples), or every epoch would repeat the data")
 
 
 def preflight(train_data: str, *, workers: int, world_size: int, resampled: bool = False,

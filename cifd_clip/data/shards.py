@@ -76,12 +76,46 @@ def _read_counts(directory: Path) -> tuple[Optional[dict], Optional[int]]:
     return sizes, total
 
 
+STATS_SUFFIX = "_stats.json"  # img2dataset writes NNNNN_stats.json beside NNNNN.tar once that shard is complete
+
+
+def stats_file(shard: Path) -> Path:
+    """The img2dataset stats file of a shard: `00012.tar` -> `00012_stats.json` beside it."""
+    stem = shard.name[:-len(".tar")] if shard.name.endswith(".tar") else shard.stem
+    return shard.with_name(stem + STATS_SUFFIX)
+
+
+def read_stats_count(path: Path) -> int:
+    """The samples img2dataset (or make-shards) wrote into a shard: the `successes` of its stats file."""
+    try:
+        n = json.loads(path.read_text()).get("successes")
+    except (OSError, ValueError, AttributeError):
+        n = None
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise DataError(f"{path} is not an img2dataset stats file (it needs a non-negative integer 'successes')")
+    return n
+
+
+def sizes_from_stats(directory: Path, names: Iterable[str]) -> Optional[dict]:
+    """{shard name: samples} from the img2dataset `*_stats.json` of each named shard; None when one has none
+    (img2dataset writes it only when the shard is complete)."""
+    sizes = {}
+    for name in names:
+        f = stats_file(directory / name)
+        if not f.is_file():
+            return None
+        sizes[name] = read_stats_count(f)
+    return sizes
+
+
 def count_samples(urls: list[str]) -> Optional[int]:
-    """Number of samples in `urls` from `sizes.json` ({shard basename: n}) or `__len__` beside them.
+    """Number of samples in `urls` from `sizes.json` ({shard basename: n}), `__len__`, or img2dataset's
+    per-shard `NNNNN_stats.json` (their `successes`) beside them.
 
     `sizes.json` is used when it lists every shard of that folder in `urls`; `__len__` (the count of the
-    whole folder) only when every tar of that folder is in `urls`. None when any shard cannot be counted
-    (remote or pipe urls, no count files): callers then need an explicit number of samples.
+    whole folder) only when every tar of that folder is in `urls`; the stats files when every shard of that
+    folder in `urls` has one (raw img2dataset output, which writes no sizes.json). None when any shard
+    cannot be counted (remote or pipe urls, no count files): callers then need an explicit number of samples.
     """
     by_dir: dict[Path, list[str]] = {}
     for url in urls:
@@ -96,6 +130,8 @@ def count_samples(urls: list[str]) -> Optional[int]:
             total += sum(sizes[n] for n in names)
         elif dir_total is not None and set(names) >= {p.name for p in directory.glob("*.tar")}:
             total += dir_total
+        elif sizes is None and (from_stats := sizes_from_stats(directory, names)) is not None:
+            total += sum(from_stats.values())
         else:
             return None
     return total
