@@ -21,6 +21,7 @@ from .outputs import release_all_locks
 STAGES = [
     # ("stage-name", "cifd_clip.commands.stage_module"),
     ("make-demo-data", "cifd_clip.commands.make_demo_data"),
+    ("make-shards", "cifd_clip.commands.make_shards"),
     ("embed", "cifd_clip.commands.embed"),
     ("train-rdm", "cifd_clip.commands.train_rdm"),
     ("train", "cifd_clip.commands.train"),
