@@ -77,6 +77,35 @@ def test_model_card_names_data_and_includes_eval_table(student_checkpoint, tmp_p
     assert "shards/{0..3}.tar" in card and "| wds/demo | 42.0 |" in card and "local-dir:" in card
 
 
+def test_model_card_has_hugging_face_front_matter_and_no_absolute_paths(tmp_path):
+    """What an upload to the Hub needs: library, license, tags and this checkpoint's metrics; no path of this machine."""
+    import yaml
+
+    tower = load_model("tiny-vit-student")
+    root = tmp_path / "work"
+    path = root / "runs" / "s" / "checkpoints" / "epoch_1.pt"
+    save_atomic(build_checkpoint(epoch=1, step=4, name="s", model_name=tower.model_name, model_cfg=tower.model_cfg,
+                                 preprocess_cfg=tower.preprocess_cfg, state_dict=tower.model.state_dict(),
+                                 distill_state_dict={}, optimizer={}, scheduler={}, scaler=None,
+                                 config={"train_data": str(root / "data" / "{0..3}.tar"), "cache": str(root / "cache"),
+                                         "logs": str(root / "runs")}), path)
+    bench = root / "bench"
+    bench.mkdir()
+    (bench / "results.md").write_text(f"| metric | {path} |\n|---|---|\n| acc1 | 42.00 |\n")
+    (bench / "results.json").write_text(json.dumps({"models": ["/elsewhere/other.pt", str(path)], "results": [
+        [{"status": "ok", "task": "zeroshot_classification", "dataset": "wds/x", "label": "X", "metrics": {"acc1": 0.1}}],
+        [{"status": "ok", "task": "zeroshot_classification", "dataset": "wds/x", "label": "X",
+          "metrics": {"acc1": 0.42, "acc5": None}}]]}))
+    out = export_student(path, tmp_path / "export", eval_results=bench, license="apache-2.0")
+    card = (out / "README.md").read_text()
+    meta = yaml.safe_load(card.split("---\n")[1])
+    assert meta["library_name"] == "open_clip" and meta["license"] == "apache-2.0" and "open_clip" in meta["tags"]
+    result = meta["model-index"][0]["results"][0]
+    assert result["dataset"] == {"name": "X", "type": "wds/x"}
+    assert result["metrics"] == [{"type": "acc1", "name": "acc1 (%)", "value": 42.0}]  # this checkpoint's column
+    assert str(tmp_path) not in card and "data/{0..3}.tar" in card and "`cache`" in card
+
+
 def test_non_student_and_corrupt_checkpoints_are_refused(tmp_path):
     torch.save({"epoch": 1, "rdms": {}}, tmp_path / "rdm.pt")
     with pytest.raises(UserError, match="not a cifd_clip student checkpoint"):

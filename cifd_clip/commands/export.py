@@ -18,6 +18,8 @@ class Config:
                                                "by default the run's eval/results.md when present")
     verify: bool = option(True, "reload the folder through open_clip and check it reproduces the checkpoint")
     overwrite: bool = option(False, "replace an earlier export in --out (its files are removed first)")
+    license: str = option("other", "the license the model card's front matter names (a Hugging Face license id; "
+                                   "a student inherits its teacher's and its data's terms)")
     space: str = option("student", "the embedding space the exported towers end in: the student's own, or the "
                                    "teacher's (a map folded into the final projections, so that the model's queries "
                                    "search an index the teacher built)", choices=["student", "teacher"])
@@ -46,7 +48,7 @@ def run(cfg: Config) -> int:
 
     out = export_student(cfg.checkpoint, cfg.out, cfg.eval_results, overwrite=cfg.overwrite, space=cfg.space,
                                   teacher_map=cfg.teacher_map, teacher_cache=cfg.teacher_cache, fit_data=cfg.fit_data,
-                                  fit_samples=cfg.fit_samples)
+                                  fit_samples=cfg.fit_samples, license=cfg.license)
     message = f"exported {cfg.checkpoint} to {out} (load with open_clip: local-dir:{out})"
     mapping = read_teacher_space_map(out)
     if mapping is not None:

@@ -76,7 +76,7 @@ SPACES = ("student", "teacher")
 def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                    eval_results: Optional[str | os.PathLike] = None, overwrite: bool = False, *,
                    space: str = "student", teacher_map: str = "learned", teacher_cache: Optional[str] = None,
-                   fit_data: Optional[str] = None, fit_samples: int = 4096) -> Path:
+                   fit_data: Optional[str] = None, fit_samples: int = 4096, license: str = "other") -> Path:
     """Write the export folder for `checkpoint`; returns the folder.
 
     `space="teacher"`: the towers end in the teacher's width, with the map `teacher_map` (see
@@ -114,7 +114,8 @@ def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
                     "kind": mapping.kind, "teacher": mapping.teacher, "fit": mapping.fit}
         write_atomic(out / MAP_FILE, lambda p: torch.save(map_file, p))
         files.append(MAP_FILE)
-    write_text_atomic(out / "README.md", model_card(ckpt, checkpoint, model_name, eval_table, model_cfg, mapping))
+    write_text_atomic(out / "README.md", model_card(ckpt, checkpoint, model_name, eval_table, model_cfg, mapping,
+                                                    license=license))
     write_text_atomic(out / MANIFEST, "\n".join(files) + "\n")
     return out
 
@@ -129,7 +130,7 @@ def read_teacher_space_map(out_dir: str | os.PathLike) -> Optional[dict]:
     return check_format(read_torch_file(path, "teacher-space map"), path, "a teacher-space map", MAP_FORMAT, 1)
 
 
-def _find_eval_table(checkpoint, eval_results) -> Optional[str]:
+def _find_eval_table(checkpoint, eval_results) -> Optional[Path]:
     """The markdown results table of `cifd-clip bench` for this checkpoint, when there is one."""
     candidates = []
     if eval_results:
@@ -139,19 +140,30 @@ def _find_eval_table(checkpoint, eval_results) -> Optional[str]:
     candidates += [run_dir / "eval" / "results.md", run_dir / "results.md"]
     for p in candidates:
         if p.is_file():
-            return p.read_text()
+            return p
     if eval_results:
         raise UserError(f"no evaluation results at {eval_results} (expected the results.md of `cifd-clip bench`)")
     return None
 
 
-def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[str], model_cfg: Optional[dict] = None,
-               mapping=None) -> str:
-    run_cfg = ckpt.get("config") or {}
+def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[Path], model_cfg: Optional[dict] = None,
+               mapping=None, license: str = "other") -> str:
+    """Hugging Face front matter, then what the student is, how to load it, its results and its training config,
+    with every path relative to the folder that holds the run (`model_card.common_base`)."""
+    from .model_card import checkpoint_metrics, common_base, find_eval_json, front_matter, portable
+
+    base = common_base(checkpoint, ckpt.get("config") or {})
+    run_cfg = portable(ckpt.get("config") or {}, base)
     model_cfg = model_cfg or ckpt["model_cfg"]
     teacher = run_cfg.get("teacher") or run_cfg.get("cache") or "none (trained without distillation)"
+    name = ckpt.get("name") or model_name
+    results = checkpoint_metrics(find_eval_json(eval_table), checkpoint)
+    eval_text = eval_table.read_text() if eval_table is not None else None
+    if eval_text and base:
+        eval_text = eval_text.replace(base + "/", "")
     lines = [
-        f"# {ckpt.get('name') or model_name}",
+        front_matter(name, license, results).rstrip("\n"),
+        f"# {name}",
         "",
         "An open_clip student exported by cifd_clip"
         + (" (CIFD distillation)." if run_cfg.get("rdm") or run_cfg.get("cache") else "."),
@@ -161,7 +173,7 @@ def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[str
         f"- Training data: `{run_cfg.get('train_data', 'unknown')}`",
         f"- Epochs completed: {ckpt.get('epoch', '?')}, optimizer steps: {ckpt.get('step', '?')}",
         f"- Source checkpoint: `{Path(checkpoint).name}`",
-        *(teacher_space_section(mapping, ckpt["model_cfg"].get("embed_dim")) if mapping is not None else []),
+        *(teacher_space_section(mapping, ckpt["model_cfg"].get("embed_dim"), base) if mapping is not None else []),
         "",
         "## Loading",
         "```python",
@@ -174,15 +186,17 @@ def model_card(ckpt: dict, checkpoint, model_name: str, eval_table: Optional[str
         "CLIP_benchmark: `clip_benchmark eval --model local-dir:PATH_TO_THIS_FOLDER ...`.",
         "",
         "## Evaluation",
-        eval_table.strip() if eval_table else "No evaluation results were found for this checkpoint.",
+        eval_text.strip() if eval_text else "No evaluation results were found for this checkpoint.",
     ]
     if run_cfg:
         lines += ["", "## Training configuration", "```yaml", yaml.safe_dump(run_cfg, sort_keys=False).strip(), "```"]
     return "\n".join(lines) + "\n"
 
 
-def teacher_space_section(mapping, student_dim) -> list[str]:
-    teacher = mapping.teacher
+def teacher_space_section(mapping, student_dim, base: Optional[str] = None) -> list[str]:
+    from .model_card import portable
+
+    teacher = portable(mapping.teacher, base)
     how = {"ibm-isometric": "the isometric IBM decoder Q the distillation trained (semi-orthogonal, both towers)",
            "identity": "none needed: the run distilled the student's own embeddings into the teacher's (CLIP-KD, "
                        "equal widths)",
