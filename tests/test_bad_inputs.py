@@ -431,3 +431,64 @@ def test_an_epoch_that_repeats_samples_says_so(world, tmp_path, caplog):
         assert main(["train", "--model", "tiny-vit-student", "--train-data", str(tmp_path / "{0..1}.tar"),
                      "--workers", "0", "--batch-size", "16", "--logs", str(tmp_path / "runs"), "--name", "wrap"]) == 0
     assert "a second time" in caplog.text and "sizes.json" in caplog.text
+
+
+# ---------------------------------------------------------------- make-shards and img2dataset's stats files
+
+
+def _one_image_folder(folder: Path) -> Path:
+    from PIL import Image
+    folder.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(folder / "a.jpg")
+    (folder / "a.txt").write_text("a grey square")
+    return folder
+
+
+def test_make_shards_bad_inputs(tmp_path, capsys):
+    out = tmp_path / "out"
+    refused(capsys, tmp_path, ["make-shards", "--input", tmp_path / "none.csv", "--out", out], 1,
+            "none.csv does not exist")
+    (tmp_path / "comma.csv").write_text("filepath,title\na.jpg,a caption\n")  # open_clip_train's default is a tab
+    refused(capsys, tmp_path, ["make-shards", "--input", tmp_path / "comma.csv", "--out", out], 1,
+            "no column 'filepath' (--csv-img-key)", "--csv-separator ','")
+    refused(capsys, tmp_path, ["make-shards", "--input", tmp_path / "comma.csv", "--out", out,
+                               "--csv-separator", ",", "--csv-caption-key", "caption"], 1, "no column 'caption'")
+    refused(capsys, tmp_path, ["make-shards", "--input", tmp_path / "comma.csv", "--out", out,
+                               "--csv-separator", ", "], 2, "--csv-separator must be one character")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "only.txt").write_text("a caption without any image")
+    refused(capsys, tmp_path, ["make-shards", "--input", tmp_path / "empty", "--out", out], 1, "holds no images")
+    assert not out.exists()
+
+
+def test_make_shards_refuses_a_folder_it_did_not_write_or_other_settings(tmp_path, capsys):
+    src = _one_image_folder(tmp_path / "src")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.md").write_text("mine")
+    refused(capsys, tmp_path, ["make-shards", "--input", src, "--out", tmp_path / "busy"], 1,
+            "files that make-shards did not write", "--overwrite")
+    assert main(["make-shards", "--input", str(src), "--out", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    refused(capsys, tmp_path, ["make-shards", "--input", src, "--out", tmp_path / "out", "--image-size", "4"], 1,
+            "another input or with other settings", "--overwrite")
+    refused(capsys, tmp_path, ["make-shards", "--input", src, "--out", tmp_path / "out", "--samples-per-shard", "0"],
+            2, "--samples-per-shard must be at least 1")
+
+
+def test_img2dataset_stats_files_that_are_broken_or_claim_too_much(tmp_path, capsys):
+    """Raw img2dataset output is counted from its NNNNN_stats.json: one without 'successes', or one that claims
+    far more samples than its shard holds, is refused before the run starts."""
+    import json
+
+    src = _one_image_folder(tmp_path / "src")
+    data = tmp_path / "data"
+    assert main(["make-shards", "--input", str(src), "--out", str(data)]) == 0  # 00000.tar with 1 sample
+    capsys.readouterr()
+    (data / "sizes.json").unlink()  # what img2dataset leaves: the tar and its stats file
+    stats = json.loads((data / "00000_stats.json").read_text())
+    argv = ["train", "--model", "tiny-vit-student", "--train-data", data / "00000.tar", "--workers", "0",
+            "--batch-size", "1", "--logs", tmp_path / "runs"]
+    (data / "00000_stats.json").write_text(json.dumps({**stats, "successes": 600}))
+    refused(capsys, tmp_path, argv, 1, "00000_stats.json says 00000.tar holds 600 samples but it holds 1")
+    (data / "00000_stats.json").write_text(json.dumps({"count": 1}))
+    refused(capsys, tmp_path, argv, 1, "00000_stats.json is not an img2dataset stats file")
