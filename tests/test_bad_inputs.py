@@ -384,6 +384,8 @@ def test_distill_option_mistakes(world, capsys, extra, code, words):
     (["bench", "--suite", "ROOT/none.yaml", "--model", "STUDENT", "--output-dir", "ROOT/b"], 2, "none.yaml"),
     (["embed", "--teacher", "tiny-vit-teacher", "--train-data", "SPEC", "--out", "ROOT/c2", "--augmentations", "0"],
      2, "--augmentations"),
+    (["cls-train", "--train-data", "cifar100:ROOT/none", "--model", "cnn2", "--precision", "pure_bf16"], 2,
+     "is for the CLIP training stages"),
     (["embed", "--teacher", "tiny-vit-teacher", "--train-data", "SPEC", "--out", "ROOT/c3", "--aug-scale", "0", "2"],
      2, "--aug-scale"),
 ])

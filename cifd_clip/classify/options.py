@@ -45,3 +45,6 @@ class ClassifyTrainOptions(LoopOptions, ClassifyData):
     def validate(self) -> None:
         LoopOptions.validate(self)
         self.validate_data()
+        if self.precision in ("bf16", "fp16", "pure_bf16", "pure_fp16"):
+            raise ConfigError(f"--precision {self.precision} (open_clip_train's low-precision weights) is for the "
+                              f"CLIP training stages; a classifier trains with amp_bf16, amp or fp32")

@@ -150,8 +150,14 @@ class Distiller(DistillerBase):
         return Targets(image, text, scale, rdm_image, rdm_text)
 
     def encode(self, batch: dict) -> StudentOutputs:
-        return StudentOutputs(self.student.encode_image(batch["image"]), self.student.encode_text(batch["text"]),
-                              self.student.logit_scale.exp())
+        """The student's features, in fp32 for the loss terms; with low-precision weights (--precision bf16 and the
+        like) the images go in as the student's own dtype, as open_clip_train feeds them."""
+        image = batch["image"]
+        weight = next((m.weight for m in self.student.visual.modules() if isinstance(m, torch.nn.Conv2d)), None)
+        if weight is not None and image.is_floating_point() and weight.dtype != image.dtype:
+            image = image.to(weight.dtype)
+        return StudentOutputs(self.student.encode_image(image).float(), self.student.encode_text(batch["text"]).float(),
+                              self.student.logit_scale.exp().float())
 
     def forward(self, batch: dict) -> dict:
         student = self.encode(batch)

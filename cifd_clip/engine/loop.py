@@ -46,7 +46,7 @@ from ..errors import DataError, UserError
 from ..outputs import check_free_space
 from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
-from .precision import SpeedSettings, autocast, resolve_speed_settings, set_tf32
+from .precision import SpeedSettings, autocast, lower_weights, resolve_speed_settings, set_tf32
 from .progress import Progress
 from .retention import Retention, peak_checkpoints, save_counts
 from .trackers import Trackers, parse_report_to
@@ -193,6 +193,7 @@ class Trainer:
                             f"{self.accum}: lower --batch-size or --accum-freq, or use more data")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         module.to(self.device)
+        lower_weights(getattr(module, "student", module), self.precision)  # before the optimizer sees them
         self.compiled = apply_speed_settings(module, self.speed, self.device)
         self.optimizer = make_optimizer(module, cfg.lr, cfg.wd, cfg.beta1, cfg.beta2, cfg.eps, cfg.optimizer,
                                         cfg.momentum, fused=self.speed.fused_optimizer)

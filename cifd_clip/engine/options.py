@@ -8,6 +8,8 @@ from ..config import option, required
 from ..errors import ConfigError
 
 PRECISIONS = ["auto", "fp32", "amp", "amp_bf16"]
+# open_clip_train's low-precision weights (precision.LOW_PRECISION_WEIGHTS), for the CLIP training stages
+TRAINING_PRECISIONS = PRECISIONS + ["amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16"]
 
 
 def report_to_option():
@@ -55,7 +57,10 @@ class LoopOptions:
     persistent_workers: bool = option(True, "keep the loader's worker processes from one epoch to the next, as "
                                             "open_clip_train does (default: on; no effect with --workers 0)")
     precision: str = option("auto", "when auto: amp_bf16 on CUDA (fp16 amp on a GPU without bf16), fp32 on CPU "
-                                    "(open_clip's amp is ~10x slower there)", choices=PRECISIONS)
+                                    "(open_clip's amp is ~10x slower there); open_clip_train's amp_bfloat16 (= "
+                                    "amp_bf16), bf16/fp16 (the student's matmul and conv weights in that dtype, no "
+                                    "autocast) and pure_bf16/pure_fp16 (all its weights) too",
+                            choices=TRAINING_PRECISIONS)
     tf32: bool = option(True, "TF32 tensor cores for fp32 matmuls and convolutions on CUDA (default: on; no effect "
                               "on CPU)")
     fused_optimizer: Optional[bool] = option(None, "torch's fused AdamW/SGD kernel (default: on with CUDA, off on "
@@ -104,6 +109,8 @@ class LoopOptions:
 
     def validate(self) -> None:
         validate_trackers(self)
+        if self.precision == "amp_bfloat16":  # open_clip_train's other spelling
+            self.precision = "amp_bf16"
         for key in ("epochs", "batch_size", "accum_freq"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")

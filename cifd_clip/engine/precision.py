@@ -51,6 +51,25 @@ def resolve_training_precision(precision: str, device: torch.device | str,
     return resolve_precision(precision, device)
 
 
+# open_clip_train's precisions that put the student's weights in low precision (open_clip's create_model): bf16/fp16
+# convert its matmul and convolution weights (convert_weights_to_lp; norms, logit scale and embeddings stay fp32),
+# pure_* the whole model; no autocast and no loss scaler, as open_clip_train trains them.
+LOW_PRECISION_WEIGHTS = {"bf16": torch.bfloat16, "fp16": torch.float16, "pure_bf16": torch.bfloat16,
+                         "pure_fp16": torch.float16}
+
+
+def lower_weights(student: torch.nn.Module, precision: str) -> None:
+    """The student's weights in the dtype of a low-precision --precision (nothing for the others)."""
+    dtype = LOW_PRECISION_WEIGHTS.get(precision)
+    if dtype is None:
+        return
+    if precision.startswith("pure_"):
+        student.to(dtype=dtype)
+    else:
+        from open_clip.model import convert_weights_to_lp
+        convert_weights_to_lp(student, dtype=dtype)
+
+
 def autocast(precision: str, device: torch.device | str):
     device = torch.device(device)
     if precision == "amp":
