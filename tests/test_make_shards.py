@@ -138,6 +138,21 @@ def test_folder_into_shards_resized_and_resumed(tmp_path, student_transforms):
     assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 4}
 
 
+def test_several_workers_write_the_same_shards(tmp_path):
+    src = tmp_path / "src"
+    for i in range(5):
+        _image(src / f"{i}.png", size=(10 + i, 12), fmt="PNG"); (src / f"{i}.txt").write_text(f"image {i}")
+    (src / "5.jpg").write_bytes(b"broken"); (src / "5.txt").write_text("broken")
+    outs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"out{workers}"
+        assert main(["make-shards", "--input", str(src), "--out", str(out), "--samples-per-shard", "2",
+                     "--workers", str(workers), "--image-size", "8"]) == 0
+        outs[workers] = {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+        assert json.loads((out / "sizes.json").read_text()) == {"00000.tar": 2, "00001.tar": 2, "00002.tar": 1}
+    assert outs[1] == outs[2] and len(outs[1]) == 3
+
+
 def test_every_input_bad_is_an_error_after_counting(tmp_path, capsys):
     src = tmp_path / "src"
     src.mkdir()

@@ -37,6 +37,7 @@ class Config:
     resize_mode: str = option("keep_ratio", "with --image-size: keep_ratio (shorter side to the size), "
                                             "center_crop (then a centre square) or border (longer side, padded "
                                             "to a square), as img2dataset has them", choices=RESIZE_MODES)
+    workers: int = option(1, "processes writing shards side by side (img2dataset's --processes_count)")
     overwrite: bool = option(False, "replace the shards of another input or other options in --out")
 
     def validate(self) -> None:
@@ -44,6 +45,8 @@ class Config:
             raise ConfigError(f"--samples-per-shard must be at least 1, got {self.samples_per_shard}")
         if self.image_size is not None and self.image_size < 1:
             raise ConfigError(f"--image-size must be at least 1, got {self.image_size}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
 
 
 def run(cfg: Config) -> int:
@@ -56,7 +59,8 @@ def run(cfg: Config) -> int:
 
     summary = make_shards(cfg.input, cfg.out, samples_per_shard=cfg.samples_per_shard, image_size=cfg.image_size,
                           resize_mode=cfg.resize_mode, img_key=cfg.csv_img_key, caption_key=cfg.csv_caption_key,
-                          separator=cfg.csv_separator, overwrite=cfg.overwrite, progress=progress)
+                          separator=cfg.csv_separator, overwrite=cfg.overwrite, workers=cfg.workers,
+                          progress=progress)
     if summary.skipped:
         logger.warning("make-shards %s", summary.skipped_text())
     kept = f" ({summary.kept_shards} complete shards of an earlier run kept)" if summary.kept_shards else ""

@@ -149,10 +149,6 @@ def _resolve(cell: str, base: Path) -> Path:
     return beside
 
 
-def _hidden(rel: Path) -> bool:
-    return any(part.startswith(".") for part in rel.parts)
-
-
 def read_folder_items(folder: str | os.PathLike, *, exclude: Optional[Path] = None) -> list[Item]:
     """Every image under `folder` (subfolders too, sorted by path) with its same-named `.txt` caption; a
     caption file without an image is an item too (counted as missing_image)."""
@@ -350,7 +346,9 @@ def train_data_spec(out: Path, names: list[str]) -> str:
     return "::".join(f"{root}/{r[0]}.tar" if len(r) == 1 else f"{root}/{{{r[0]}..{r[-1]}}}.tar" for r in runs)
 
 
-def _write_one_shard(out: Path, name: str, shard: int, rows: list[Item], key_of, *, image_size, resize_mode) -> dict:
+def _write_one_shard(out: Path, name: str, shard: int, rows: list[Item], digits: tuple[int, int], *, image_size,
+                     resize_mode) -> dict:
+    """Write one shard's tar (none when no row gives a sample), then its stats file; returns the stats."""
     start = time.time()
     skipped: dict[str, int] = {}
     examples: dict[str, list] = {}
@@ -375,7 +373,7 @@ def _write_one_shard(out: Path, name: str, shard: int, rows: list[Item], key_of,
             except SkippedInput as e:
                 skip(e.reason, item, e.detail)
                 continue
-            key = key_of(shard, position)
+            key = f"{shard:0{digits[0]}d}{position:0{digits[1]}d}"  # img2dataset's keys: shard, then position
             info = {"url": item.source, "key": key, "caption": item.caption, "status": "success",
                     "error_message": None, **meta}
             written[0] += 1
@@ -407,10 +405,10 @@ def _write_one_shard(out: Path, name: str, shard: int, rows: list[Item], key_of,
 
 def make_shards(input_path: str | os.PathLike, out: str | os.PathLike, *, samples_per_shard: int = 10000,
                 image_size: Optional[int] = None, resize_mode: str = "keep_ratio", img_key: str = "filepath",
-                caption_key: str = "title", separator: str = "\t", overwrite: bool = False,
+                caption_key: str = "title", separator: str = "\t", overwrite: bool = False, workers: int = 1,
                 progress=None) -> Summary:
     """Write the shards of `input_path` (a CSV/TSV or a folder) into `out`; see the module docstring.
-    `progress(shard_name, stats)` is called after each shard written."""
+    `workers` processes write shards side by side; `progress(shard_name, stats)` is called after each shard."""
     from ..outputs import check_folder_target, hold_run_lock, release_run_lock
 
     if samples_per_shard < 1:
@@ -419,6 +417,8 @@ def make_shards(input_path: str | os.PathLike, out: str | os.PathLike, *, sample
         raise ConfigError(f"--image-size must be at least 1, got {image_size}")
     if resize_mode not in RESIZE_MODES:
         raise ConfigError(f"--resize-mode must be one of {list(RESIZE_MODES)}, got {resize_mode!r}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
     out = Path(out)
     kind, items = read_items(input_path, img_key=img_key, caption_key=caption_key, separator=separator, out=out)
     settings = {"samples_per_shard": samples_per_shard, "image_size": image_size,
@@ -428,23 +428,21 @@ def make_shards(input_path: str | os.PathLike, out: str | os.PathLike, *, sample
     hold_run_lock(out, "--out")
     try:
         prepare_out(out, fp, overwrite)
-        return _write_all(out, items, kind, input_path, settings, fp, progress=progress)
+        return _write_all(out, items, kind, input_path, settings, fp, workers=workers, progress=progress)
     finally:
         release_run_lock(out)
 
 
-def _write_all(out: Path, items: list[Item], kind: str, input_path, settings: dict, fp: str, *, progress) -> Summary:
+def _write_all(out: Path, items: list[Item], kind: str, input_path, settings: dict, fp: str, *, workers: int,
+               progress) -> Summary:
     samples_per_shard = settings["samples_per_shard"]
     num_shards, shard_digits, key_digits = shard_layout(len(items), samples_per_shard)
     manifest = {"format": MANIFEST_FORMAT, "input": str(input_path), "input_kind": kind, "inputs": len(items),
                 "shards": num_shards, "fingerprint": fp, **settings}
     write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
-    def key_of(shard: int, position: int) -> str:
-        return f"{shard:0{shard_digits}d}{position:0{key_digits}d}"
-
     summary = Summary(inputs=len(items), shards=num_shards)
-    names = []
+    names, todo = [], []
     for shard in range(num_shards):
         name = f"{shard:0{shard_digits}d}.tar"
         names.append(name)
@@ -457,12 +455,28 @@ def _write_all(out: Path, items: list[Item], kind: str, input_path, settings: di
             except (OSError, ValueError, AttributeError):
                 pass
             continue
-        rows = items[shard * samples_per_shard:(shard + 1) * samples_per_shard]
-        stats = _write_one_shard(out, name, shard, rows, key_of, image_size=settings["image_size"],
-                                 resize_mode=settings["resize_mode"] or "keep_ratio")
+        todo.append((out, name, shard, items[shard * samples_per_shard:(shard + 1) * samples_per_shard],
+                     (shard_digits, key_digits)))
+    options = {"image_size": settings["image_size"], "resize_mode": settings["resize_mode"] or "keep_ratio"}
+
+    def done(name: str, stats: dict) -> None:
         summary.add_skips(stats["skipped"], stats["skipped_examples"])
         if progress is not None:
             progress(name, stats)
+
+    if workers == 1 or len(todo) <= 1:
+        for job in todo:
+            done(job[1], _write_one_shard(*job, **options))
+    else:  # shards are independent files: one process per shard at a time. Forked where the system has it (a
+        # spawned worker would import webdataset, and with it torch, again: seconds each); the workers use PIL only
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context(method)) as pool:
+            futures = {pool.submit(_write_one_shard, *job, **options): job[1] for job in todo}
+            for future in as_completed(futures):
+                done(futures[future], future.result())
     sizes = {name: n for name, n in sizes_from_stats(out, names).items() if n}
     summary.shard_names = sorted(sizes)
     summary.empty_shards = num_shards - len(sizes)
