@@ -475,6 +475,7 @@ def test_make_shards_refuses_a_folder_it_did_not_write_or_other_settings(tmp_pat
             "another input or with other settings", "--overwrite")
     refused(capsys, tmp_path, ["make-shards", "--input", src, "--out", tmp_path / "out", "--samples-per-shard", "0"],
             2, "--samples-per-shard must be at least 1")
+    refused(capsys, tmp_path, ["make-shards", "--input", src, "--out", src], 1, "is the --input folder")
 
 
 def test_img2dataset_stats_files_that_are_broken_or_claim_too_much(tmp_path, capsys):

@@ -420,6 +420,8 @@ def make_shards(input_path: str | os.PathLike, out: str | os.PathLike, *, sample
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     out = Path(out)
+    if Path(input_path).is_dir() and out.exists() and out.resolve() == Path(input_path).resolve():
+        raise UserError(f"--out {out} is the --input folder: write the shards to another folder")
     kind, items = read_items(input_path, img_key=img_key, caption_key=caption_key, separator=separator, out=out)
     settings = {"samples_per_shard": samples_per_shard, "image_size": image_size,
                 "resize_mode": resize_mode if image_size else None}
