@@ -2,7 +2,10 @@
 
 Model specs (wherever a model is named):
   - `NAME`                 an open_clip config name (built in, or ours in model_configs/), random init
-  - `NAME@TAG`             open_clip pretrained tag (downloads: fails fast offline)
+  - `NAME@TAG`             open_clip pretrained tag (downloaded into `cache_dir` or the Hugging Face cache once; a
+                           copy already there is used without the network)
+  - `hf-hub:ORG/REPO`      a model on the Hugging Face Hub in open_clip's format (config + weights), as open_clip
+                           names it; cached the same way
   - `NAME@FILE`, or NAME with `pretrained=FILE`: a local checkpoint (open_clip training checkpoint
                            dict or bare state_dict, .pt/.pth/.bin/.safetensors)
   - `FILE.pt`              one of our checkpoints, which carry their model config
@@ -17,7 +20,6 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,14 +116,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return strip_prefixes(sd)
 
 
-def _network_reachable(host: str = "huggingface.co", port: int = 443, timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
+HF_HUB = "hf-hub:"
 _config_folder: Optional[Path] = None
 
 
@@ -180,13 +175,24 @@ def _create(name: str, device, precision: str, aug_cfg, **kwargs):
 
 
 def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
-               precision: str = "fp32", aug_cfg: Optional[dict] = None) -> Tower:
-    """Build an open_clip model from any spec (see module doc) and its transforms and tokenizer."""
+               precision: str = "fp32", aug_cfg: Optional[dict] = None, cache_dir: Optional[str] = None) -> Tower:
+    """Build an open_clip model from any spec (see module doc) and its transforms and tokenizer. `cache_dir`:
+    where downloaded weights go and are looked for (open_clip's --cache-dir; default the Hugging Face cache)."""
     register_model_configs()
     spec = str(spec).strip()
     if not spec:
         raise UserError("empty model spec")
     extra: dict[str, Any] = {}
+
+    if spec.startswith(HF_HUB):
+        from .hub import create_from_hub
+
+        if pretrained:
+            raise UserError(f"{spec} brings its own weights; drop --pretrained {pretrained}")
+        model, pp_train, pp_val, tokenizer, model_cfg = create_from_hub(spec, device=device, precision=precision,
+                                                                        aug_cfg=aug_cfg, cache_dir=cache_dir)
+        return Tower(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec,
+                     {"hf_hub": spec})
 
     if spec.startswith("local-dir:"):
         folder = Path(spec[len("local-dir:"):])
@@ -253,7 +259,10 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
                             + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags)"))
 
     if "pretrained_tag" in extra:
-        model, pp_train, pp_val = _create_pretrained(name, extra["pretrained_tag"], device, precision, aug_cfg)
+        from .hub import create_pretrained
+
+        model, pp_train, pp_val = create_pretrained(name, extra["pretrained_tag"], device=device, precision=precision,
+                                                    aug_cfg=aug_cfg, cache_dir=cache_dir)
     elif weights_file:
         quiet = _DropRandomInitWarning()
         logging.getLogger().addFilter(quiet)
@@ -268,42 +277,6 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
     tokenizer = open_clip.get_tokenizer(name)
     return Tower(model, pp_train, pp_val, tokenizer, name, open_clip.get_model_config(name),
                  dict(model.visual.preprocess_cfg), spec, extra)
-
-
-def _pretrained_is_cached(name: str, tag: str) -> bool:
-    """Whether open_clip would find the weights of NAME@TAG on disk (HF cache or its URL cache)."""
-    cfg = open_clip.get_pretrained_cfg(name, tag) or {}
-    hub = cfg.get("hf_hub", "")
-    if hub:
-        from huggingface_hub import try_to_load_from_cache
-        model_id, filename = os.path.split(hub)  # "org/model/" names no file: open_clip's default names
-        names = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
-        if any(isinstance(try_to_load_from_cache(model_id, f), str) for f in names):
-            return True
-    url = cfg.get("url", "")
-    return bool(url) and (Path.home() / ".cache" / "clip" / os.path.basename(url)).is_file()
-
-
-def _create_pretrained(name, tag, device, precision, aug_cfg):
-    # Use weights already on disk without touching the network; otherwise check reachability first, so that
-    # an offline machine gets a sentence within seconds instead of building the model and a retry loop.
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    if _pretrained_is_cached(name, tag):
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        try:
-            return open_clip.create_model_and_transforms(name, pretrained=tag, device=device, precision=precision,
-                                                         aug_cfg=aug_cfg)
-        except Exception:
-            pass
-        finally:
-            if previous is None:
-                os.environ.pop("HF_HUB_OFFLINE", None)
-            else:
-                os.environ["HF_HUB_OFFLINE"] = previous
-    if previous == "1" or not _network_reachable():
-        raise UserError(f"{name}@{tag} needs to download its weights and there is no network here; download them "
-                        f"on a connected machine and pass the file instead ({name}@/path/to/weights)")
-    return _create(name, device, precision, aug_cfg, pretrained=tag)
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -356,8 +329,9 @@ class Teacher(nn.Module):
 
 
 def load_teacher(spec: str, pretrained: Optional[str] = None, device="cpu", precision="fp32",
-                 normalize: bool = True) -> Teacher:
-    return Teacher(load_model(spec, pretrained, device=device, precision=precision), normalize=normalize)
+                 normalize: bool = True, cache_dir: Optional[str] = None) -> Teacher:
+    return Teacher(load_model(spec, pretrained, device=device, precision=precision, cache_dir=cache_dir),
+                   normalize=normalize)
 
 
 # ---------------------------------------------------------------- GPU speed settings of a trained model

@@ -56,7 +56,7 @@ def data(tmp_path_factory):
 
 
 def embed(data, out, *extra):
-    argv = ["embed", "--teacher", "tiny-vit-teacher", "--pretrained", data["weights"], "--train-data", data["spec"],
+    argv = ["embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained", data["weights"], "--train-data", data["spec"],
             "--out", str(out), "--batch-size", "4", "--workers", "0", "--threads", "1", *extra]
     return cli.main(argv)
 
@@ -133,7 +133,7 @@ def test_restart_after_a_crash_gives_the_same_cache(data, reference):
 @pytest.mark.slow
 def test_killed_subprocess_then_restart_gives_the_same_cache(data, reference):
     out = data["root"] / "killed"
-    cmd = [sys.executable, "-m", "cifd_clip", "embed", "--teacher", "tiny-vit-teacher", "--pretrained",
+    cmd = [sys.executable, "-m", "cifd_clip", "embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained",
            data["weights"], "--train-data", data["spec"], "--out", str(out), "--batch-size", "4", "--workers", "0",
            "--threads", "1", "--augmentations", "3"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -155,7 +155,7 @@ def test_other_teacher_or_settings_into_the_same_folder_is_refused(data, referen
     out = data["root"] / "refuse"
     assert embed(data, out) == 0
     capsys.readouterr()
-    argv = ["embed", "--teacher", "tiny-vit-teacher", "--pretrained", data["other"], "--train-data", data["spec"],
+    argv = ["embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained", data["other"], "--train-data", data["spec"],
             "--out", str(out), "--workers", "0", "--threads", "1"]
     assert cli.main(argv) == 1
     assert "teacher weights fingerprint" in capsys.readouterr().err
@@ -205,7 +205,7 @@ def test_two_torchrun_ranks_killed_midway_then_resumed_give_the_same_cache_as_on
     import time
     out = data["root"] / "torchrun"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
-           "-m", "--", "cifd_clip", "embed", "--teacher", "tiny-vit-teacher", "--pretrained", data["weights"],
+           "-m", "--", "cifd_clip", "embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained", data["weights"],
            "--train-data", data["spec"], "--out", str(out), "--batch-size", "4", "--workers", "1",
            "--threads", "1", "--augmentations", "3", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")

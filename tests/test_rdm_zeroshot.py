@@ -32,7 +32,7 @@ def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_w
     from cifd_clip.towers import load_model
 
     out, root = tmp_path / "cache", demo_data_dir / "zeroshot"
-    argv = ["embed", "--teacher", "tiny-vit-teacher", "--pretrained", teacher_weights, "--train-data",
+    argv = ["embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained", teacher_weights, "--train-data",
             demo_train_spec, "--out", str(out), "--batch-size", "16", "--workers", "0", "--threads", "1",
             "--zeroshot-root", str(root)]
     assert cli.main(argv) == 0
@@ -71,7 +71,7 @@ def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_w
 
 def test_embed_refuses_a_retrieval_set_as_zeroshot_root(tmp_path, demo_data_dir, demo_train_spec, teacher_weights,
                                                          capsys):
-    argv = ["embed", "--teacher", "tiny-vit-teacher", "--pretrained", teacher_weights, "--train-data",
+    argv = ["embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained", teacher_weights, "--train-data",
             demo_train_spec, "--out", str(tmp_path / "c"), "--workers", "0", "--zeroshot-root",
             str(demo_data_dir / "retrieval")]
     assert cli.main(argv) == 1

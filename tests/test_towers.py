@@ -106,10 +106,41 @@ def test_checkpoint_for_another_model_is_refused(tmp_path):
         load_model(f"tiny-vit-student@{tmp_path / 'rn.pt'}")
 
 
-def test_pretrained_tag_offline_fails_fast(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # as on a machine without network
-    with pytest.raises(UserError, match="no network"):
-        load_model("RN50@openai")
+def test_pretrained_tag_offline_fails_fast(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the hub's own setting, as on a machine without network
+    with pytest.raises(UserError, match=f"no copy of RN50@openai's weights is in the local cache \\({tmp_path}\\) "
+                                        f"and HF_HUB_OFFLINE is set"):
+        load_model("RN50@openai", cache_dir=str(tmp_path))
+
+
+def _hub_cache(cache, repo: str, tower) -> None:
+    """A Hugging Face cache holding REPO in open_clip's hub format, laid out as huggingface_hub lays it out."""
+    from safetensors.torch import save_file
+
+    folder = cache / f"models--{repo.replace('/', '--')}"
+    snapshot = folder / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    (folder / "refs").mkdir()
+    (folder / "refs" / "main").write_text("0123abcd")
+    (snapshot / "open_clip_config.json").write_text(json.dumps({"model_cfg": tower.model_cfg,
+                                                                "preprocess_cfg": tower.preprocess_cfg}))
+    save_file({k: v.contiguous().clone() for k, v in tower.model.state_dict().items()},
+              str(snapshot / "open_clip_model.safetensors"))
+
+
+def test_hf_hub_model_in_the_cache_loads_without_the_network(monkeypatch, tmp_path):
+    """hf-hub:ORG/REPO from --cache-dir, with HF_HUB_OFFLINE unset: a cache hit never asks the hub."""
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a hub that would refuse every request
+    torch.manual_seed(3)
+    source = load_model("tiny-vit-student")
+    _hub_cache(tmp_path, "someone/tiny-clip", source)
+    tower = load_model("hf-hub:someone/tiny-clip", cache_dir=str(tmp_path))
+    assert tower.embed_dim == 64 and tower.model_cfg == source.model_cfg
+    assert torch.equal(tower.model.state_dict()["text_projection"], source.model.state_dict()["text_projection"])
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="no copy of hf-hub:someone/elsewhere is in the local cache"):
+        load_model("hf-hub:someone/elsewhere", cache_dir=str(tmp_path))
 
 
 def test_read_state_dict_refuses_pickled_objects(tmp_path):

@@ -42,7 +42,7 @@ def run(cfg: Config):
     summary = run_suite(cfg.suite, cfg.model, cfg.output_dir, dataset_root_base=cfg.dataset_root_base,
                         batch_size=cfg.batch_size, workers=cfg.workers, device=device, precision=precision,
                         gallery_model=cfg.gallery_model, gallery_pretrained=cfg.gallery_pretrained,
-                        gallery_dir=cfg.gallery_dir)
+                        gallery_dir=cfg.gallery_dir, cache_dir=cfg.cache_dir)
     config_lib.save(cfg, Path(cfg.output_dir) / "bench_config.yaml")
     print(summary["markdown"])
     print(f"wrote {Path(cfg.output_dir) / 'results.md'} ({summary['missing']} missing, {summary['errors']} failed)")

@@ -23,7 +23,10 @@ from ..errors import ConfigError
 @dataclass
 class Config:
     teacher: str = required("teacher model spec: open_clip name, NAME@TAG, NAME@FILE, local-dir:PATH or a JSON config")
-    pretrained: Optional[str] = option(None, "teacher weights file (or open_clip pretrained tag)")
+    teacher_pretrained: Optional[str] = option(None, "teacher weights file (or open_clip pretrained tag), as distill's",
+                                               aliases=["pretrained"])
+    cache_dir: Optional[str] = option(None, "where pretrained weights are downloaded to and looked for (open_clip's "
+                                            "--cache-dir; default: the Hugging Face cache)")
     train_data: str = required("source shards: brace-expanded tar list, `::` joins sources (img2dataset layout)")
     out: str = required("cache folder (one sibling shard per source shard, plus cache.json)")
     overwrite: bool = option(False, "embed everything again, replacing a cache already in --out (by default a "

@@ -140,10 +140,10 @@ def run(cfg: Config):
         root = dataset_root_of(cfg, dataset)
         if not root.is_dir():
             raise DatasetMissing(name, root, "no folder")
-    tower = load_model(cfg.model, cfg.pretrained, device=device)
+    tower = load_model(cfg.model, cfg.pretrained, device=device, cache_dir=cfg.cache_dir)
     teacher = None
     if task is not None and task.startswith("cross_model_") and cfg.gallery_model:
-        teacher = load_model(cfg.gallery_model, cfg.gallery_pretrained, device=device)
+        teacher = load_model(cfg.gallery_model, cfg.gallery_pretrained, device=device, cache_dir=cfg.cache_dir)
     template = cfg.output or "{dataset}_{model}_{task}.json"
     language = cfg.language[0]
 

@@ -177,7 +177,7 @@ def _teacher_settings(cfg, teacher, augment) -> dict:
 
     tower = teacher.tower
     return cache_lib.make_settings(
-        teacher_spec=cfg.teacher, teacher_pretrained=cfg.pretrained, teacher_model_name=tower.model_name,
+        teacher_spec=cfg.teacher, teacher_pretrained=cfg.teacher_pretrained, teacher_model_name=tower.model_name,
         teacher_fingerprint=weights_fingerprint(tower.model),
         teacher_image_size=tower.model_cfg.get("vision_cfg", {}).get("image_size"),
         image_dim=tower.embed_dim, text_dim=tower.embed_dim, dtype=cfg.dtype, normalized=cfg.normalize,
@@ -324,7 +324,8 @@ def embed_shards(cfg) -> Optional[str]:
     out.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(cfg.precision, env.device)
     torch.manual_seed(0)  # a teacher without weights (tests, demo) is then the same on every rank and restart
-    teacher = load_teacher(cfg.teacher, cfg.pretrained, device=env.device, normalize=cfg.normalize)
+    teacher = load_teacher(cfg.teacher, cfg.teacher_pretrained, device=env.device, normalize=cfg.normalize,
+                           cache_dir=getattr(cfg, "cache_dir", None))
     augment = AugmentSettings(views=cfg.augmentations, scale=tuple(cfg.aug_scale), seed=cfg.aug_seed)
     settings = _teacher_settings(cfg, teacher, augment)
     _refuse_other_settings(out, settings)

@@ -18,6 +18,8 @@ class EvalRunOptions:
     device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto", choices=PRECISIONS)
     amp: Optional[bool] = option(None, "deprecated: use --precision amp (or fp32 for --no-amp)")
+    cache_dir: Optional[str] = option(None, "where pretrained weights are downloaded to and looked for (open_clip's "
+                                            "and CLIP_benchmark's --cache-dir; default: the Hugging Face cache)")
 
     def validate(self) -> None:
         if self.batch_size < 1:

@@ -141,7 +141,7 @@ def render_markdown(suite_name: str, specs: Sequence[str], entries: list[dict], 
 def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_dir, *,
               dataset_root_base: Optional[str] = None, batch_size: int = 64, workers: int = 4, device="cpu",
               precision: str = "fp32", show_progress: bool = True, gallery_model: Optional[str] = None,
-              gallery_pretrained: Optional[str] = None, gallery_dir=None) -> dict:
+              gallery_pretrained: Optional[str] = None, gallery_dir=None, cache_dir: Optional[str] = None) -> dict:
     """Evaluate every model on every dataset of `suite`; write the JSONs and results.md into `output_dir`.
 
     The cross-model entries search each model's queries against `gallery_model`'s embeddings of the set, made once
@@ -161,10 +161,10 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
     output_dir.mkdir(parents=True, exist_ok=True)
 
     galleries = _gallery_sources(suite["datasets"], gallery_model, gallery_pretrained,
-                                 Path(gallery_dir) if gallery_dir else output_dir / "gallery", device)
+                                 Path(gallery_dir) if gallery_dir else output_dir / "gallery", device, cache_dir)
     results: list[list[dict]] = []
     for spec in model_specs:
-        tower = load_model(spec, device=device)
+        tower = load_model(spec, device=device, cache_dir=cache_dir)
         per_model = []
         for entry, root, gallery in zip(suite["datasets"], roots, galleries):
             try:
@@ -197,7 +197,7 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
 
 
 def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_pretrained: Optional[str],
-                     gallery_dir: Path, device) -> list:
+                     gallery_dir: Path, device, cache_dir: Optional[str] = None) -> list:
     """Per entry: None, or the cross-model entry's GallerySource (the teacher loaded once, one file per set)."""
     from ..towers import load_model
     from .cross_model import GallerySource
@@ -207,7 +207,8 @@ def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_
             raise ConfigError("--gallery-model is for a suite's cross-model entries (task cross_model_retrieval or "
                               "cross_model_classification), and this suite has none")
         return [None] * len(entries)
-    teacher = load_model(gallery_model, gallery_pretrained, device=device) if gallery_model else None
+    teacher = load_model(gallery_model, gallery_pretrained, device=device, cache_dir=cache_dir) if gallery_model \
+        else None
     return [GallerySource(teacher, gallery_dir / f"{slug(e['label'])}__{e['task']}.pt")
             if e["task"] in CROSS_TASKS else None for e in entries]
 
