@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -108,7 +109,8 @@ def mean_std(values: list[float], scale: float = 100) -> str:
 
 
 def _relative(command: str, out: Path) -> str:
-    return command.replace(str(out), "OUT").replace(str(REPO) + "/", "")
+    """OUT for the working folder, and the suite as a checkout shows it, wherever the runs were made."""
+    return re.sub(r"\S*/cifd_clip/evaluation/suites/", "eval/suites/", clip_cifd._relative(command, out))
 
 
 def write_page(page: Path, rows: list[dict], out: Path, quick: bool, cfgs: dict) -> None:
@@ -120,13 +122,14 @@ def write_page(page: Path, rows: list[dict], out: Path, quick: bool, cfgs: dict)
              "embeddings (image→text R@1), and its images classified with the teacher's zero-shot classifier "
              "(top-1), on the demo's held-out retrieval (300 images) and zero-shot (720 images, 36 classes) sets. "
              "*Kept* is the cross-model figure over the teacher's own (mean of R@1/5/10 both ways for recall). "
-             "*Own space* is the student's figures against its own embeddings (what a fresh index would give). "
+             "*Export ↔ export* is the exported student against its own embeddings (what a fresh index built with it "
+             "would give; for the angle-preserving maps, Q and Procrustes, the same as in the student's own space). "
              "Mean ± std over seeds; students, teacher, cache and RDMs are studies/clip_cifd.py's.", "",
              f"The teacher against its own index: text→image R@1 {100 * teacher['teacher_t2i_r1']:.1f}%, "
              f"image→text R@1 {100 * teacher['teacher_i2t_r1']:.1f}%, zero-shot top-1 "
              f"{100 * teacher['teacher_acc1']:.1f}%.", "",
              "| student | map into the teacher's space | seeds | text→image R@1 (%) | image→text R@1 (%) | "
-             "recall kept (%) | top-1 (%) | top-1 kept (%) | own space: top-1 (%) | own space: mean recall (%) |",
+             "recall kept (%) | top-1 (%) | top-1 kept (%) | export ↔ export: top-1 (%) | export ↔ export: mean recall (%) |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     groups = {}
     for r in rows:
