@@ -40,3 +40,29 @@ def test_bad_options_are_one_sentence_errors(demo_train_spec, tmp_path, capsys):
     assert "fewer than one global batch" in capsys.readouterr().err
     assert main([*base, "--accum-freq", "7", "--batch-size", "8", "--workers", "0"]) == 1
     assert "--accum-freq" in capsys.readouterr().err
+
+
+def test_evaluation_during_training_reads_any_set_eval_reads(demo_train_spec, demo_data_dir, tmp_path):
+    """Class folders by NAME=PATH beside a webdataset set by folder name, with the run's --recall-k."""
+    from PIL import Image
+
+    classes = tmp_path / "classes"
+    for name, colour in (("red_square", (220, 20, 20)), ("blue_square", (20, 20, 220))):
+        (classes / name).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (48, 48), colour).save(classes / name / f"{i}.png")
+    assert main(["train", "--model", "tiny-vit-student", "--train-data", demo_train_spec, "--batch-size", "16",
+                 "--workers", "0", "--warmup", "1", "--logs", str(tmp_path), "--name", "ev", "--eval-every-epochs", "1",
+                 "--eval-datasets", f"folder:shapes={classes}", "retrieval", "--eval-dataset-root", str(demo_data_dir),
+                 "--recall-k", "1", "2"]) == 0
+    evals = [json.loads(line)["eval"] for line in (tmp_path / "ev" / "metrics.jsonl").read_text().splitlines()
+             if '"eval"' in line]
+    assert evals[-1]["folder:shapes"]["num_images"] == 4 and 0 <= evals[-1]["folder:shapes"]["metrics"]["acc1"] <= 1
+    assert set(evals[-1]["retrieval"]["metrics"]) == {f"{d}_retrieval_recall@{k}" for d in ("image", "text")
+                                                      for k in (1, 2)}
+
+
+def test_an_unknown_eval_set_name_is_refused_before_training(demo_train_spec, tmp_path, capsys):
+    assert main(["train", "--model", "tiny-vit-student", "--train-data", demo_train_spec, "--logs", str(tmp_path),
+                 "--eval-every-epochs", "1", "--eval-datasets", "imagenet-z=/data/x"]) == 2
+    assert "unknown dataset 'imagenet-z'" in capsys.readouterr().err

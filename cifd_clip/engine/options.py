@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from ..config import option, required
@@ -164,8 +165,11 @@ class TrainingOptions(LoopOptions):
                                            "each epoch's end)")
     local_loss: bool = option(False, "contrastive loss on local rows only against all gathered features")
     gather_with_grad: bool = option(False, "all-gather features with gradients (exact full-batch gradients under DDP)")
-    eval_datasets: list[str] = option([], "CLIP_benchmark-layout datasets under --eval-dataset-root to evaluate")
+    eval_datasets: list[str] = option([], "sets to evaluate during training: NAME (the folder --eval-dataset-root/NAME, "
+                                          "a CLIP_benchmark webdataset set unless NAME is one eval knows, e.g. "
+                                          "imagenet1k) or NAME=PATH (any set eval reads, e.g. imagenet1k=/data/in1k)")
     eval_dataset_root: Optional[str] = option(None, "folder holding the eval datasets (DATASET/ sub-folders)")
+    recall_k: list[int] = option([1, 5], "K values of recall@K for the retrieval sets evaluated during training")
 
     def validate(self) -> None:
         LoopOptions.validate(self)
@@ -173,5 +177,12 @@ class TrainingOptions(LoopOptions):
             raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}")
         if self.train_num_samples is not None and self.train_num_samples < 1:
             raise ConfigError(f"--train-num-samples must be at least 1, got {self.train_num_samples}")
-        if self.eval_every_epochs and not (self.eval_datasets and self.eval_dataset_root):
-            raise ConfigError("--eval-every-epochs needs --eval-datasets and --eval-dataset-root")
+        if self.eval_every_epochs and not self.eval_datasets:
+            raise ConfigError("--eval-every-epochs needs --eval-datasets (and --eval-dataset-root for sets given by "
+                              "folder name)")
+        if self.eval_every_epochs and not self.eval_dataset_root and not all(
+                "=" in d and Path(d.partition("=")[2]).expanduser().is_absolute() for d in self.eval_datasets):
+            raise ConfigError("--eval-every-epochs needs --eval-dataset-root for --eval-datasets given by folder name "
+                              "or relative path")
+        if not self.recall_k or any(k < 1 for k in self.recall_k):
+            raise ConfigError(f"--recall-k needs values of at least 1, got {self.recall_k}")

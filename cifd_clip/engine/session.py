@@ -61,17 +61,44 @@ def start_run(cfg) -> tuple[DistEnv, Path]:
     return env, run_dir
 
 
+def eval_entries(cfg) -> list[tuple[str, str, Path]]:
+    """(label, dataset name, root) of each --eval-datasets entry: `NAME=PATH` is any set `eval` reads (PATH relative
+    to --eval-dataset-root when one is given); a bare `NAME` is the folder ROOT/NAME, read as that named set when
+    NAME is one `eval` knows (imagenet1k, flickr30k, ...), else as a CLIP_benchmark webdataset set (wds/NAME)."""
+    from ..evaluation.datasets import NAMED_SETS, canonical_name, default_task
+
+    base = Path(cfg.eval_dataset_root).expanduser() if cfg.eval_dataset_root else None
+    entries = []
+    for entry in cfg.eval_datasets:
+        label, _, where = entry.partition("=")
+        if where:
+            name, root = canonical_name(label), Path(where).expanduser()
+            if not root.is_absolute():
+                if base is None:
+                    raise UserError(f"--eval-datasets {entry} names a relative path: give --eval-dataset-root or an "
+                                    f"absolute path")
+                root = base / root
+        else:
+            if base is None:
+                raise UserError(f"--eval-datasets {entry} is a folder under --eval-dataset-root: give the root, or "
+                                f"write NAME=PATH")
+            name = canonical_name(label) if canonical_name(label) in NAMED_SETS else f"wds/{label}"
+            root = base / label
+        default_task(name)  # an unknown name is one sentence now, not after the first epoch
+        entries.append((label, name, root))
+    return entries
+
+
 def check_eval_sets(cfg) -> None:
     """Every --eval-datasets set is on disk now, not found missing after the first epoch."""
     if not cfg.eval_every_epochs or not hasattr(cfg, "eval_datasets"):
         return
-    root = Path(cfg.eval_dataset_root)
-    if not root.is_dir():
-        raise UserError(f"--eval-dataset-root {root} is not a folder")
-    missing = [d for d in cfg.eval_datasets if not (root / d).is_dir()]
-    if missing:
-        raise UserError(f"eval dataset {missing[0]} is not a folder under {root} (--eval-datasets "
-                        f"{' '.join(cfg.eval_datasets)}); fix the name or the root before training starts")
+    if cfg.eval_dataset_root and not Path(cfg.eval_dataset_root).expanduser().is_dir():
+        raise UserError(f"--eval-dataset-root {cfg.eval_dataset_root} is not a folder")
+    for label, _, root in eval_entries(cfg):
+        if not root.is_dir():
+            raise UserError(f"eval dataset {label} is not a folder at {root} (--eval-datasets "
+                            f"{' '.join(cfg.eval_datasets)}); fix the name or the root before training starts")
 
 
 def describe(tower, cfg) -> dict:
@@ -87,23 +114,20 @@ def make_evaluator(cfg, tower, env: DistEnv) -> Optional[Callable]:
         from ..evaluation.runner import evaluate_model_on_dataset
     except ImportError:
         raise UserError("--eval-every-epochs needs cifd_clip.evaluation.runner, which this install lacks") from None
-    root = Path(cfg.eval_dataset_root)
+    entries = eval_entries(cfg)
 
     def evaluate(student, epoch: int) -> dict:
         results = {}
-        for dataset in cfg.eval_datasets:
-            folder = root / dataset
-            if not folder.is_dir():
-                raise UserError(f"eval dataset {dataset} is not a folder under {root}")
-            is_retrieval = (folder / "dataset_type.txt").is_file() and \
-                (folder / "dataset_type.txt").read_text().strip() == "retrieval"
-            task = "zeroshot_retrieval" if is_retrieval else "zeroshot_classification"
-            view = type(tower)(student, tower.preprocess_train, tower.preprocess_val, tower.tokenizer,
-                               tower.model_name, tower.model_cfg, tower.preprocess_cfg, tower.spec, tower.extra)
-            results[dataset] = evaluate_model_on_dataset(view, f"wds/{dataset}", str(folder), task,
-                                                         batch_size=cfg.batch_size, workers=0,
-                                                         recall_k=[1, 5], device=env.device)
-            log.info("epoch %d eval %s: %s", epoch, dataset, results[dataset])
+        view = type(tower)(student, tower.preprocess_train, tower.preprocess_val, tower.tokenizer,
+                           tower.model_name, tower.model_cfg, tower.preprocess_cfg, tower.spec, tower.extra)
+        for label, name, root in entries:
+            if not root.is_dir():
+                raise UserError(f"eval dataset {label} is not a folder at {root}")
+            # the set's own task (a webdataset set's dataset_type.txt says which)
+            results[label] = evaluate_model_on_dataset(view, name, str(root), None, batch_size=cfg.batch_size,
+                                                       workers=0, recall_k=cfg.recall_k, device=env.device,
+                                                       show_progress=False)
+            log.info("epoch %d eval %s: %s", epoch, label, results[label])
         return results
 
     return evaluate

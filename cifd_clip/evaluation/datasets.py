@@ -390,6 +390,7 @@ ALIASES = {"mscoco_captions": "mscoco", "imagenet-1k": "imagenet1k", "imagenet_v
 BUILDERS = {"imagenet1k": build_imagenet1k, "imagenetv2": build_imagenetv2, "imagenet-r": build_imagenet_subset,
             "imagenet-a": build_imagenet_subset, "objectnet": build_objectnet, "flickr30k": build_karpathy,
             "mscoco": build_karpathy}
+NAMED_SETS = tuple(BUILDERS)  # the sets known by name alone (the others are wds/NAME and folder[:NAME])
 
 
 def canonical_name(name: str) -> str:
