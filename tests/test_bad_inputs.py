@@ -407,6 +407,18 @@ def test_a_tracker_that_does_not_exist_or_is_not_installed(world, capsys, monkey
                                     "--report-to", "wandb"], 1, "cifd_clip[wandb]")
 
 
+def test_wandb_without_a_login_is_one_sentence_and_leaves_no_run(world, tmp_path, capsys, monkeypatch):
+    """Online wandb with no API key (and a server address that answers nothing): refused before the run writes."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    for key, value in {"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9", "WANDB_SILENT": "true",
+                       "WANDB_CONFIG_DIR": tmp_path / "cfg", "WANDB_CACHE_DIR": tmp_path / "cache",
+                       "WANDB_DATA_DIR": tmp_path / "data", "WANDB_ERROR_REPORTING": "false"}.items():
+        monkeypatch.setenv(key, str(value))
+    refused(capsys, world["root"], train_args(world, "--name", "nologin", "--report-to", "wandb"), 1,
+            "could not start a wandb run", "WANDB_MODE=offline")
+    assert not (world["root"] / "runs" / "nologin").exists()
+
+
 def test_a_config_file_that_is_not_a_mapping_or_has_an_unknown_key(world, tmp_path, capsys):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     refused(capsys, tmp_path, ["train", "--config", tmp_path / "list.yaml"], 2, "mapping")

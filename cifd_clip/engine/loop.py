@@ -375,17 +375,17 @@ class Trainer:
 
     def run(self) -> dict:
         self.resume()
+        trackers = None
         if self.env.is_main:
             self.check_disk_space()
+            # before config.yaml: a tracker that cannot start (wandb not logged in) leaves no trace of the run
+            trackers = Trackers(parse_report_to(getattr(self.cfg, "report_to", "none")), self.run_dir,
+                                self.run_dir.name, self.describe.get("config", {}),
+                                getattr(self.cfg, "wandb_project_name", "cifd-clip"), resume=self.step > 0)
             # only now: a refused resume leaves the run's config.yaml as it was
             config_lib.save(self.cfg, self.run_dir / "config.yaml")
         model = wrap_ddp(self.module, self.env, self.find_unused_parameters)
         self.writer = ckpt_lib.CheckpointWriter(self.run_dir, self.steps_per_epoch, Retention.of(self.cfg))
-        trackers = None
-        if self.env.is_main:
-            trackers = Trackers(parse_report_to(getattr(self.cfg, "report_to", "none")), self.run_dir,
-                                self.run_dir.name, self.describe.get("config", {}),
-                                getattr(self.cfg, "wandb_project_name", "cifd-clip"), resume=self.step > 0)
         self.metrics = MetricsLog(self.run_dir, self.env.is_main, trackers)
         self.progress = Progress(self.total_steps, self.step, enabled=self.env.is_main)
         if self.env.is_main:
