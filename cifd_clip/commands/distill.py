@@ -80,7 +80,7 @@ def run(cfg: Config) -> int:
         teacher = None
         teacher_logit_scale = cfg.teacher_logit_scale
         if cfg.teacher_online:
-            teacher = load_teacher(cfg.teacher, cfg.teacher_pretrained, device="cpu")
+            teacher = load_teacher(cfg.teacher, cfg.teacher_pretrained, device="cpu", cache_dir=cfg.cache_dir)
             fingerprint = weights_fingerprint(teacher.model)
             if meta is not None:
                 check_cache_compatible(meta, teacher_fingerprint=fingerprint)
@@ -105,7 +105,7 @@ def run(cfg: Config) -> int:
             log.info("no --rdm: CIFD runs with the teacher's feature term only")
 
         seed_everything(cfg.seed)  # same initial weights on every rank
-        tower = load_model(cfg.model, cfg.pretrained, device="cpu")
+        tower = load_model(cfg.model, cfg.pretrained, device="cpu", cache_dir=cfg.cache_dir)
         data = build_distill_loader(cfg, tower, env, teacher=teacher,
                                     cache_view=None if cfg.cache_view == "auto" else cfg.cache_view)
         module = Distiller.build(

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import option, required
+from ..data.csv_source import CsvDataOptions
 from ..errors import ConfigError
 
 
 @dataclass
-class Config:
+class Config(CsvDataOptions):
     teacher: str = required("teacher model spec: open_clip name, NAME@TAG, NAME@FILE, local-dir:PATH or a JSON config")
     teacher_pretrained: Optional[str] = option(None, "teacher weights file (or open_clip pretrained tag), as distill's",
                                                aliases=["pretrained"])
@@ -50,6 +51,7 @@ class Config:
                                                    "(wds/NAME: CLIP_benchmark's webdataset layout)")
 
     def validate(self) -> None:
+        CsvDataOptions.validate(self)
         if self.augmentations < 1:
             raise ConfigError(f"--augmentations must be at least 1, got {self.augmentations}")
         if self.batch_size < 1:

@@ -26,7 +26,7 @@ def run(cfg: Config) -> int:
     def prepare(env, run_dir):
         session.preflight(cfg, env)
         seed_everything(cfg.seed)  # same initial weights on every rank
-        tower = load_model(cfg.model, cfg.pretrained, device="cpu")
+        tower = load_model(cfg.model, cfg.pretrained, device="cpu", cache_dir=cfg.cache_dir)
         module = Distiller.build(tower.model, LossSettings(loss="contrastive"), student_dim=tower.embed_dim,
                                  seed=cfg.seed, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
                                  rank=env.rank, world_size=env.world_size)

@@ -306,6 +306,9 @@ def embed_shards(cfg) -> Optional[str]:
     from ..rdm import zeroshot as rdm_zeroshot
     from ..towers import load_teacher
 
+    from ..data.csv_source import resolve_csv_train_data, world_size_from_env
+
+    resolve_csv_train_data(cfg, world_size_from_env())
     urls = expand_urls(cfg.train_data)
     names = [cache_lib.sibling_name(u) for u in urls]
     if len(set(names)) != len(names):

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..config import option, required
+from ..data.csv_source import CsvDataOptions
 from ..errors import ConfigError
 
 PRECISIONS = ["auto", "fp32", "amp", "amp_bf16"]
@@ -152,12 +153,15 @@ class LoopOptions:
 
 
 @dataclass
-class TrainingOptions(LoopOptions):
+class TrainingOptions(LoopOptions, CsvDataOptions):
     """`cifd-clip train` and `cifd-clip distill`: CLIP training on image-text shards (names as open_clip_train)."""
 
-    train_data: str = required("training shards: brace-expanded tar list, `::` joins sources (img2dataset layout)")
+    train_data: str = required("training shards: brace-expanded tar list, `::` joins sources (img2dataset layout); "
+                               "or a CSV of image paths and captions (--dataset-type csv)")
     model: str = required("student model spec: open_clip name, NAME@FILE, local-dir:PATH or a JSON config")
     pretrained: Optional[str] = option(None, "initialise the student from this checkpoint file (or open_clip tag)")
+    cache_dir: Optional[str] = option(None, "where pretrained weights are downloaded to and looked for (open_clip's "
+                                            "--cache-dir; default: the Hugging Face cache)")
     train_num_samples: Optional[int] = option(None, "samples per epoch (default: the shards' sizes.json/__len__)")
     dataset_resampled: bool = option(False, "draw shards with replacement (open_clip's --dataset-resampled)")
     max_bad_fraction: float = option(0.05, "stop when more than this fraction of the samples read are bad "
@@ -173,6 +177,7 @@ class TrainingOptions(LoopOptions):
 
     def validate(self) -> None:
         LoopOptions.validate(self)
+        CsvDataOptions.validate(self)
         if not 0 <= self.max_bad_fraction <= 1:
             raise ConfigError(f"--max-bad-fraction must be between 0 and 1, got {self.max_bad_fraction}")
         if self.train_num_samples is not None and self.train_num_samples < 1:

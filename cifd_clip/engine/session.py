@@ -152,7 +152,10 @@ def build_loader(cfg, tower, env: DistEnv, *, teacher=None, sample_stages: Seque
 
 def preflight(cfg, env: DistEnv, needed_keys: Sequence[str] = ()) -> None:
     """Check the shards can feed this job before any model is built (one sentence if not)."""
+    from ..data.csv_source import resolve_csv_train_data
     from ..data.preflight import preflight as check_shards
+
+    resolve_csv_train_data(cfg, env.world_size)
     check_shards(cfg.train_data, workers=cfg.workers, world_size=env.world_size, resampled=cfg.dataset_resampled,
                  needed_keys=needed_keys)
 
