@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import math
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -95,6 +96,14 @@ def wandb_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name)[:128] or "run"
 
 
+def wandb_mode() -> Optional[str]:
+    """WANDB_MODE as this run finds it: wandb reads the environment once per process and keeps it, so a process
+    that runs several stages (a test session) would otherwise start every later run in the first one's mode."""
+    mode = os.environ.get("WANDB_MODE", "").strip().lower()
+    return {"dryrun": "offline", "run": "online"}.get(mode, mode) if mode in (
+        "online", "offline", "disabled", "dryrun", "run") else None
+
+
 class Trackers:
     """The trackers of one run (main process only); `Trackers([])` does nothing."""
 
@@ -114,7 +123,7 @@ class Trackers:
             try:
                 self.wandb_run = wandb.init(project=project, name=run_name or None, id=wandb_id(run_name or "run"),
                                             dir=str(run_dir), config=config or {},
-                                            resume="allow" if resume else None,
+                                            resume="allow" if resume else None, mode=wandb_mode(),
                                             settings=wandb.Settings(console="off"))
             except Exception as e:  # not logged in, no network without WANDB_MODE=offline, a bad project name
                 self.close()
