@@ -507,3 +507,32 @@ def test_img2dataset_stats_files_that_are_broken_or_claim_too_much(tmp_path, cap
     refused(capsys, tmp_path, argv, 1, "00000_stats.json says 00000.tar holds 600 samples but it holds 1")
     (data / "00000_stats.json").write_text(json.dumps({"count": 1}))
     refused(capsys, tmp_path, argv, 1, "00000_stats.json is not an img2dataset stats file")
+
+
+# ---------------------------------------------------------------- teacher space and cross-model tasks
+
+
+def test_a_teacher_space_export_of_a_run_without_a_map_is_refused(world, tmp_path, capsys):
+    refused(capsys, world["root"], ["export", "--checkpoint", world["student"], "--out", tmp_path / "ts",
+                                    "--space", "teacher", "--teacher-cache", world["cache"]], 1,
+            "has none", "--teacher-map procrustes")
+    assert not (tmp_path / "ts").exists()
+
+
+def test_a_cross_model_task_without_a_gallery_or_in_another_width_is_refused(world, tmp_path, capsys):
+    base = ["eval", "--model", world["student"], "--dataset", "wds/zeroshot", "--dataset-root",
+            world["data"] / "zeroshot", "--workers", "0", "--output", tmp_path / "r.json"]
+    refused(capsys, world["root"], [*base, "--task", "cross_model_classification"], 2, "--gallery-model TEACHER")
+    refused(capsys, world["root"], [*base, "--task", "cross_model_classification", "--gallery-model",
+                                    f"tiny-vit-teacher@{world['teacher']}"], 1, "export the student into the teacher's")
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_several_datasets_into_one_root_or_output_are_refused(world, tmp_path, capsys):
+    refused(capsys, world["root"], ["eval", "--model", world["student"], "--dataset", "wds/zeroshot", "wds/retrieval",
+                                    "--dataset-root", world["data"]], 2, "must be a template with {dataset}")
+
+
+def test_a_csv_that_is_not_there_is_refused_before_training(world, tmp_path, capsys):
+    refused(capsys, world["root"], ["train", "--model", "tiny-vit-student", "--train-data", tmp_path / "no.csv",
+                                    "--logs", tmp_path / "runs", "--workers", "0"], 1, "is not a file")
