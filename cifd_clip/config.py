@@ -22,10 +22,12 @@ REQUIRED = "__required__"
 
 
 def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, aliases: Sequence[str] = (),
-           append: bool = False):
+           also: Sequence[str] = (), append: bool = False):
     """A config field with a default value. `aliases`: old names still accepted (flag and YAML key), with a
-    deprecation note. `append` (list options): a repeated flag adds to the list instead of replacing it."""
-    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "append": append}
+    deprecation note. `also`: other tools' names for the same setting (open_clip_train's, CLIP_benchmark's),
+    accepted and listed in --help as such. `append` (list options): a repeated flag adds to the list instead of
+    replacing it."""
+    meta = {"help": help, "choices": choices, "aliases": tuple(aliases), "also": tuple(also), "append": append}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda: list(default) if isinstance(default, list) else dict(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -137,9 +139,13 @@ def build_parser(cls, parser: argparse.ArgumentParser) -> argparse.ArgumentParse
         aliases = ["--" + a.replace("_", "-") for a in meta.get("aliases", ())]
         if aliases:
             kwargs["help"] += f" ({', '.join(aliases)}: deprecated name)"
+        also = ["--" + a.replace("_", "-") for a in meta.get("also", ())]
+        if also:
+            kwargs["help"] += f" ({', '.join(also)}: the same option under open_clip_train's or CLIP_benchmark's name)"
         # CLIP_benchmark's and open_clip_train's own spelling of the same flags (--dataset_root, --batch_size)
-        underscored = ["--" + name for name in (f.name, *meta.get("aliases", ())) if "_" in name]
-        parser.add_argument(flag, *aliases, *underscored, **kwargs)
+        names = (f.name, *meta.get("aliases", ()), *meta.get("also", ()))
+        underscored = ["--" + name for name in names if "_" in name]
+        parser.add_argument(flag, *aliases, *also, *underscored, **kwargs)
     return parser
 
 
@@ -160,14 +166,19 @@ def _alias_table(cls) -> dict:
     return {alias: f.name for f, _ in _fields(cls) for alias in f.metadata.get("aliases", ())}
 
 
+def _also_table(cls) -> dict:
+    return {name: f.name for f, _ in _fields(cls) for name in f.metadata.get("also", ())}
+
+
 def resolve(cls, cli_values: dict, config_file: str | None = None):
     """Defaults <- YAML file <- command line; type-checked, unknown and missing keys rejected."""
     known = {f.name: ann for f, ann in _fields(cls)}
-    aliases = _alias_table(cls)
+    aliases, also = _alias_table(cls), _also_table(cls)
     values: dict[str, Any] = {}
     if config_file:
         for raw_key, value in read_yaml(config_file).items():
             key = str(raw_key).replace("-", "_")
+            key = also.get(key, key)
             if key in aliases:
                 logging.getLogger(__name__).warning("config key '%s' in %s is deprecated: call it '%s'", raw_key,
                                                     config_file, aliases[key])

@@ -24,10 +24,10 @@ class Config(TrainingOptions, LossSettings):
     rdm: Optional[str] = option(None, "RDM checkpoint from `cifd-clip train-rdm` (CIFD's weak-teacher targets)")
     teacher: Optional[str] = option(None, "teacher model spec, used with --teacher-online (open_clip_train's "
                                           "--distill-model; here the default is the cache)",
-                                    aliases=["distill_model"])
+                                    also=["distill_model"])
     teacher_pretrained: Optional[str] = option(None, "teacher weights file or tag, when --teacher names none "
                                                      "(open_clip_train's --distill-pretrained)",
-                                               aliases=["distill_pretrained"])
+                                               also=["distill_pretrained"])
     teacher_online: bool = option(False, "run the frozen teacher on every batch instead of reading the cache")
     cache_view: str = option("auto", "which cached image view a sample trains on: random (one of its K views, "
                                      "drawn per epoch), first (the plain image) or auto (random when the cache "

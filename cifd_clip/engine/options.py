@@ -49,7 +49,7 @@ class LoopOptions:
     momentum: float = option(0.9, "SGD momentum")
     lr_schedule: str = option("cosine", "after the warm-up: cosine decay to 0, or step decay (×--lr-decay-rate at "
                                         "each of --lr-decay-epochs)", choices=["cosine", "step"],
-                              aliases=["lr_scheduler"])
+                              also=["lr_scheduler"])
     lr_decay_epochs: list[float] = option([], "step schedule: epochs at which the learning rate is decayed")
     lr_decay_rate: float = option(0.1, "step schedule: factor applied at each decay epoch")
     warmup: float = option(0.1, "linear warm-up before the cosine decay: a fraction of the run's optimizer steps "
@@ -83,7 +83,7 @@ class LoopOptions:
     device: str = option("auto", "auto, cpu, cuda or cuda:N")
     save_every_epochs: int = option(1, "write checkpoints/epoch_N.pt every N epochs; the last epoch (and a stop by "
                                        "--stop-after-steps) always writes one (0: only then)",
-                                    aliases=["save_frequency"])
+                                    also=["save_frequency"])
     save_every_steps: int = option(0, "also write checkpoints/step_N.pt every N optimizer steps (0: epoch ends only)")
     keep_step_checkpoints: int = option(2, "keep the newest N step checkpoints, deleting older ones once a new one "
                                            "is written (0: keep every one; epoch checkpoints are kept unless "
@@ -95,7 +95,7 @@ class LoopOptions:
                                           "(open_clip_train's --save-most-recent, on here by default: --resume "
                                           "latest and the recipes read it)")
     log_every_steps: int = option(1, "write a metrics.jsonl line every N optimizer steps",
-                                  aliases=["log_every_n_steps"])
+                                  also=["log_every_n_steps"])
     report_to: str = report_to_option()
     wandb_project_name: str = wandb_project_option()
     log_every_rank: bool = option(False, "every process writes its own out-RANK.log in the run folder too (rank 0 "

@@ -14,7 +14,7 @@ from ..errors import ConfigError
 class EvalRunOptions:
     batch_size: int = option(64, "images per batch")
     workers: int = option(4, "data loading processes (webdataset sets: at most one per shard)",
-                          aliases=["num_workers"])
+                          also=["num_workers"])
     device: str = option("auto", "cpu, cuda, cuda:N, or auto (cuda when available)")
     precision: str = option("auto", "fp32 on CPU and amp on CUDA when auto", choices=PRECISIONS)
     amp: Optional[bool] = option(None, "deprecated: use --precision amp (or fp32 for --no-amp)")
