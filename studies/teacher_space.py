@@ -30,6 +30,8 @@ sys.path.insert(0, str(REPO / "studies"))
 import clip_cifd  # noqa: E402
 from cifd_clip.demo.execute import command_line, run_step, tail  # noqa: E402
 
+mean_std = clip_cifd.mean_std
+
 SUITE = REPO / "cifd_clip" / "evaluation" / "suites" / "demo-teacher-space.yaml"
 STUDENTS = ("no-kd", "kd", "clipkd", "cifd")
 QUICK_STUDENTS = ("no-kd", "cifd")
@@ -97,15 +99,6 @@ def evaluate_student(out: Path, cfg, seed: int, quick: bool) -> list[dict]:
                                                         if k.startswith("student_") and "recall@" in k)})
     result_file.write_text(json.dumps(rows, indent=1))
     return rows
-
-
-def mean_std(values: list[float], scale: float = 100) -> str:
-    values = [scale * v for v in values]
-    if not values:
-        return "—"
-    if len(values) == 1:
-        return f"{values[0]:.1f} (1 seed)"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
 def _relative(command: str, out: Path) -> str:

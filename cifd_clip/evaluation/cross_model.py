@@ -50,9 +50,11 @@ def metric_rows(task: str, recall_k: Sequence[int]) -> list[str]:
 @dataclass
 class GallerySource:
     """Where the teacher's side comes from: `tower` (the teacher, a cifd_clip Tower) embeds the set, `path` is
-    a gallery file to read, or to write once the tower has embedded the set. At least one of the two."""
+    a gallery file to read, or to write once the tower has embedded the set. At least one of the two.
+    `fingerprint_hint`: the tower's weights fingerprint when the caller has it (one hash of a large teacher per suite)."""
     tower: object = None
     path: Optional[Path] = None
+    fingerprint_hint: Optional[str] = None
 
     def __post_init__(self):
         if self.tower is None and self.path is None:
@@ -60,7 +62,7 @@ class GallerySource:
                             "--gallery-embeddings FILE to keep its embeddings) or --gallery-embeddings FILE "
                             "written by an earlier run")
         self.path = None if self.path is None else Path(self.path)
-        self._fingerprint = None
+        self._fingerprint = self.fingerprint_hint
 
     @property
     def fingerprint(self) -> Optional[str]:

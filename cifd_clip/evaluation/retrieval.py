@@ -53,15 +53,11 @@ def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[
     describe image b (any number per image), optionally with a third element, each image's sortable file
     position: the embeddings are then put in that order first, so ties rank the same for any worker count.
     """
-    check_recall_k(recall_k)
+    if any(int(k) < 1 for k in recall_k):
+        raise ValueError(f"recall@K needs K >= 1, got {list(recall_k)}")
     embeddings = retrieval_embeddings(model, dataloader, tokenizer, device, precision=precision)
     return retrieval_metrics(embeddings["image"], embeddings["text"], embeddings["text_to_image"],
                              [int(k) for k in recall_k])
-
-
-def check_recall_k(recall_k: Sequence[int]) -> None:
-    if any(int(k) < 1 for k in recall_k):
-        raise ValueError(f"recall@K needs K >= 1, got {list(recall_k)}")
 
 
 def retrieval_embeddings(model, dataloader, tokenizer, device, *, precision: str = "fp32") -> dict:

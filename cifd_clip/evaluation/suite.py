@@ -207,9 +207,13 @@ def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_
             raise ConfigError("--gallery-model is for a suite's cross-model entries (task cross_model_retrieval or "
                               "cross_model_classification), and this suite has none")
         return [None] * len(entries)
-    teacher = load_model(gallery_model, gallery_pretrained, device=device, cache_dir=cache_dir) if gallery_model \
-        else None
-    return [GallerySource(teacher, gallery_dir / f"{slug(e['label'])}__{e['task']}.pt")
+    teacher, fingerprint = None, None
+    if gallery_model:
+        from ..towers import weights_fingerprint
+
+        teacher = load_model(gallery_model, gallery_pretrained, device=device, cache_dir=cache_dir)
+        fingerprint = weights_fingerprint(teacher.model)
+    return [GallerySource(teacher, gallery_dir / f"{slug(e['label'])}__{e['task']}.pt", fingerprint)
             if e["task"] in CROSS_TASKS else None for e in entries]
 
 
