@@ -118,12 +118,12 @@ def gallery_for(source: GallerySource, name: str, root, base_task: str, options:
         have = gallery["identity"]
         differs = [f"{k} {have.get(k)!r} there, {v!r} here" for k, v in want.items() if have.get(k) != v]
         if differs:
-            raise UserError(f"gallery embeddings {path} were made on another set ({'; '.join(differs)}): pass a new "
-                            f"--gallery-embeddings file or remove this one")
+            raise UserError(f"gallery embeddings {path} were made on another set ({'; '.join(differs)}): give another "
+                            f"gallery file (eval's --gallery-embeddings, bench's --gallery-dir) or remove this one")
         if source.fingerprint is not None and gallery["teacher_fingerprint"] != source.fingerprint:
             raise UserError(f"gallery embeddings {path} were made by another teacher (weights fingerprint "
-                            f"{gallery['teacher_fingerprint']}, --gallery-model's {source.fingerprint}); pass a new "
-                            f"--gallery-embeddings file or remove this one")
+                            f"{gallery['teacher_fingerprint']}, --gallery-model's {source.fingerprint}); give another "
+                            f"gallery file (eval's --gallery-embeddings, bench's --gallery-dir) or remove this one")
         return gallery
     if source.tower is None:
         raise UserError(f"gallery embeddings {path} do not exist: pass --gallery-model TEACHER to make them")
