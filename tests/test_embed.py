@@ -209,15 +209,22 @@ def test_two_torchrun_ranks_killed_midway_then_resumed_give_the_same_cache_as_on
            "--train-data", data["spec"], "--out", str(out), "--batch-size", "4", "--workers", "1",
            "--threads", "1", "--augmentations", "3", "--device", "cpu"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                            start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while not list(out.glob("*.tar.json")) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # what a scheduler's pre-emption does: the launcher and its ranks
-        proc.wait()
+    import shutil
+    for _attempt in range(3):
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True)
+        try:
+            deadline = time.time() + 120
+            while not list(out.glob("*.tar.json")) and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)  # what a scheduler's pre-emption does: the launcher and its ranks
+            proc.wait()
+        if not (out / "cache.json").exists():
+            break
+        # on a loaded machine the job can finish its last shard before this process wakes up to kill it: that
+        # run never was pre-empted, so it says nothing about resuming; start again
+        shutil.rmtree(out)
     assert not (out / "cache.json").exists()
     finished = {p.name for p in out.glob("*.tar.json")}
     assert 0 < len(finished) < N_SHARDS
