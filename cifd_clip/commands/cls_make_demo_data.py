@@ -1,7 +1,9 @@
 """Write the classification demo's data: the built-in shape scenes at 32×32 in CIFAR-100's pickle layout.
 
-36 classes (6 shapes × 6 colours); `--out DIR` then reads as `cifar100:DIR`, through the same reader as the
-real CIFAR-100.
+`--task colour-kind` (the demo's): 36 classes (6 shapes × 6 colours); `--task gap` (the gap test bed's): 72
+classes (colour, kind and fill of the large shape, over a distractor, colours jittered). `--out DIR` then reads
+as `cifar100:DIR`, through the same reader as the real CIFAR-100. A set of N training images is the first N of
+any larger one with the same seed and task (a student's subset nests in its teacher's set).
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ class Config:
     train_samples: int = option(5000, "training images")
     test_samples: int = option(1000, "test images")
     seed: int = option(0, "random seed")
+    task: str = option("colour-kind", "colour-kind: 36 classes, one shape (the demo's); gap: 72 classes, a shape's "
+                                      "colour, kind and fill over a distractor (the gap test bed's)",
+                       choices=["colour-kind", "gap"])
 
     def validate(self):
         if self.train_samples < 1 or self.test_samples < 1:
@@ -28,7 +33,11 @@ def run(cfg: Config) -> int:
     from ..outputs import check_folder_target
 
     check_folder_target(cfg.out, "--out")
-    out = write_shapes_cifar(cfg.out, train_samples=cfg.train_samples, test_samples=cfg.test_samples, seed=cfg.seed)
-    print(f"wrote {cfg.train_samples} training and {cfg.test_samples} test images (36 classes) to {out}; "
+    from ..classify.shapes import classnames
+
+    out = write_shapes_cifar(cfg.out, train_samples=cfg.train_samples, test_samples=cfg.test_samples, seed=cfg.seed,
+                             task=cfg.task)
+    print(f"wrote {cfg.train_samples} training and {cfg.test_samples} test images ({len(classnames(cfg.task))} "
+          f"classes) to {out}; "
           f"use --train-data cifar100:{out}")
     return 0

@@ -25,7 +25,7 @@ import random
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -177,8 +177,9 @@ def _outline(kind: str, cx: float, cy: float, r: float) -> list[tuple[float, flo
     raise ValueError(kind)
 
 
-def render(scene: Scene, image_size: int, noise_seed: Iterable[int]) -> Image.Image:
-    """Draw a scene (supersampled, then downscaled for smooth edges) and add pixel noise."""
+def render(scene: Scene, image_size: int, noise_seed: Iterable[int], palette: Optional[dict] = None) -> Image.Image:
+    """Draw a scene (supersampled, then downscaled for smooth edges) and add pixel noise; `palette` overrides
+    the RGB of named colours (jittered colours)."""
     side = image_size * SUPERSAMPLE
     image = Image.new("RGB", (side, side), scene.background)
     for shape in scene.shapes:
@@ -189,7 +190,7 @@ def render(scene: Scene, image_size: int, noise_seed: Iterable[int]) -> Image.Im
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
         else:
             draw.polygon(_outline(shape.kind, cx, cy, r), fill=255)
-        colour = COLOURS[shape.colour]
+        colour = (palette or {}).get(shape.colour, COLOURS[shape.colour])
         fill = Image.new("RGB", (side, side), colour)
         if shape.fill == "striped":
             stripes = ImageDraw.Draw(fill)
