@@ -85,8 +85,8 @@ def _train_with_nan_at(bad_step, spec, logs, name, *extra):
     from cifd_clip.towers import load_model
 
     class NaNAtStep(Distiller):
-        def begin_step(self, step):
-            super().begin_step(step)
+        def begin_step(self, step, total_steps=None):
+            super().begin_step(step, total_steps)
             self.current = step
 
         def forward(self, batch):

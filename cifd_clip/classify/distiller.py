@@ -81,8 +81,9 @@ class ClassifierDistiller(DistillerBase):
         out.assistant_logits = [ta(batch.get("teacher_image", batch["image"]))[1] for ta in self._frozen["assistants"]]
         rdm = self._frozen["rdm"]
         if rdm is not None:
+            noise = self._teaching_generator if self.method.s.rdm_teaching == "stochastic" else None
             for module in rdm.rdms("image"):
-                recon = module.teach(out.features)
+                recon = module.teach(out.features, noise)
                 out.rdm_features.append(recon)
                 out.rdm_logits.append(module.head(recon))
         return out

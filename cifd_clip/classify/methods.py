@@ -16,6 +16,7 @@ from torch import nn
 
 from ..distill import losses as L
 from ..distill.ibm import InformationBottleneck, make_decoder
+from ..distill.rdm_teaching import curriculum_scale
 from ..errors import UserError
 from .settings import METHODS, ClassifySettings
 
@@ -47,6 +48,7 @@ class ClassifyMethod(nn.Module):
     def __init__(self, settings: ClassifySettings, **_):
         super().__init__()
         self.s = settings
+        self.progress = 0.0  # step / total steps, set by the distiller each step
 
     def ce(self, student: StudentOut, targets: Targets) -> dict:
         return {"ce": self.s.ce_weight * F.cross_entropy(student.logits, targets.labels)}
@@ -85,6 +87,11 @@ class CIFD(ClassifyMethod):
             raise UserError(f"--rdm-weights gives {len(weights)} weights but the RDM checkpoint holds {num_rdms} RDMs")
         self.ibm = InformationBottleneck(student_dim, input_kind=s.ibm_input, noise=s.ibm, rate=s.ibm)
         self.decoder = make_decoder(student_dim, teacher_dim, s.ibm_hidden_dim or None)
+        self.teaching = s.rdm_teaching
+        if self.teaching == "heads":  # the teacher's term keeps `decoder`; each RDM gets a head of the same kind
+            self.rdm_heads = nn.ModuleList(make_decoder(student_dim, teacher_dim, s.ibm_hidden_dim or None)
+                                           for _ in range(num_rdms))
+        self.num_rdms = num_rdms
         self.loss = L.CIFDClassificationLoss(weights, ce_weight=s.ce_weight, kl_weight=s.kd_weight,
                                              embedding_weight=s.embedding_weight,
                                              rate_weight=s.ibm_weight if s.ibm else 0.0, temperature=s.temperature,
@@ -93,11 +100,15 @@ class CIFD(ClassifyMethod):
 
     def project(self, features: torch.Tensor) -> dict:
         z = self.ibm(features)
-        return {"output": self.decoder(z["noisy"]), "rate": z.get("rate")}
+        output = self.decoder(z["noisy"])
+        if self.teaching == "heads":
+            output = torch.stack([output, *(head(z["noisy"]) for head in self.rdm_heads)])
+        return {"output": output, "rate": z.get("rate")}
 
     def forward(self, student, targets, generator=None):
+        scale = curriculum_scale(self.num_rdms, self.progress) if self.teaching == "curriculum" else None
         return self.loss(student.logits, targets.labels, self.project(student.features), targets.logits,
-                         targets.features, targets.rdm_logits, targets.rdm_features, generator=generator)
+                         targets.features, targets.rdm_logits, targets.rdm_features, generator=generator, scale=scale)
 
 
 class DIST(ClassifyMethod):

@@ -6,10 +6,12 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import option
+from ..distill.rdm_teaching import rdm_teaching_option
 from ..errors import ConfigError
 
 _KD = ("ce_weight", "kd_weight", "temperature", "kd_dropout")
-_IBM = ("ibm", "ibm_weight", "ibm_hidden_dim", "ibm_input", "embedding_weight", "distortion", "rdm_weights")
+_IBM = ("ibm", "ibm_weight", "ibm_hidden_dim", "ibm_input", "embedding_weight", "distortion", "rdm_weights",
+        "rdm_teaching")
 
 # loss name -> (what it is, the fields it reads, the paper it comes from)
 METHODS = {
@@ -54,6 +56,7 @@ class ClassifySettings:
     ibm_input: str = option("raw", "CIFD: noise on the student's pooled features as they are (raw) or at unit "
                                    "RMS per dimension (normalized)", choices=["raw", "normalized"])
     distortion: str = option("mse", "CIFD: feature distance (ImageNet: smooth_l1)", choices=["mse", "smooth_l1"])
+    rdm_teaching: str = rdm_teaching_option()
     dist_beta: float = option(1.0, "DIST: weight of the inter-class relation")
     dist_gamma: float = option(1.0, "DIST: weight of the intra-class relation")
     crd_weight: float = option(0.8, "CRD: weight of the contrastive term (RepDistiller's 0.8)")

@@ -40,6 +40,8 @@ class DistillerBase(nn.Module):
         self._frozen = dict(frozen)
         self.seed = int(seed)
         self._kd_generator = torch.Generator().manual_seed(self.seed)
+        self._teaching_generator = torch.Generator().manual_seed(self.seed + 1)  # --rdm-teaching stochastic
+        self.progress = 0.0  # step / total steps: --rdm-teaching curriculum reads it
 
     def _frozen_modules(self):
         for value in self._frozen.values():
@@ -57,9 +59,13 @@ class DistillerBase(nn.Module):
     def find_unused_parameters(self) -> bool:
         return self.method.find_unused_parameters
 
-    def begin_step(self, step: int) -> None:
-        """KD dropout draws from (seed, step): the same on every rank and again after a resume."""
+    def begin_step(self, step: int, total_steps: Optional[int] = None) -> None:
+        """KD dropout and stochastic teaching draw from (seed, step), and the curriculum reads step / total: the
+        same on every rank and again after a resume."""
         self._kd_generator.manual_seed(self.seed * 1_000_003 + step)
+        self._teaching_generator.manual_seed(self.seed * 1_000_033 + step + 7)
+        if total_steps:
+            self.progress = self.method.progress = step / total_steps
 
     def post_step(self) -> None:
         pass
@@ -145,8 +151,9 @@ class Distiller(DistillerBase):
             scale = torch.tensor(float(self.teacher_logit_scale or 100.0), device=device)
         if self.teacher_logit_scale is not None:
             scale = torch.tensor(float(self.teacher_logit_scale), device=device)
-        rdm_image = self.rdm.teach("image", image) if self.rdm is not None else []
-        rdm_text = self.rdm.teach("text", text) if self.rdm is not None else []
+        noise = self._teaching_generator if getattr(self.method, "teaching", "mean") == "stochastic" else None
+        rdm_image = self.rdm.teach("image", image, noise) if self.rdm is not None else []
+        rdm_text = self.rdm.teach("text", text, noise) if self.rdm is not None else []
         return Targets(image, text, scale, rdm_image, rdm_text)
 
     def encode(self, batch: dict) -> StudentOutputs:

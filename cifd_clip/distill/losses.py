@@ -102,9 +102,12 @@ class CIFDFeatureLoss(nn.Module):
                         f"{prefix}rate": float(rate_weight)}
 
     def forward(self, prediction: torch.Tensor, rate: Optional[torch.Tensor], teacher: torch.Tensor,
-                rdm_targets: Sequence[torch.Tensor] = (), keep: Optional[Sequence[bool]] = None) -> dict:
-        """`prediction` Û [B,D] (IBM output), `rate` [B] bits (None without an IBM), `teacher` X [B,D],
-        `rdm_targets` X_n [B,D] each; `keep[0]` / `keep[n]` switch the teacher / n-th RDM term (KD dropout)."""
+                rdm_targets: Sequence[torch.Tensor] = (), keep: Optional[Sequence[bool]] = None,
+                scale: Optional[Sequence[float]] = None) -> dict:
+        """`prediction` Û [B,D] (IBM output), or [1 + N, B, D] with one prediction per target (teacher first:
+        `--rdm-teaching heads`), `rate` [B] bits (None without an IBM), `teacher` X [B,D], `rdm_targets` X_n
+        [B,D] each; `keep[0]` / `keep[n]` switch the teacher / n-th RDM term (KD dropout); `scale` multiplies
+        each target's weight (`--rdm-teaching curriculum`)."""
         if len(rdm_targets) != len(self.rdm_names):
             raise UserError(f"the CIFD loss was configured for {len(self.rdm_names)} RDM targets but got "
                             f"{len(rdm_targets)}: the RDM checkpoint and the λ_n list must match")
@@ -112,17 +115,21 @@ class CIFDFeatureLoss(nn.Module):
         targets = [teacher, *rdm_targets]
         names = [f"{self.prefix}teacher", *self.rdm_names]
         out = {name: prediction.new_zeros(()) for name in names}
-        active = [i for i, (name, kept) in enumerate(zip(names, keep)) if kept and self.weights[name] != 0.0]
+        scale = list(scale) if scale is not None else [1.0] * len(names)
+        per_target = prediction.dim() == 3
+        active = [i for i, (name, kept) in enumerate(zip(names, keep))
+                  if kept and self.weights[name] * scale[i] != 0.0]
         if active:
             # every kept target's distance in one batch of operations (forward and backward), not one per target
             stacked = torch.stack([targets[i].detach().float() for i in active])  # [T, B, D]
-            if stacked.shape[1:] != prediction.shape:
-                feature_distance(prediction, targets[active[0]])  # raises the one-sentence shape error
+            shape = prediction.shape[1:] if per_target else prediction.shape
+            if stacked.shape[1:] != shape:
+                feature_distance(prediction[0] if per_target else prediction, targets[active[0]])  # the shape error
             if self.normalize_targets:
                 stacked = F.normalize(stacked, dim=-1)
-            distances = distortion_per_sample(stacked, prediction.expand_as(stacked), self.distortion,
-                                              self.reduction).mean(-1)  # [T]
-            weights = distances.new_tensor([self.weights[names[i]] for i in active])
+            predicted = prediction[active] if per_target else prediction.expand_as(stacked)
+            distances = distortion_per_sample(stacked, predicted, self.distortion, self.reduction).mean(-1)  # [T]
+            weights = distances.new_tensor([self.weights[names[i]] * scale[i] for i in active])
             out.update(zip([names[i] for i in active], (distances * weights).unbind()))
         rate_name = f"{self.prefix}rate"
         out[rate_name] = self.weights[rate_name] * rate.mean() if rate is not None else prediction.new_zeros(())
@@ -284,16 +291,20 @@ class CIFDClassificationLoss(nn.Module):
 
     def forward(self, logits, labels, ibm: dict, teacher_logits, teacher_embedding,
                 rdm_logits: Sequence[torch.Tensor] = (), rdm_embeddings: Sequence[torch.Tensor] = (),
-                generator: Optional[torch.Generator] = None) -> dict:
+                generator: Optional[torch.Generator] = None, scale: Optional[Sequence[float]] = None) -> dict:
+        """`ibm["output"]` is Û [B,D] or one prediction per target [1 + N, B, D]; `scale` multiplies each
+        target's KD and feature weights (teacher first), see `CIFDFeatureLoss`."""
         if len(rdm_logits) != len(self.kd_names) - 1:
             raise UserError(f"the CIFD loss was configured for {len(self.kd_names) - 1} RDMs but got "
                             f"{len(rdm_logits)} RDM logits")
         keep = kd_keep_mask(len(self.kd_names), self.kd_dropout, generator)
+        scale = list(scale) if scale is not None else [1.0] * len(self.kd_names)
         out = {"ce": self.weights["ce"] * F.cross_entropy(logits, labels)}
-        for name, weight, target, kept in zip(self.kd_names, self.kd_weights, [teacher_logits, *rdm_logits], keep):
-            out[name] = (weight * kl_divergence(target.detach(), logits, self.temperature)
-                         if kept and weight != 0.0 else logits.new_zeros(()))
-        emb = self.embedding(ibm["output"], ibm.get("rate"), teacher_embedding, rdm_embeddings, keep)
+        for name, weight, target, kept, factor in zip(self.kd_names, self.kd_weights, [teacher_logits, *rdm_logits],
+                                                      keep, scale):
+            out[name] = (weight * factor * kl_divergence(target.detach(), logits, self.temperature)
+                         if kept and weight * factor != 0.0 else logits.new_zeros(()))
+        emb = self.embedding(ibm["output"], ibm.get("rate"), teacher_embedding, rdm_embeddings, keep, scale)
         out.update({("rate" if k == "emb_rate" else k): v for k, v in emb.items()})
         return out
 

@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import UserError
 from . import losses as L
 from .ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder, run_bottlenecks
+from .rdm_teaching import curriculum_scale
 from .settings import METHODS, LossSettings
 
 
@@ -51,6 +52,7 @@ class Method(nn.Module):
     needs_teacher = True
     uses_rdms = False
     find_unused_parameters = False  # DDP: set when some parameters may get no gradient in a step
+    progress = 0.0  # step / total steps, set by the distiller each step
 
     def forward(self, student: StudentOutputs, targets: Optional[Targets],
                 generator: Optional[torch.Generator] = None) -> dict:
@@ -97,23 +99,37 @@ class CIFD(Method):
         self.ibm_image = InformationBottleneck(student_dim, **ibm)
         self.ibm_text = InformationBottleneck(student_dim, **ibm)
         self.shared_decoder = s.ibm_decoder in ("shared", "isometric")
-        if s.ibm_decoder == "isometric":
-            self.decoders = nn.ModuleList([IsometricDecoder(student_dim, t_img, s.ibm_orthogonal_map)])
-        elif self.shared_decoder:
-            self.decoders = nn.ModuleList([SharedDecoder(student_dim, t_img, s.ibm_hidden_dim)])
-        else:
-            self.decoders = nn.ModuleList([make_decoder(student_dim, t_img, s.ibm_hidden_dim),
-                                           make_decoder(student_dim, t_txt, s.ibm_hidden_dim)])
+
+        def decoders() -> nn.ModuleList:
+            if s.ibm_decoder == "isometric":
+                return nn.ModuleList([IsometricDecoder(student_dim, t_img, s.ibm_orthogonal_map)])
+            if self.shared_decoder:
+                return nn.ModuleList([SharedDecoder(student_dim, t_img, s.ibm_hidden_dim)])
+            return nn.ModuleList([make_decoder(student_dim, t_img, s.ibm_hidden_dim),
+                                  make_decoder(student_dim, t_txt, s.ibm_hidden_dim)])
+
+        self.decoders = decoders()  # the teacher's term (and export's map into the teacher's space)
+        self.teaching, self.num_rdms = s.rdm_teaching, num_rdms
+        if self.teaching == "heads":  # one more decoder of the same kind per RDM
+            self.rdm_heads = nn.ModuleList(decoders() for _ in range(num_rdms))
         common = dict(distortion=s.distortion, normalize_targets=s.normalize_targets)
         rate_weight = s.ibm_weight if s.ibm else 0.0
         self.image = L.CIFDFeatureLoss(s.teacher_weight, weights, rate_weight, prefix="image_", **common)
         self.text = L.CIFDFeatureLoss(s.teacher_weight, weights, rate_weight, prefix="text_", **common)
 
-    def decode(self, modality: str, w_hat: torch.Tensor) -> torch.Tensor:
+    def decode(self, modality: str, w_hat: torch.Tensor, decoders: Optional[nn.ModuleList] = None) -> torch.Tensor:
         index = 0 if modality == "image" else 1
+        decoders = self.decoders if decoders is None else decoders
         if self.shared_decoder:
-            return self.decoders[0](w_hat, index)
-        return self.decoders[index](w_hat)
+            return decoders[0](w_hat, index)
+        return decoders[index](w_hat)
+
+    def predict(self, modality: str, w_hat: torch.Tensor) -> torch.Tensor:
+        """Û [B,D], or with `--rdm-teaching heads` one Û per target [1 + N, B, D] (the teacher's first)."""
+        u_hat = self.decode(modality, w_hat)
+        if self.teaching != "heads":
+            return u_hat
+        return torch.stack([u_hat, *(self.decode(modality, w_hat, heads) for heads in self.rdm_heads)])
 
     def bottleneck(self, modality: str) -> dict:
         return {"image": self.ibm_image, "text": self.ibm_text}[modality]
@@ -135,11 +151,12 @@ class CIFD(Method):
     def feature_terms(self, student: StudentOutputs, targets: Targets, keep: Sequence[bool]) -> dict:
         out = {}
         bottlenecked = run_bottlenecks([self.ibm_image, self.ibm_text], [student.image, student.text])
+        scale = curriculum_scale(self.num_rdms, self.progress) if self.teaching == "curriculum" else None
         for modality, z, teacher, rdm_targets, loss in (
                 ("image", bottlenecked[0], targets.image, targets.rdm_image, self.image),
                 ("text", bottlenecked[1], targets.text, targets.rdm_text, self.text)):
-            u_hat = self.decode(modality, z["noisy"])
-            out.update(loss(u_hat, z.get("rate"), teacher, rdm_targets, keep))
+            u_hat = self.predict(modality, z["noisy"])
+            out.update(loss(u_hat, z.get("rate"), teacher, rdm_targets, keep, scale))
         return out
 
     def forward(self, student, targets, generator=None) -> dict:

@@ -17,13 +17,15 @@ from typing import Optional
 
 from ..config import option
 from ..errors import ConfigError
+from .rdm_teaching import rdm_teaching_option
 
 # λ_CL of the CIFD methods (the baselines weigh their contrastive term 1.0, as open_clip and CLIP-KD do).
 CIFD_CONTRASTIVE_WEIGHT = 1.0
 BASELINE_CONTRASTIVE_WEIGHT = 1.0
 
 _CIFD = ("contrastive_weight", "teacher_weight", "rdm_weights", "normalize_targets", "ibm", "ibm_weight",
-         "ibm_hidden_dim", "ibm_decoder", "ibm_orthogonal_map", "ibm_input", "kd_dropout", "distortion")
+         "ibm_hidden_dim", "ibm_decoder", "ibm_orthogonal_map", "ibm_input", "kd_dropout", "distortion",
+         "rdm_teaching")
 
 # loss name -> (one-line description, fields it reads, whether it needs teacher targets)
 METHODS = {
@@ -78,6 +80,7 @@ class LossSettings:
     kd_dropout: float = option(0.0, "CIFD: probability of dropping each teacher/RDM term per step (DGKD; CIFAR 0.25)")
     distortion: str = option("mse", "CIFD: feature distance, squared error summed over dims or smooth-L1",
                              choices=["mse", "smooth_l1"])
+    rdm_teaching: str = rdm_teaching_option()
     distill_weight: float = option(1.0, "distill_clip / tinyclip / cifd_affinity: weight of the affinity term")
     fd_weight: float = option(2000.0, "clipkd: FD weight (CLIP-KD's best: 2000)")
     icl_weight: float = option(1.0, "clipkd: ICL weight")

@@ -299,7 +299,7 @@ class Trainer:
     def train_step(self, model: nn.Module, batches, epoch: int, local_step: int) -> None:
         seed_everything(self.cfg.seed, self.env.rank, self.step)
         if hasattr(self.module, "begin_step"):
-            self.module.begin_step(self.step)
+            self.module.begin_step(self.step, self.total_steps)
         lr = self.scheduler.step(self.step)
         self.optimizer.zero_grad(set_to_none=True)
         started = time.time()

@@ -149,14 +149,23 @@ class RateDistortionModule(nn.Module):
         self.bottleneck.update(force=True, update_quantiles=True)
 
     @torch.no_grad()
-    def teach(self, x: torch.Tensor) -> torch.Tensor:
-        """X̂ with rounding (eval mode, no grad), whatever mode the module is in; the mode is restored."""
+    def teach(self, x: torch.Tensor, noise: Optional[torch.Generator] = None) -> torch.Tensor:
+        """X̂ with rounding (eval mode, no grad), whatever mode the module is in; the mode is restored. With a
+        `noise` generator, the code is Y + U(-½, ½) drawn from it instead of the rounded Ŷ (stochastic teaching)."""
+        if noise is not None:
+            y = self.encoder(self.prepare_input(x))
+            return self.decoder(y + _uniform_noise(y, noise))
         was_training = self.training
         self.eval()
         try:
             return self(x)["reconstruction"]
         finally:
             self.train(was_training)
+
+
+def _uniform_noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """U(-½, ½) shaped like `like`, drawn on the CPU from `generator` (the same draw on every device)."""
+    return (torch.rand(like.shape, generator=generator) - 0.5).to(like.device, like.dtype)
 
 
 class RDMFamily(nn.Module):
@@ -198,23 +207,23 @@ class RDMFamily(nn.Module):
         return [m.rate_weight for m in self.rdms(modality)]
 
     @torch.no_grad()
-    def teach(self, modality: str, x: torch.Tensor) -> list[torch.Tensor]:
+    def teach(self, modality: str, x: torch.Tensor, noise: Optional[torch.Generator] = None) -> list[torch.Tensor]:
         """One rounded reconstruction per RDM of `modality`, ordered by rate (eval mode, no grad).
 
         When every RDM of the modality has the same layers (as `build` and train-rdm make them), all of them run
         at once: one matrix multiply per layer for the whole family (the first layer's weights concatenated, as
         every RDM reads the same input; the others as a batched multiply), and only the reconstruction is
         computed (no likelihoods, rate or distortion). Equal to `[m.teach(x) for m in rdms]` up to float
-        rounding; see `teach_each`."""
+        rounding; see `teach_each`. With a `noise` generator each code is Y + U(-½, ½) instead of rounded."""
         rdms = self.rdms(modality)
         stacked = self._stacked_weights(modality, rdms)
         if stacked is None:
-            return self.teach_each(modality, x)
-        return _teach_stacked(stacked, rdms[0].prepare_input(x))
+            return self.teach_each(modality, x, noise)
+        return _teach_stacked(stacked, rdms[0].prepare_input(x), noise)
 
-    def teach_each(self, modality: str, x: torch.Tensor) -> list[torch.Tensor]:
+    def teach_each(self, modality: str, x: torch.Tensor, noise: Optional[torch.Generator] = None) -> list[torch.Tensor]:
         """`teach`, one RDM after another (each RDM's own full forward pass)."""
-        return [m.teach(x) for m in self.rdms(modality)]
+        return [m.teach(x, noise) for m in self.rdms(modality)]
 
     def _stacked_weights(self, modality: str, rdms: list[RateDistortionModule]) -> Optional[dict]:
         """The family's weights stacked per layer, rebuilt when a weight changed (in place, or moved by .to());
@@ -322,7 +331,7 @@ def _stack_family(rdms: list[RateDistortionModule]) -> Optional[dict]:
     return {"layers": layers, "encoder_layers": len(ref_enc), "medians": medians, "count": len(rdms)}
 
 
-def _teach_stacked(stacked: dict, x: torch.Tensor) -> list[torch.Tensor]:
+def _teach_stacked(stacked: dict, x: torch.Tensor, noise: Optional[torch.Generator] = None) -> list[torch.Tensor]:
     n = stacked["count"]
     h = x
     for index, (weight, bias, act) in enumerate(stacked["layers"]):
@@ -334,8 +343,11 @@ def _teach_stacked(stacked: dict, x: torch.Tensor) -> list[torch.Tensor]:
         if act is not None:
             h = act(h)
         if index == stacked["encoder_layers"] - 1:
-            medians = stacked["medians"]
-            h = torch.round(h - medians) + medians
+            if noise is not None:
+                h = h + _uniform_noise(h, noise)
+            else:
+                medians = stacked["medians"]
+                h = torch.round(h - medians) + medians
     return list(h.unbind(0))
 
 
