@@ -40,3 +40,45 @@ def test_quick_study_runs_every_command_and_reports_each_run(tmp_path):
     assert all(0 < r["recall_retained"] and 0 <= r["acc1"] <= 1 for r in rows)
     page = (tmp_path / "teacher-space.md").read_text()
     assert "--space teacher --teacher-map learned" in page and str(tmp_path) not in page
+
+
+@pytest.mark.slow
+@pytest.mark.study
+def test_the_classification_gap_test_bed_has_its_gap_and_reruns_cleanly(tmp_path):
+    """The quick form of studies/gap_cls.py: the teacher (vgg8, 4x the data) is far ahead of the student alone
+    (cnn2) even at this size, every run finishes and is listed, and a rerun reuses every step."""
+    script = [sys.executable, str(REPO / "studies" / "gap_cls.py"), "--out", str(tmp_path), "--quick", "--jobs", "1"]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    facts, runs = results["testbed"], results["runs"]
+    assert facts["vgg8"]["params"] >= 5 * facts["cnn2"]["params"] and facts["vgg8"]["macs"] >= 5 * facts["cnn2"]["macs"]
+    no_kd = next(r for r in runs if r["config"] == "no-kd")
+    assert facts["vgg8"]["acc1"] >= no_kd["acc1"] + 0.15
+    assert {r["config"] for r in runs} == {"no-kd", "kd", "takd", "dgkd", "cifd", "cifd-heads"}
+    assert all(r["exit_code"] == 0 for r in runs)
+    # the students' set is the first quarter of the teacher's: the same images, in the same order
+    import pickle
+    teacher = pickle.loads((tmp_path / "data-teacher" / "cifar-100-python" / "train").read_bytes())
+    student = pickle.loads((tmp_path / "data-student" / "cifar-100-python" / "train").read_bytes())
+    assert (teacher[b"data"][:len(student[b"data"])] == student[b"data"]).all() and len(student[b"data"]) * 4 == \
+        len(teacher[b"data"])
+    page = (tmp_path / "gap-cls.md").read_text()
+    assert "cifd-clip cls-distill" in page and str(tmp_path) not in page and "--rdm-teaching heads" in page
+    again = subprocess.run(script, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "[setup]" not in again.stdout
+    assert json.loads((tmp_path / "results.json").read_text())["runs"] == runs
+
+
+@pytest.mark.slow
+@pytest.mark.study
+def test_the_clip_gap_test_bed_reruns_cleanly(tmp_path):
+    script = [sys.executable, str(REPO / "studies" / "gap_clip.py"), "--out", str(tmp_path), "--quick", "--jobs", "1"]
+    result = subprocess.run(script, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
+    assert {r["config"] for r in runs} == {"no-kd", "kd", "cifd", "curriculum"}
+    assert all(r["exit_code"] == 0 and 0 <= r["W"]["acc1"] <= 1 for r in runs)
+    assert all("--model tiny-vit-student-s" in r["command"] for r in runs)
+    page = (tmp_path / "gap-clip.md").read_text()
+    assert "--rdm-teaching curriculum" in page and "22.7× the student's parameters" in page
