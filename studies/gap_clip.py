@@ -6,7 +6,7 @@ listed.
     python studies/gap_clip.py --out /tmp/quick --quick            # a few tiny runs (the test suite)
 
 The teacher (tiny-rn-teacher: 3.22M parameters without the token embeddings, 46M MACs per image-text pair)
-trains on 24000 demo samples; every student (tiny-vit-student-s, a ViT: 0.14M, 4.1M MACs) sees the first 6000
+trains on 16000 demo samples; every student (tiny-vit-student-s, a ViT: 0.14M, 4.1M MACs) sees the first 4000
 (a nested quarter, the regime of a pretrained teacher distilled on a smaller set). Teacher, cache and RDMs are
 made once per recipe and shared; the seed sets the student's initialisation and data order. The runs, their
 evaluation (zero-shot top-1 and retrieval recall in the student's space W, and in Û for CIFD) and the page's
@@ -33,7 +33,8 @@ from cifd_clip.demo.execute import command_line, run_step, tail  # noqa: E402
 
 RECIPES = clip_cifd.RECIPES
 TEACHER, STUDENT = "tiny-rn-teacher", "tiny-vit-student-s"
-TEACHER_SAMPLES, TEACHER_EPOCHS = 24000, 4
+TEACHER_SAMPLES, TEACHER_EPOCHS, STUDENT_SAMPLES = 16000, 4, 4000
+SAMPLES_PER_SHARD = 500  # recipes/demo/data.yaml
 SEEDS, HEADLINE_SEEDS = (0, 1, 2), (0, 1, 2, 3, 4)
 
 
@@ -83,9 +84,8 @@ def setup_steps(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
                                                  "--samples-per-shard", "250"], "{00000..00003}", "{00000..00003}"
         teacher_extra, rdm_extra = ["--epochs", "1"], ["--epochs", "2", "--hidden-dim", "64", "--bottleneck-dim", "16"]
     else:
-        shards = TEACHER_SAMPLES // 500
-        sizes, teacher_shards, student_shards = ["--train-samples", str(TEACHER_SAMPLES)], \
-            f"{{00000..{shards - 1:05d}}}", "{00000..00011}"
+        sizes = ["--train-samples", str(TEACHER_SAMPLES)]
+        teacher_shards, student_shards = _shards(TEACHER_SAMPLES), _shards(STUDENT_SAMPLES)
         teacher_extra, rdm_extra = ["--epochs", str(TEACHER_EPOCHS)], []
     return [
         ("data", ["make-demo-data", "--config", str(RECIPES / "data.yaml"), *sizes, "--out", str(data)]),
@@ -99,6 +99,12 @@ def setup_steps(out: Path, quick: bool) -> list[tuple[str, list[str]]]:
         ("rdm3", ["train-rdm", "--config", str(RECIPES / "rdm.yaml"), *rdm_extra, "--rates", "100", "300", "1000",
                   "--cache", str(out / "cache"), "--out", str(runs / "rdm3")]),
     ]
+
+
+def _shards(samples: int) -> str:
+    """The first `samples` of the demo's training set: whole shards of 500, in order (the students' set nests in
+    the teacher's, as every sample is a function of its index)."""
+    return f"{{00000..{samples // SAMPLES_PER_SHARD - 1:05d}}}"
 
 
 def _key(argv: list[str]) -> str:
@@ -123,7 +129,10 @@ def run_setup(out: Path, quick: bool) -> None:
 
 
 def student_argv(cfg: Config, seed: int, out: Path, quick: bool) -> list[str]:
-    return [*clip_cifd.student_argv(cfg, seed, out, quick), "--model", STUDENT]
+    argv = [*clip_cifd.student_argv(cfg, seed, out, quick), "--model", STUDENT]
+    if not quick:
+        argv[argv.index("--train-data") + 1] = str(_data(out) / "train" / f"{_shards(STUDENT_SAMPLES)}.tar")
+    return argv
 
 
 def train_and_evaluate(cfg: Config, seed: int, out: Path, quick: bool) -> dict:
@@ -188,7 +197,7 @@ def write_page(page: Path, summary: dict, results: list[dict], out: Path, quick:
              f"| {TEACHER} | teacher, {TEACHER_SAMPLES if not quick else 1000} samples × "
              f"{TEACHER_EPOCHS if not quick else 1} epochs | {t['params_without_token_embedding'] / 1e6:.2f}M | "
              f"{t['macs'] / 1e6:.1f}M | {100 * top1:.1f} |" if top1 is not None else "",
-             f"| {STUDENT} | student, the first 6000 samples × 3 epochs | {s['params_without_token_embedding'] / 1e6:.2f}M "
+             f"| {STUDENT} | student, the first {STUDENT_SAMPLES if not quick else 1000} samples × 3 epochs | {s['params_without_token_embedding'] / 1e6:.2f}M "
              f"| {s['macs'] / 1e6:.1f}M | see no-kd |", "",
              f"The teacher has {t['params_without_token_embedding'] / s['params_without_token_embedding']:.1f}× the "
              f"student's parameters (token embeddings aside) and {t['macs'] / s['macs']:.1f}× its MACs.", ""]
