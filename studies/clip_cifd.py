@@ -305,6 +305,18 @@ def teacher_top1(out: Path) -> Optional[float]:
     return evals[-1]["zeroshot"]["metrics"]["acc1"] if evals else None
 
 
+def every_run_lines(results: list[dict], out: Path) -> list[str]:
+    """The page's table of every run: its numbers and its command (the losing and failed runs too)."""
+    lines = ["## Every run", "", "| run | seed | top-1 W | recall W | top-1 Û | train s | command |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in sorted(results, key=lambda r: (r["config"], r["seed"])):
+        w, u = r.get("W", {}), r.get("U", {})
+        fmt = lambda d, k: f"{100 * d[k]:.1f}" if k in d else ("failed" if r.get("exit_code") else "—")  # noqa: E731
+        lines.append(f"| {r['config']} | {r['seed']} | {fmt(w, 'acc1')} | {fmt(w, 'mean_recall')} | {fmt(u, 'acc1')} | "
+                     f"{r['train_seconds']:.0f} | `{_relative(r['command'], out)}` |")
+    return lines
+
+
 def write_page(page: Path, summary: dict, results: list[dict], out: Path, quick: bool, minutes: float) -> None:
     lines = ["# Study: CIFD on CLIP at demo scale", "",
              "Written by `python studies/clip_cifd.py" + (" --quick" if quick else "") + f"`: {minutes:.0f} minutes "
@@ -330,13 +342,7 @@ def write_page(page: Path, summary: dict, results: list[dict], out: Path, quick:
                          f"{mean_std(row.get('W_acc1', []))} | {mean_std(row.get('W_mean_recall', []))} | "
                          f"{mean_std(row.get('U_acc1', []))} | {mean_std(row.get('U_mean_recall', []))} |")
         lines.append("")
-    lines += ["## Every run", "", "| run | seed | top-1 W | recall W | top-1 Û | train s | command |",
-              "|---|---:|---:|---:|---:|---:|---|"]
-    for r in sorted(results, key=lambda r: (r["config"], r["seed"])):
-        w, u = r.get("W", {}), r.get("U", {})
-        fmt = lambda d, k: f"{100 * d[k]:.1f}" if k in d else ("failed" if r.get("exit_code") else "—")  # noqa: E731
-        lines.append(f"| {r['config']} | {r['seed']} | {fmt(w, 'acc1')} | {fmt(w, 'mean_recall')} | {fmt(u, 'acc1')} | "
-                     f"{r['train_seconds']:.0f} | `{_relative(r['command'], out)}` |")
+    lines += every_run_lines(results, out)
     lines += ["", "Set-up commands (run once, shared by every student):", ""]
     lines += [f"- `{_relative(command_line(argv), out)}`" for _, argv in setup_steps(out, quick)]
     page.parent.mkdir(parents=True, exist_ok=True)

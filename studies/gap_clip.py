@@ -14,13 +14,8 @@ tables are studies/clip_cifd.py's. Results: OUT/results.json and the page (defau
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
-import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,8 +23,9 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "studies"))
 
 import clip_cifd  # noqa: E402
+import keyed_runs  # noqa: E402
 from clip_cifd import Config, _cifd, mean_std  # noqa: E402
-from cifd_clip.demo.execute import command_line, run_step, tail  # noqa: E402
+from cifd_clip.demo.execute import command_line  # noqa: E402
 
 RECIPES = clip_cifd.RECIPES
 TEACHER, STUDENT = "tiny-rn-teacher", "tiny-vit-student-s"
@@ -107,25 +103,8 @@ def _shards(samples: int) -> str:
     return f"{{00000..{samples // SAMPLES_PER_SHARD - 1:05d}}}"
 
 
-def _key(argv: list[str]) -> str:
-    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
-
-
 def run_setup(out: Path, quick: bool) -> None:
-    """Each step once per recipe: its done-marker holds the hash of its command, so a changed command reruns."""
-    (out / "setup").mkdir(parents=True, exist_ok=True)
-    for name, argv in setup_steps(out, quick):
-        done = out / "setup" / f"{name}.done"
-        if done.is_file() and done.read_text().startswith("{") and json.loads(done.read_text())["key"] == _key(argv):
-            continue
-        print(f"[setup] {command_line(argv)}", flush=True)
-        log = out / "setup" / f"{name}.log"
-        if name == "teacher" and (out / "runs" / "teacher").exists():
-            shutil.rmtree(out / "runs" / "teacher")
-        code, seconds = run_step([*argv, "--overwrite"] if name in ("embed", "rdm3") else argv, log, stream=False)
-        if code != 0:
-            raise SystemExit(f"set-up step {name} failed (exit {code}); see {log}:\n{tail(log)}")
-        done.write_text(json.dumps({"key": _key(argv), "seconds": round(seconds, 1)}) + "\n")
+    keyed_runs.run_setup(out, setup_steps(out, quick), overwrite=lambda name: name in ("embed", "rdm3"))
 
 
 def student_argv(cfg: Config, seed: int, out: Path, quick: bool) -> list[str]:
@@ -136,26 +115,9 @@ def student_argv(cfg: Config, seed: int, out: Path, quick: bool) -> list[str]:
 
 
 def train_and_evaluate(cfg: Config, seed: int, out: Path, quick: bool) -> dict:
-    name = clip_cifd.run_name(cfg, seed)
-    result_file = out / "results" / f"{name}.json"
-    argv = student_argv(cfg, seed, out, quick)
-    if result_file.is_file():
-        saved = json.loads(result_file.read_text())
-        if saved.get("key") == _key(argv):
-            return saved
-    log = out / "logs" / f"{name}.log"
-    if (out / "runs" / name).exists():  # a run left by an interrupted or changed study: start it again
-        shutil.rmtree(out / "runs" / name)
-    code, seconds = run_step(argv, log, stream=False)
-    result = {"config": cfg.name, "seed": seed, "command": command_line(argv), "exit_code": code,
-              "train_seconds": round(seconds, 1), "key": _key(argv)}
-    if code == 0:
-        result.update(clip_cifd.evaluate_run(out / "runs" / name, _data(out), cfg.is_cifd))
-    else:
-        result["error"] = tail(log, 5)
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result, indent=1))
-    return result
+    return keyed_runs.run_student(out, clip_cifd.run_name(cfg, seed), student_argv(cfg, seed, out, quick),
+                                  {"config": cfg.name, "seed": seed},
+                                  lambda run: clip_cifd.evaluate_run(run, _data(out), cfg.is_cifd))
 
 
 def model_facts() -> dict:
@@ -181,7 +143,7 @@ def model_facts() -> dict:
 
 def write_page(page: Path, summary: dict, results: list[dict], out: Path, quick: bool) -> None:
     facts = model_facts()
-    setup_seconds = {f.stem: json.loads(f.read_text())["seconds"] for f in (out / "setup").glob("*.done")}
+    setup_seconds = keyed_runs.setup_seconds(out)
     minutes = (sum(setup_seconds.values()) + sum(r["train_seconds"] for r in results)) / 60
     top1 = clip_cifd.teacher_top1(out)
     t, s = facts[TEACHER], facts[STUDENT]
@@ -211,13 +173,7 @@ def write_page(page: Path, summary: dict, results: list[dict], out: Path, quick:
                              f"{mean_std(row.get('W_acc1', []))} | {mean_std(row.get('W_mean_recall', []))} | "
                              f"{mean_std(row.get('U_acc1', []))} |")
         lines.append("")
-    lines += ["## Every run", "", "| run | seed | top-1 W | recall W | top-1 Û | train s | command |",
-              "|---|---:|---:|---:|---:|---:|---|"]
-    for r in sorted(results, key=lambda r: (r["config"], r["seed"])):
-        w, u = r.get("W", {}), r.get("U", {})
-        fmt = lambda d, k: f"{100 * d[k]:.1f}" if k in d else ("failed" if r.get("exit_code") else "—")  # noqa: E731
-        lines.append(f"| {r['config']} | {r['seed']} | {fmt(w, 'acc1')} | {fmt(w, 'mean_recall')} | {fmt(u, 'acc1')} | "
-                     f"{r['train_seconds']:.0f} | `{clip_cifd._relative(r['command'], out)}` |")
+    lines += clip_cifd.every_run_lines(results, out)
     lines += ["", "Set-up commands (run once, shared by every student; seconds on 2 cores):", ""]
     for name, argv in setup_steps(out, quick):
         seconds = f" ({setup_seconds[name]:.0f} s)" if name in setup_seconds else ""
@@ -227,32 +183,18 @@ def write_page(page: Path, summary: dict, results: list[dict], out: Path, quick:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="working folder (data, runs, logs, results.json)")
-    parser.add_argument("--quick", action="store_true", help="a few tiny runs, one seed (the test suite)")
-    parser.add_argument("--jobs", type=int, default=2, help="student runs in parallel (one CPU thread each)")
-    parser.add_argument("--only", nargs="+", default=None, help="run only these configurations")
-    parser.add_argument("--page", default=None, help="markdown page (default docs/studies/gap-clip.md; with "
-                                                     "--quick OUT/gap-clip.md)")
-    args = parser.parse_args(argv)
+    args = keyed_runs.study_parser(__doc__, "gap-clip.md").parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # a set-up step has the machine to itself
-    run_setup(out, args.quick)
-    os.environ["OMP_NUM_THREADS"] = threads or ("1" if args.jobs > 1 else str(os.cpu_count() or 1))
     cfgs = [c for c in configs(args.quick) if args.only is None or c.name in args.only]
-    jobs = [(cfg, seed) for cfg in cfgs for seed in (cfg.seeds[:1] if args.quick else cfg.seeds)]
-    results = []
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(train_and_evaluate, cfg, seed, out, args.quick) for cfg, seed in jobs]
-        for (cfg, seed), future in zip(jobs, futures):
-            result = future.result()
-            results.append(result)
-            w = result.get("W", {})
-            print(f"[{len(results)}/{len(jobs)}] {clip_cifd.run_name(cfg, seed)}: "
-                  + (f"top-1 {100 * w['acc1']:.1f}%, recall {100 * w['mean_recall']:.1f}%" if w else "FAILED"),
-                  flush=True)
+    jobs = [(cfg, seed, out, args.quick) for cfg in cfgs for seed in (cfg.seeds[:1] if args.quick else cfg.seeds)]
+
+    def describe(result: dict) -> str:
+        w = result.get("W", {})
+        return f"top-1 {100 * w['acc1']:.1f}%, recall {100 * w['mean_recall']:.1f}%" if w else "FAILED"
+
+    results = keyed_runs.set_up_then_run(lambda: run_setup(out, args.quick), jobs, train_and_evaluate, describe,
+                                         args.jobs)
     summary = clip_cifd.summarise(cfgs, results)
     (out / "results.json").write_text(json.dumps({"summary": summary, "runs": results}, indent=1))
     page = Path(args.page) if args.page else (out / "gap-clip.md" if args.quick else

@@ -14,13 +14,8 @@ order. Results: OUT/results.json and the page (--page, default docs/studies/gap-
 """
 from __future__ import annotations
 
-import argparse
-import hashlib
 import json
-import os
-import shutil
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "studies"))
 
-from cifd_clip.demo.execute import command_line, run_step, tail  # noqa: E402
+import keyed_runs  # noqa: E402
+from cifd_clip.demo.execute import command_line  # noqa: E402
 from clip_cifd import mean_std  # noqa: E402
 
 RECIPES = REPO / "cifd_clip" / "demo" / "recipes_classification"
@@ -161,26 +157,8 @@ def setup_steps(out: Path, scale: Scale, quick: bool) -> list[tuple[str, list[st
     return steps
 
 
-def _key(argv: list[str]) -> str:
-    return hashlib.sha256(json.dumps(argv).encode()).hexdigest()[:16]
-
-
 def run_setup(out: Path, scale: Scale, quick: bool) -> None:
-    """Each step once per recipe: its done-marker holds the hash of its command, so a changed command reruns."""
-    (out / "setup").mkdir(parents=True, exist_ok=True)
-    for name, argv in setup_steps(out, scale, quick):
-        done = out / "setup" / f"{name}.done"
-        if done.is_file() and json.loads(done.read_text()).get("key") == _key(argv):
-            continue
-        print(f"[setup] {command_line(argv)}", flush=True)
-        log = out / "setup" / f"{name}.log"
-        if name.startswith("teacher") or name == "assistant":
-            shutil.rmtree(out / "runs" / name, ignore_errors=True)
-        code, seconds = run_step([*argv, "--overwrite"] if name.startswith(("embed", "rdm")) else argv, log,
-                                 stream=False)
-        if code != 0:
-            raise SystemExit(f"set-up step {name} failed (exit {code}); see {log}:\n{tail(log)}")
-        done.write_text(json.dumps({"key": _key(argv), "seconds": round(seconds, 1)}) + "\n")
+    keyed_runs.run_setup(out, setup_steps(out, scale, quick), overwrite=lambda name: name.startswith(("embed", "rdm")))
 
 
 # ---------------------------------------------------------------- one student run
@@ -214,26 +192,8 @@ def val_top1(run_dir: Path) -> float:
 
 
 def train_and_evaluate(cfg: Config, seed: int, out: Path, scale: Scale) -> dict:
-    name = run_name(cfg, seed)
-    result_file = out / "results" / f"{name}.json"
-    argv = student_argv(cfg, seed, out, scale)
-    if result_file.is_file():
-        saved = json.loads(result_file.read_text())
-        if saved.get("key") == _key(argv):
-            return saved
-    log = out / "logs" / f"{name}.log"
-    if (out / "runs" / name).exists():  # a run left by an interrupted or changed study: start it again
-        shutil.rmtree(out / "runs" / name)
-    code, seconds = run_step(argv, log, stream=False)
-    result = {"config": cfg.name, "seed": seed, "command": command_line(argv), "exit_code": code,
-              "train_seconds": round(seconds, 1), "key": _key(argv)}
-    if code == 0:
-        result["acc1"] = val_top1(out / "runs" / name)
-    else:
-        result["error"] = tail(log, 5)
-    result_file.parent.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result, indent=1))
-    return result
+    return keyed_runs.run_student(out, run_name(cfg, seed), student_argv(cfg, seed, out, scale),
+                                  {"config": cfg.name, "seed": seed}, lambda run: {"acc1": val_top1(run)})
 
 
 # ---------------------------------------------------------------- the test bed's own numbers
@@ -254,9 +214,7 @@ def testbed_facts(out: Path, quick: bool) -> dict:
     for model in (["vgg8"] if quick else TEACHERS):
         facts[model]["acc1"] = val_top1(out / "runs" / f"teacher-{model}")
     facts["cnn4"]["acc1"] = val_top1(out / "runs" / "assistant")
-    for name in os.listdir(out / "setup"):
-        if name.endswith(".done"):
-            facts.setdefault("setup_seconds", {})[name[:-5]] = json.loads((out / "setup" / name).read_text())["seconds"]
+    facts["setup_seconds"] = keyed_runs.setup_seconds(out)
     return facts
 
 
@@ -315,31 +273,15 @@ def write_page(page: Path, summary: dict, results: list[dict], facts: dict, out:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, help="working folder (data, runs, logs, results.json)")
-    parser.add_argument("--quick", action="store_true", help="a few tiny runs, one seed (the test suite)")
-    parser.add_argument("--jobs", type=int, default=2, help="student runs in parallel (one CPU thread each)")
-    parser.add_argument("--only", nargs="+", default=None, help="run only these configurations")
-    parser.add_argument("--page", default=None, help="markdown page (default docs/studies/gap-cls.md; with --quick "
-                                                     "OUT/gap-cls.md)")
-    args = parser.parse_args(argv)
+    args = keyed_runs.study_parser(__doc__, "gap-cls.md").parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     scale = QUICK if args.quick else Scale()
-    threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))  # a set-up step has the machine to itself
-    run_setup(out, scale, args.quick)
-    os.environ["OMP_NUM_THREADS"] = threads or ("1" if args.jobs > 1 else str(os.cpu_count() or 1))
     cfgs = [c for c in configs(args.quick) if args.only is None or c.name in args.only]
-    jobs = [(cfg, seed) for cfg in cfgs for seed in (cfg.seeds[:1] if args.quick else cfg.seeds)]
-    results = []
-    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(train_and_evaluate, cfg, seed, out, scale) for cfg, seed in jobs]
-        for (cfg, seed), future in zip(jobs, futures):
-            result = future.result()
-            results.append(result)
-            print(f"[{len(results)}/{len(jobs)}] {run_name(cfg, seed)}: "
-                  + (f"top-1 {100 * result['acc1']:.1f}%" if "acc1" in result else "FAILED"), flush=True)
+    jobs = [(cfg, seed, out, scale) for cfg in cfgs for seed in (cfg.seeds[:1] if args.quick else cfg.seeds)]
+    results = keyed_runs.set_up_then_run(
+        lambda: run_setup(out, scale, args.quick), jobs, train_and_evaluate,
+        lambda r: f"top-1 {100 * r['acc1']:.1f}%" if "acc1" in r else "FAILED", args.jobs)
     summary = summarise(cfgs, results)
     facts = testbed_facts(out, args.quick)
     (out / "results.json").write_text(json.dumps({"testbed": facts, "summary": summary, "runs": results}, indent=1))
