@@ -63,7 +63,10 @@ class LossSettings:
     normalize_targets: bool = option(True, "CIFD: L2-normalise the teacher and RDM targets before the feature "
                                            "distance (--no-normalize-targets: use them as cached / reconstructed)")
     ibm: bool = option(True, "CIFD: information bottleneck on the student embeddings (--no-ibm: its decoder "
-                             "alone, without noise and rate term)")
+                             "alone, without noise and rate term). With the default isometric decoder and "
+                             "normalized input its noise adds only a constant to the expected feature loss, so "
+                             "the default loss is in effect cosine feature distillation through one orthogonal "
+                             "map (docs/method.md)")
     ibm_weight: float = option(1e-3, "CIFD: λ_I, weight of the IBM rate term in bits, both modalities (0: no rate term)")
     ibm_hidden_dim: Optional[int] = option(None, "CIFD: hidden width of a 2-layer IBM decoder (default: 1 layer)")
     ibm_decoder: str = option("isometric", "CIFD: the IBM decoder: one angle-preserving map s·Q for both "
