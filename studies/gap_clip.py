@@ -55,6 +55,8 @@ def configs(quick: bool) -> list[Config]:
         _cifd("free-maps-no-ibm", "CIFD's parts", "FD through free per-tower maps, no IBM (the paper's decoders "
               "without the IBM's noise)", "--ibm-decoder", "separate", "--no-ibm"),
         _cifd("no-ibm", "CIFD's parts", "the defaults without the IBM (isometric map alone)", "--no-ibm"),
+        _cifd("ibm-binding", "CIFD's parts", "the IBM with 10× the rate weight (λ_I 0.01): a bottleneck that costs "
+              "the student bits", "--ibm-weight", "0.01"),
         _cifd("teacher-x4", "CIFD's parts", "no RDM: the teacher term alone at the total weight of CIFD's four "
               "targets", "--teacher-weight", "4", rdm=""),
     ]

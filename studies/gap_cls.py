@@ -92,6 +92,8 @@ def configs(quick: bool) -> list[Config]:
         _cifd("no-ibm-rdm1", "RDMs × IBM (the paper's Table 5)", "1 RDM, no IBM", "--no-ibm", rdm="rdm1"),
         _cifd("no-ibm-rdm3", "RDMs × IBM (the paper's Table 5)", "3 RDMs, no IBM", "--no-ibm"),
         _cifd("no-ibm-rdm5", "RDMs × IBM (the paper's Table 5)", "5 RDMs, no IBM", "--no-ibm", rdm="rdm5"),
+        _cifd("ibm-binding", "does the IBM bind?", "3 RDMs, IBM with 10× the rate weight (λ_I 0.05): a bottleneck "
+              "that costs the student bits", "--ibm-weight", "0.05"),
         _cifd("teacher-x4", "do the RDMs add anything?", "no RDM, the teacher's terms at the total weight of CIFD's "
               "four targets (KD ×4, features ×4), IBM", "--kd-weight", "4", "--embedding-weight", "400", rdm=""),
     ]
