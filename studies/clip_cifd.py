@@ -228,7 +228,9 @@ def _u_space_tower(tower, ckpt: dict):
     meta = read_cache_meta(saved["cache"])
     distiller = Distiller.build(tower.model, settings, student_dim=tower.embed_dim,
                                 teacher_dims=(int(meta["image_dim"]), int(meta["text_dim"])))
-    distiller.load_states(ckpt["state_dict"], ckpt["distill_state_dict"])
+    # Û is the teacher term's decoder: the per-RDM heads of --rdm-teaching heads are not needed (nor built here)
+    decoders = {k: v for k, v in ckpt["distill_state_dict"].items() if not k.startswith("method.rdm_heads.")}
+    distiller.load_states(ckpt["state_dict"], decoders)
     distiller.eval()
 
     class USpace(torch.nn.Module):

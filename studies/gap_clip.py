@@ -41,7 +41,7 @@ def configs(quick: bool) -> list[Config]:
         _cifd("cifd", "main", "CIFD at its defaults (3 RDMs, isometric IBM)", seeds=HEADLINE_SEEDS),
     ]
     if quick:
-        return main + [_cifd("curriculum", "RDM forms", "curriculum", "--rdm-teaching", "curriculum")]
+        return main + [_cifd("heads", "RDM forms", "one isometric head per target", "--rdm-teaching", "heads")]
     refs = [
         Config("clipkd-fd", "references", "CLIP-KD: FD alone", "student-kd.yaml",
                ["--loss", "clipkd", "--icl-weight", "0", "--crd-weight", "0"]),

@@ -77,8 +77,9 @@ def test_the_clip_gap_test_bed_reruns_cleanly(tmp_path):
     result = subprocess.run(script, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert {r["config"] for r in runs} == {"no-kd", "kd", "cifd", "curriculum"}
+    assert {r["config"] for r in runs} == {"no-kd", "kd", "cifd", "heads"}
+    assert "U" in next(r for r in runs if r["config"] == "heads")  # Û is the teacher term's decoder
     assert all(r["exit_code"] == 0 and 0 <= r["W"]["acc1"] <= 1 for r in runs)
     assert all("--model tiny-vit-student-s" in r["command"] for r in runs)
     page = (tmp_path / "gap-clip.md").read_text()
-    assert "--rdm-teaching curriculum" in page and "22.7× the student's parameters" in page
+    assert "--rdm-teaching heads" in page and "22.7× the student's parameters" in page
