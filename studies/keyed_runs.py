@@ -55,7 +55,10 @@ def run_student(out: Path, name: str, argv: list[str], record: dict, evaluate: C
     result = {**record, "command": command_line(argv), "exit_code": code, "train_seconds": round(seconds, 1),
               "key": key}
     if code == 0:
-        result.update(evaluate(out / "runs" / name))
+        try:
+            result.update(evaluate(out / "runs" / name))
+        except Exception as e:  # a run that trained but cannot be scored is a failed run, not the study's end
+            result.update(exit_code=-1, error=f"evaluation failed: {type(e).__name__}: {e}")
     else:
         result["error"] = tail(log, 5)
     result_file.parent.mkdir(parents=True, exist_ok=True)
