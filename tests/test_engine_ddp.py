@@ -104,7 +104,11 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for loss in LOSSES:
         assert ddp[loss].keys() == single[loss].keys(), loss
         for name, grad in single[loss].items():
-            torch.testing.assert_close(ddp[loss][name], grad, rtol=1e-4, atol=1e-6, msg=f"{loss}: {name}")
+            # float32 sums in another order (two ranks' shares, then the all-reduce) differ by a few ulps of the
+            # largest terms summed: the tolerance scales with the gradient's magnitude (one element of a
+            # token-embedding gradient of magnitude 6.7 differed by 3.8e-6 on one machine)
+            atol = 1e-6 * max(1.0, float(grad.abs().max()))
+            torch.testing.assert_close(ddp[loss][name], grad, rtol=1e-4, atol=atol, msg=f"{loss}: {name}")
 
 
 if __name__ == "__main__":
