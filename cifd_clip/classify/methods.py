@@ -44,11 +44,11 @@ class ClassifyMethod(nn.Module):
     uses_rdms = False
     uses_feature_maps = False
     find_unused_parameters = False
+    progress = 0.0  # step / total steps, set by the distiller each step
 
     def __init__(self, settings: ClassifySettings, **_):
         super().__init__()
         self.s = settings
-        self.progress = 0.0  # step / total steps, set by the distiller each step
 
     def ce(self, student: StudentOut, targets: Targets) -> dict:
         return {"ce": self.s.ce_weight * F.cross_entropy(student.logits, targets.labels)}

@@ -41,7 +41,6 @@ class DistillerBase(nn.Module):
         self.seed = int(seed)
         self._kd_generator = torch.Generator().manual_seed(self.seed)
         self._teaching_generator = torch.Generator().manual_seed(self.seed + 1)  # --rdm-teaching stochastic
-        self.progress = 0.0  # step / total steps: --rdm-teaching curriculum reads it
 
     def _frozen_modules(self):
         for value in self._frozen.values():
@@ -65,7 +64,7 @@ class DistillerBase(nn.Module):
         self._kd_generator.manual_seed(self.seed * 1_000_003 + step)
         self._teaching_generator.manual_seed(self.seed * 1_000_033 + step + 7)
         if total_steps:
-            self.progress = self.method.progress = step / total_steps
+            self.method.progress = step / total_steps  # --rdm-teaching curriculum reads it
 
     def post_step(self) -> None:
         pass
