@@ -196,3 +196,52 @@ def test_ordering_warning_names_the_offending_rates():
             {"modality": "image", "rate_weight": 2.0, "rate_bits": 4.0, "mse": 0.05}]
     (warning,) = ordering_warnings(rows)
     assert "R=2" in warning and "rate 4.00 <= 5.00" in warning
+
+
+def test_rate_continuation_starts_every_rdm_from_the_highest_rate_trained_alone():
+    """Stage 1 trains the highest R of each modality alone, stage 2 every RDM from its weights: with a learning
+    rate of ~0 every RDM ends where that one ended, while side by side each keeps its own initialisation."""
+    from cifd_clip.rdm.training import training_stages
+
+    data = synthetic_embeddings(n=256)
+    family = RDMFamily.build({"image": DIM, "text": DIM}, [10.0, 100.0, 1000.0], hidden_dim=16, bottleneck_dim=4)
+    stages = training_stages(family, continuation=True)
+    assert [[(m, r.rate_weight) for m, r in stage] for stage in stages] == [
+        [("image", 1000.0), ("text", 1000.0)],
+        [("image", 10.0), ("image", 100.0), ("image", 1000.0), ("text", 10.0), ("text", 100.0), ("text", 1000.0)]]
+    assert len(training_stages(family, continuation=False)) == 1
+
+    def first_layers(f):
+        return [r.encoder[0].weight.detach().clone() for r in f.rdms("image")]
+
+    torch.manual_seed(0)
+    stats = train_family(family, batches_of(data), epochs=1, lr=1e-30, density_lr_factor=1.0, steps_per_epoch=2)
+    assert stats.steps == 2 * 2  # one pass per stage
+    low, mid, high = first_layers(family)
+    assert torch.equal(low, high) and torch.equal(mid, high)
+    torch.manual_seed(0)
+    apart = RDMFamily.build({"image": DIM, "text": DIM}, [10.0, 100.0, 1000.0], hidden_dim=16, bottleneck_dim=4)
+    train_family(apart, batches_of(data), epochs=1, lr=1e-30, density_lr_factor=1.0, steps_per_epoch=2,
+                 continuation=False)
+    low, mid, high = first_layers(apart)
+    assert not torch.equal(low, high) and not torch.equal(mid, high)
+
+
+def test_each_rdm_keeps_its_best_scored_epoch():
+    """`score` (held out, higher is better) picks each RDM's epoch, not its last."""
+    data = synthetic_embeddings(n=256)
+    family = RDMFamily.build({"image": DIM}, [10.0, 100.0], hidden_dim=16, bottleneck_dim=4)
+    seen = []
+
+    def score(rdm):  # prefers the first epoch of each stage
+        seen.append((rdm.rate_weight, rdm.encoder[0].weight.detach().clone()))
+        return -len([s for s in seen if s[0] == rdm.rate_weight])
+
+    torch.manual_seed(0)
+    train_family(family, batches_of(data, batch_size=64), epochs=3, lr=1e-2, steps_per_epoch=4, score=score)
+    low, high = family.rdms("image")
+    low_epochs = [w for r, w in seen if r == 10.0]
+    assert len(low_epochs) == 3 and torch.equal(low.encoder[0].weight, low_epochs[0])
+    assert not torch.equal(low_epochs[0], low_epochs[-1])
+    high_stage_two = [w for r, w in seen if r == 100.0][3:]  # epochs 1-3 of stage 2 (1-3 of stage 1 came first)
+    assert torch.equal(high.encoder[0].weight, high_stage_two[0])

@@ -1,7 +1,8 @@
 """Train image and text Rate-Distortion Modules at several rates on cached teacher embeddings.
 
-One pass over the embedding cache per epoch feeds every RDM of both modalities; the teacher model is
-never loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
+The highest-R image and text RDMs train first, then every RDM from their weights (`--rate-continuation`); one
+pass over the embedding cache per epoch feeds a stage's RDMs of both modalities; the teacher model is never
+loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
 Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.model.RDMFamily.load`) and a held-out
 evaluation per RDM — rate in bits/sample measured with rounding, MSE and cosine similarity to the
 teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality and,
@@ -20,7 +21,7 @@ from typing import Optional
 from ..config import option, required
 from ..engine.options import report_to_option, validate_trackers, wandb_project_option
 from ..errors import ConfigError
-from ..rdm.config import RDMArchitecture
+from ..rdm.config import RDMArchitecture, rate_continuation_option
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Config(RDMArchitecture):
     lr: float = option(1e-3, "Adam learning rate (cosine decay to lr/100)")
     density_lr_factor: float = option(10.0, "the bottlenecks' densities learn this many times faster than the "
                                             "networks (at 1 every R keeps its initial rate for hundreds of steps)")
+    rate_continuation: bool = rate_continuation_option()
     out: Optional[str] = option(None, "checkpoint FILE.pt or an output folder (default: <logs>/<name>)")
     overwrite: bool = option(False, "replace an RDM checkpoint that is already there (students trained on it keep "
                                     "a path to it)")
@@ -175,7 +177,8 @@ def run(cfg: Config) -> int:
                                                  all_views=True),
             epochs=cfg.epochs, lr=cfg.lr, device=env.device, rank=env.rank, world_size=env.world_size,
             steps_per_epoch=steps, holdout_fraction=holdout, log_every=cfg.log_every,
-            density_lr_factor=cfg.density_lr_factor, on_step=report_step if trackers.names else None)
+            density_lr_factor=cfg.density_lr_factor, continuation=cfg.rate_continuation,
+            on_step=report_step if trackers.names else None)
         # ranks skip different numbers of held-out samples: count the ones really trained on
         trained = int(round(all_reduce_mean(env, torch.tensor(float(stats.samples))).item() * env.world_size))
         if env.is_main:

@@ -45,6 +45,14 @@ class RDMArchitecture:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(RDMArchitecture)}
 
 
+def rate_continuation_option():
+    """train-rdm's and cls-train-rdm's --rate-continuation (one default and help for both)."""
+    return option(True, "train the highest-R RDM of each modality first, then every RDM from its weights "
+                        "(--epochs each; --no-rate-continuation: all at once, each from its own initialisation, "
+                        "as before, where neighbouring R came out of order on some caches: "
+                        "docs/studies/rdm-ordering.md)")
+
+
 @dataclass
 class RateDistortionConfig(RDMArchitecture):
     """Everything needed to rebuild one RDM (plain types only: stored as a dict in checkpoints)."""

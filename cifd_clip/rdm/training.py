@@ -1,7 +1,8 @@
 """Train and evaluate a family of RDMs on teacher embeddings (no teacher model involved).
 
-One batch of cached embeddings feeds every RDM of both modalities: the losses of the independent RDMs
-are summed, so one backward pass gives each RDM exactly its own gradient. Under torchrun each rank
+The highest-R RDM of each modality trains first, then every RDM from its weights (rate continuation, see
+`train_family`); one batch of cached embeddings feeds a stage's RDMs of both modalities, whose losses are
+summed, so one backward pass gives each RDM exactly its own gradient. Under torchrun each rank
 reads its own part of the data and gradients are averaged with one all-reduce per step (the RDMs are
 tiny, so a flat all-reduce is simpler than DDP and just as fast).
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 
 from ..engine.schedule import density_parameter_ids
 from ..errors import DataError
-from .model import RDMFamily
+from .model import RateDistortionModule, RDMFamily
 from .zeroshot import zeroshot_metrics
 
 log = logging.getLogger(__name__)
@@ -60,19 +61,24 @@ class TrainStats:
         return self.samples / self.seconds if self.seconds > 0 else 0.0
 
 
-def family_loss(family: RDMFamily, batch: dict) -> tuple[torch.Tensor, dict]:
-    """Sum of every RDM's L_R on this batch, and the terms per (modality, R) for logging."""
-    total, terms = None, {}
-    for modality in family.modalities:
-        x = batch[MODALITY_KEYS[modality]]
-        x = x.reshape(-1, x.shape[-1])  # [B, K, D] views -> [B·K, D]
-        for rdm in family.rdms(modality):
-            # a classifier teacher's RDMs (with a head) also learn the labels and the teacher's logits
-            parts = rdm.loss(rdm(x), batch.get("label"), batch.get("t_logits")) if rdm.head is not None \
-                else rdm.loss(rdm(x))
-            loss = sum(parts.values())
-            total = loss if total is None else total + loss
-            terms.update({f"{modality}/R={rdm.rate_weight:g}/{k}": v.detach() for k, v in parts.items()})
+def family_loss(family: RDMFamily, batch: dict, rdms: Optional[Sequence[tuple[str, RateDistortionModule]]] = None
+                ) -> tuple[torch.Tensor, dict]:
+    """Sum of every RDM's L_R on this batch (or of the given (modality, RDM) pairs'), and the terms per
+    (modality, R) for logging."""
+    if rdms is None:
+        rdms = [(modality, rdm) for modality in family.modalities for rdm in family.rdms(modality)]
+    total, terms, inputs = None, {}, {}
+    for modality, rdm in rdms:
+        if modality not in inputs:
+            x = batch[MODALITY_KEYS[modality]]
+            inputs[modality] = x.reshape(-1, x.shape[-1])  # [B, K, D] views -> [B·K, D]
+        x = inputs[modality]
+        # a classifier teacher's RDMs (with a head) also learn the labels and the teacher's logits
+        parts = rdm.loss(rdm(x), batch.get("label"), batch.get("t_logits")) if rdm.head is not None \
+            else rdm.loss(rdm(x))
+        loss = sum(parts.values())
+        total = loss if total is None else total + loss
+        terms.update({f"{modality}/R={rdm.rate_weight:g}/{k}": v.detach() for k, v in parts.items()})
     return total, terms
 
 
@@ -97,28 +103,95 @@ def _broadcast_parameters(family: RDMFamily) -> None:
         dist.broadcast(tensor.data, src=0)
 
 
+# The bottleneck's coding tables: their sizes follow the weights, and `finalize` rebuilds them.
+CODING_TABLES = ("bottleneck._offset", "bottleneck._quantized_cdf", "bottleneck._cdf_length")
+
+
+def _weights(rdm: RateDistortionModule) -> dict:
+    return {k: v.detach().clone() for k, v in rdm.state_dict().items() if k not in CODING_TABLES}
+
+
+def training_stages(family: RDMFamily, continuation: bool) -> list[list[tuple[str, RateDistortionModule]]]:
+    """Which RDMs train together, stage after stage: all at once, or (rate continuation) first the highest R of
+    each modality alone, then every RDM from that one's weights."""
+    pairs = [[(m, rdm) for rdm in family.rdms(m)] for m in family.modalities]
+    every = [pair for modality in pairs for pair in modality]
+    return [[modality[-1] for modality in pairs], every] if continuation else [every]
+
+
 def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict]], *, epochs: int,
                  lr: float = 1e-3, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
                  steps_per_epoch: Optional[int] = None, holdout_fraction: float = 0.0, log_every: int = 50,
-                 density_lr_factor: float = DENSITY_LR_FACTOR,
+                 density_lr_factor: float = DENSITY_LR_FACTOR, continuation: bool = True,
+                 score: Optional[Callable[[RateDistortionModule], float]] = None,
                  on_step: Optional[Callable[[int, dict], None]] = None,
-                 on_epoch: Optional[Callable[[int], None]] = None) -> TrainStats:
-    """Train every RDM of `family` in one pass per epoch over `epoch_batches(epoch)`.
+                 on_epoch: Optional[Callable[[int, list], None]] = None) -> TrainStats:
+    """Train every RDM of `family` for `epochs` passes over `epoch_batches(epoch)`.
 
-    Adam on all parameters (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known. The
+    With `continuation` (rate continuation, the default) the highest R of each modality first trains alone from
+    its initialisation, then every RDM of the modality (that one included) trains from its weights, side by
+    side. From a shared start θ trained for R_max, the objective R·D + rate of a lower R has the gradient
+    (R − R_max)·∇D (R_max's own is ~0 there), so each lower R starts by giving up distortion for bits, the
+    further the lower its R: the family orders by R. Trained side by side from their own initialisations
+    (`continuation=False`, one stage), every RDM is as far from converged as its seed leaves it after the few
+    hundred steps a cache gives, and neighbouring R came out of order on some caches; started one from the
+    other (a chain, highest R first), the first was the least trained and the next R below beat it on
+    distortion (docs/studies/rdm-ordering.md). Continuation costs one more stage: (N + 1)/N of the compute.
+
+    Each stage: Adam (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known. The
     bottlenecks' densities (and quantiles) learn `density_lr_factor` times faster than the networks: at the
     shared rate they are still at their initial width after a few hundred steps, every rate R then pays the
     same ~1 bit per channel and the family does not order by R (CompressAI's codecs train ~1M steps).
     A batch's image embeddings may hold several views per sample ([B, K, D]): every view is trained on.
-    Samples with `is_held_out(key, holdout_fraction)` are skipped (the evaluation reads them). After
-    training each bottleneck is finalised (exact quantiles, CDF tables) and the family is in eval mode.
+    Samples with `is_held_out(key, holdout_fraction)` are skipped (the evaluation reads them). `score(rdm)`
+    (held-out, higher is better), when given, is read after every epoch and each RDM keeps its best epoch's
+    weights (the shared start is the highest R's best epoch). `on_epoch(epoch, rdms)` gets the stage's (modality, RDM) pairs.
+    After training each bottleneck is finalised (exact quantiles, CDF tables) and the family is in eval mode.
     """
     device = torch.device(device)
     family.to(device).train()
-    distributed = world_size > 1
-    if distributed:
+    if world_size > 1:
         _broadcast_parameters(family)
-    params = [p for p in family.parameters() if p.requires_grad]
+    stats = TrainStats()
+    start = time.perf_counter()
+    below: dict = {}  # modality -> the RDM of the previous stage that this one starts from
+    for stage in training_stages(family, continuation):
+        starts = {m: _weights(r) for m, r in below.items()}  # copied first: the stage trains `below` too
+        for modality, rdm in stage:
+            if modality in starts:
+                rdm.load_state_dict(starts[modality], strict=False)
+        best = {id(rdm): (float("-inf"), None) for _, rdm in stage}
+
+        def end_epoch(epoch: int, stage=stage, best=best) -> None:
+            for _, rdm in stage:
+                if score is not None:
+                    value = score(rdm)
+                    if value > best[id(rdm)][0]:
+                        best[id(rdm)] = (value, _weights(rdm))
+            if on_epoch is not None:
+                on_epoch(epoch, stage)
+
+        _train_stage(family, stage, epoch_batches, epochs=epochs, lr=lr, device=device, rank=rank,
+                     world_size=world_size, steps_per_epoch=steps_per_epoch, holdout_fraction=holdout_fraction,
+                     log_every=log_every, density_lr_factor=density_lr_factor, stats=stats, on_step=on_step,
+                     on_epoch=end_epoch)
+        for modality, rdm in stage:
+            if best[id(rdm)][1] is not None:
+                rdm.load_state_dict(best[id(rdm)][1], strict=False)
+            below[modality] = rdm
+    stats.seconds = time.perf_counter() - start
+    for modality in family.modalities:
+        for rdm in family.rdms(modality):
+            rdm.finalize()
+    family.eval()
+    return stats
+
+
+def _train_stage(family: RDMFamily, stage: list, epoch_batches: Callable[[int], Iterable[dict]], *, epochs: int,
+                 lr: float, device: torch.device, rank: int, world_size: int, steps_per_epoch: Optional[int],
+                 holdout_fraction: float, log_every: int, density_lr_factor: float, stats: TrainStats,
+                 on_step: Optional[Callable[[int, dict], None]], on_epoch: Callable[[int], None]) -> None:
+    params = [p for _, rdm in stage for p in rdm.parameters() if p.requires_grad]
     density = density_parameter_ids(family)
     optimizer = torch.optim.Adam([{"params": [p for p in params if id(p) not in density]},
                                   {"params": [p for p in params if id(p) in density], "lr": lr * density_lr_factor}],
@@ -126,8 +199,6 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
     total_steps = steps_per_epoch * epochs if steps_per_epoch else None
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(total_steps, 1), eta_min=lr / 100)
                  if total_steps else None)
-    stats = TrainStats()
-    start = time.perf_counter()
     for epoch in range(epochs):
         seen_this_epoch = 0
         for batch in epoch_batches(epoch):
@@ -136,14 +207,14 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
             optimizer.zero_grad(set_to_none=False)
             if n > 0:
                 batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-                loss, terms = family_loss(family, batch)
+                loss, terms = family_loss(family, batch, stage)
                 if not torch.isfinite(loss):
                     bad = [k for k, v in terms.items() if not torch.isfinite(v)]
                     raise DataError(f"RDM training diverged at step {stats.steps} (non-finite {bad[0] if bad else 'loss'}); "
                                     f"lower --lr or check the cache for non-finite embeddings")
                 loss.backward()
                 stats.last_terms = terms
-            if distributed:  # every rank calls this once per step, even with an empty batch
+            if world_size > 1:  # every rank calls this once per step, even with an empty batch
                 _average_gradients(params, world_size)
             optimizer.step()
             if scheduler is not None and scheduler.last_epoch < total_steps:
@@ -157,14 +228,7 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
                 log.info("step %d epoch %d: %s", stats.steps, epoch, _summarise(stats.last_terms))
         if seen_this_epoch == 0 and rank == 0:
             raise DataError("the embedding cache yielded no training samples this epoch")
-        if on_epoch is not None:
-            on_epoch(epoch)
-    stats.seconds = time.perf_counter() - start
-    for modality in family.modalities:
-        for rdm in family.rdms(modality):
-            rdm.finalize()
-    family.eval()
-    return stats
+        on_epoch(epoch)
 
 
 def _summarise(terms: dict) -> str:
