@@ -369,10 +369,17 @@ def test_the_classification_demo_at_small_scale(tmp_path):
     assert "mean ± std" in report.split("## Results")[0]  # the seed spread the study measured
     # the seed study reruns exactly the demo's five student commands
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
-    from cls_demo_seeds import student_commands
+    from demo_seeds import student_commands
     commands = student_commands(out)
     assert sorted(commands) == ["student-cifd", "student-dgkd", "student-kd", "student-nokd", "student-takd"]
     assert all(argv[0] in ("cls-train", "cls-distill") for argv in commands.values())
+    assert commands["student-nokd"][commands["student-nokd"].index("--train-data") + 1] == f"cifar100:{out / 'data'}"
+    # ... and the RDM ordering study the demo's own teacher, embed and RDM commands; the teacher reads the larger set
+    from rdm_ordering import demo_commands
+    steps = demo_commands(out)
+    assert [steps[k][0] for k in ("teacher", "embed", "rdm")] == ["cls-train", "cls-embed", "cls-train-rdm"]
+    assert steps["teacher"][steps["teacher"].index("--train-data") + 1] == f"cifar100:{out / 'data-teacher'}"
+    assert results["models"]["teacher"]["acc1"] > results["models"]["no KD"]["acc1"]
 
 
 def test_dry_run_prints_the_cost_and_trains_nothing(shapes, capsys):

@@ -36,7 +36,7 @@ def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
     for _, label in MODELS:
         assert label in report and label in stdout
     assert "## Verdict" in report and "wall time" in report.lower()
-    assert "mean ± std" in report and "clip-cifd.md" in report  # the seed spread the study measured
+    assert "mean ± std" in report and "clip-demo-seeds.md" in report  # the seed spread the study measured
     for image in ("rate_distortion.png", "training_curves.png"):
         assert (out / "report" / image).read_bytes()[:8] == PNG_MAGIC
         assert f"({image})" in report
@@ -45,6 +45,27 @@ def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
     # train-rdm at its defaults: rate rises and distortion falls with R, for both modalities
     rdm_report = json.loads((out / "runs" / "rdm" / "rdm_eval.json").read_text())
     assert rdm_report["warnings"] == [] and len(rdm_report["rdms"]) == 6
+
+
+@pytest.mark.slow
+def test_the_teacher_sees_every_shard_and_the_students_its_first_quarter(small_demo):
+    """The regime of a pretrained teacher distilled on a smaller set: 16 shards for the teacher, 4 for the
+    students and the cache; the seed and RDM-ordering studies read these commands back from the report."""
+    import pathlib
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "studies"))
+    from demo_seeds import student_commands
+    from rdm_ordering import demo_commands
+
+    out = small_demo[0]
+    students = student_commands(out)
+    assert sorted(students) == ["student-cifd", "student-kd", "student-nokd"]
+    for argv in students.values():
+        assert argv[argv.index("--train-data") + 1] == str(out / "data" / "train" / "{00000..00003}.tar")
+    steps = demo_commands(out)
+    assert steps["teacher"][steps["teacher"].index("--train-data") + 1] == str(out / "data" / "train" / "{00000..00015}.tar")
+    assert steps["embed"][steps["embed"].index("--train-data") + 1] == str(out / "data" / "train" / "{00000..00003}.tar")
+    assert json.loads((out / "cache" / "cache.json").read_text())["num_samples"] == 1000
 
 
 @pytest.mark.slow

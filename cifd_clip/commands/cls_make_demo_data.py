@@ -1,8 +1,8 @@
 """Write the classification demo's data: the built-in shape scenes at 32×32 in CIFAR-100's pickle layout.
 
-`--task colour-kind` (the demo's): 36 classes (6 shapes × 6 colours); `--task gap` (the gap test bed's): 72
-classes (colour, kind and fill of the large shape, over a distractor, colours jittered). `--out DIR` then reads
-as `cifar100:DIR`, through the same reader as the real CIFAR-100. A set of N training images is the first N of
+`--task colour-kind`: 36 classes (6 shapes × 6 colours), an easy task; `--task gap` (cls-demo's and the gap test
+bed's): 72 classes (colour, kind and fill of the large shape, over a distractor, colours jittered). `--out DIR`
+then reads as `cifar100:DIR`, through the same reader as the real CIFAR-100. A set of N training images is the first N of
 any larger one with the same seed and task (a student's subset nests in its teacher's set).
 """
 from __future__ import annotations
@@ -19,8 +19,8 @@ class Config:
     train_samples: int = option(5000, "training images")
     test_samples: int = option(1000, "test images")
     seed: int = option(0, "random seed")
-    task: str = option("colour-kind", "colour-kind: 36 classes, one shape (the demo's); gap: 72 classes, a shape's "
-                                      "colour, kind and fill over a distractor (the gap test bed's)",
+    task: str = option("colour-kind", "colour-kind: 36 classes, one shape (an easy task); gap: 72 classes, a shape's "
+                                      "colour, kind and fill over a distractor (cls-demo's and the gap test bed's)",
                        choices=["colour-kind", "gap"])
 
     def validate(self):

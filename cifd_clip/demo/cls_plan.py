@@ -1,7 +1,9 @@
 """The classification demo's steps (`cifd-clip cls-demo`): the paper's CIFAR comparison at CPU size.
 
 data → teacher → teacher assistant → embed → RDMs → five students (no KD, KD, TAKD, DGKD, CIFD), each a
-`cifd-clip` command with its settings in recipes_classification/STEP.yaml; the driver only wires paths.
+`cifd-clip` command with its settings in recipes_classification/STEP.yaml; the driver only wires paths. The
+teacher trains on a larger set (data-teacher/) than the students, whose set (data/) is its first quarter: the
+generator draws image i of a split from (seed, split, i), so the smaller set nests in the larger one.
 """
 from __future__ import annotations
 
@@ -19,13 +21,22 @@ STUDENTS = [("student-nokd", "no KD"), ("student-kd", "KD"), ("student-takd", "T
 class ClsLayout(Layout):
     """The CLIP demo's folders (data, runs, cache, logs, report), with the data read as a CIFAR-100 folder."""
 
+    @property
+    def teacher_data(self) -> Path:
+        return self.out / "data-teacher"
+
     def spec(self) -> str:
+        """The students' set (also the assistant's and the cache's)."""
         return f"cifar100:{self.data}"
+
+    def teacher_spec(self) -> str:
+        return f"cifar100:{self.teacher_data}"
 
 
 def _run(name: str, *, teacher: str = "", assistants: bool = False, rdm: bool = False, cache: bool = False):
     def paths(layout: ClsLayout) -> list[str]:
-        args = ["--train-data", layout.spec(), "--logs", str(layout.runs), "--name", name]
+        data = layout.teacher_spec() if name == "teacher" else layout.spec()
+        args = ["--train-data", data, "--logs", str(layout.runs), "--name", name]
         if cache:
             args += ["--cache", str(layout.cache)]
         if teacher:
@@ -39,6 +50,7 @@ def _run(name: str, *, teacher: str = "", assistants: bool = False, rdm: bool = 
 
 
 STEPS = [
+    Step("data-teacher", "cls-make-demo-data", "data-teacher.yaml", lambda l: ["--out", str(l.teacher_data)]),
     Step("data", "cls-make-demo-data", "data.yaml", lambda l: ["--out", str(l.data)]),
     Step("teacher", "cls-train", "teacher.yaml", _run("teacher")),
     Step("assistant", "cls-distill", "assistant.yaml", _run("assistant", teacher="teacher")),

@@ -20,6 +20,9 @@ DEFAULT_RECIPES = Path(__file__).resolve().parent / "recipes"
 DEMO_SUITE = Path(__file__).resolve().parents[1] / "evaluation" / "suites" / "demo.yaml"
 TEACHER_SPACE_SUITE = DEMO_SUITE.with_name("demo-teacher-space.yaml")
 SCALES = ("full", "small")
+# The students see the first quarter of the teacher's training samples (docs/studies/gap-testbeds.md: the regime
+# of a pretrained teacher distilled on a smaller set, where a teacher is worth distilling from).
+STUDENT_SHARE = 4
 
 # The compared models: (run name, column label), in table order.
 MODELS = [("teacher", "teacher"), ("student-nokd", "student, no KD"),
@@ -62,11 +65,21 @@ class Layout:
     def checkpoint(self, run: str) -> Path:
         return self.runs / run / "checkpoints" / "epoch_latest.pt"
 
-    def train_data(self) -> str:
+    def _info(self) -> dict:
         info_file = self.data / "demo_info.json"
         if not info_file.is_file():
             raise UserError(f"{info_file} is missing: the data step did not finish")
-        return str(self.data / json.loads(info_file.read_text())["train_data"])
+        return json.loads(info_file.read_text())
+
+    def train_data(self) -> str:
+        """Every training shard: the teacher's set."""
+        return str(self.data / self._info()["train_data"])
+
+    def student_train_data(self) -> str:
+        """The first 1/STUDENT_SHARE of the training shards (whole shards, at least one): the students' set,
+        nested in the teacher's, as when a pretrained teacher is distilled on a smaller set."""
+        shards = max(1, self._info()["splits"]["train"]["shards"] // STUDENT_SHARE)
+        return str(self.data / "train" / f"{{00000..{shards - 1:05d}}}.tar")
 
 
 @dataclass
@@ -97,7 +110,8 @@ def to_flags(values: dict) -> list[str]:
 
 def _training(run: str, *, cache: bool = False, rdm: bool = False) -> Callable[[Layout], list[str]]:
     def paths(layout: Layout) -> list[str]:
-        args = ["--train-data", layout.train_data(), "--logs", str(layout.runs), "--name", run,
+        data = layout.train_data() if run == "teacher" else layout.student_train_data()
+        args = ["--train-data", data, "--logs", str(layout.runs), "--name", run,
                 "--eval-dataset-root", str(layout.data)]
         if cache:
             args += ["--cache", str(layout.cache)]
@@ -111,7 +125,7 @@ def _teacher_space_export(run: str, how: str) -> Callable[[Layout], list[str]]:
     def paths(layout: Layout) -> list[str]:
         args = ["--checkpoint", str(layout.checkpoint(run)), "--out", str(layout.teacher_space_export(run, how))]
         if how != "learned":  # the fit reads the teacher's cached embeddings of the training shards
-            args += ["--teacher-cache", str(layout.cache), "--fit-data", layout.train_data()]
+            args += ["--teacher-cache", str(layout.cache), "--fit-data", layout.student_train_data()]
         return args
     return paths
 
@@ -120,7 +134,7 @@ STEPS = [
     Step("data", "make-demo-data", "data.yaml", lambda l: ["--out", str(l.data)]),
     Step("teacher", "train", "teacher.yaml", _training("teacher")),
     Step("embed", "embed", "embed.yaml", lambda l: ["--teacher", str(l.checkpoint("teacher")),
-                                                    "--train-data", l.train_data(), "--out", str(l.cache),
+                                                    "--train-data", l.student_train_data(), "--out", str(l.cache),
                                                     "--zeroshot-root", str(l.data / "zeroshot")]),
     Step("rdm", "train-rdm", "rdm.yaml", lambda l: ["--cache", str(l.cache), "--out", str(l.rdm)]),
     Step("student-cifd", "distill", "student-cifd.yaml", _training("student-cifd", cache=True, rdm=True)),
