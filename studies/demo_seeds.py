@@ -1,11 +1,15 @@
-"""Seed spread of the classification demo's students: rerun its five student commands with more seeds.
+"""Seed spread of a demo's students: rerun the demo's own student commands with more seeds.
 
-    cifd-clip cls-demo --out cls_demo_out                      # teacher, assistant, cache, RDMs, seed 0
-    python studies/cls_demo_seeds.py --demo cls_demo_out --seeds 1 2
+    cifd-clip demo --out demo_out                                        # the CLIP demo (seed 0)
+    python studies/demo_seeds.py --demo demo_out --seeds 1 2 3 4         # -> docs/studies/clip-demo-seeds.md
+    cifd-clip cls-demo --out cls_demo_out                                # the classification demo (seed 0)
+    python studies/demo_seeds.py --demo cls_demo_out --seeds 1 2 3 4     # -> docs/studies/cls-demo-seeds.md
 
-The teacher, the assistant, the cache and the RDMs of the finished demo are shared; each student command is
-the demo's own (from its report) with `--seed S --name STEP-sS`. Prints a markdown table: every run's val
-top-1 and mean ± std over the demo's seed 0 and the given seeds.
+The finished demo's teacher, cache and RDMs (and assistant) are shared; each student command is the demo's own
+(from its report) with `--seed S --name STEP-sS`. A CLIP student is scored on the demo's zero-shot and retrieval
+sets (studies/clip_cifd.py's evaluation, the student's own space), a classifier on its test set. Writes a page
+with every run's numbers, mean ± std over the demo's seed 0 and the given seeds, and the commands. A finished
+run is reused when the study is rerun.
 """
 from __future__ import annotations
 
@@ -18,9 +22,13 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "studies"))
 
-from cifd_clip.demo.cls_plan import STUDENTS  # noqa: E402
-from cifd_clip.demo.execute import run_step, tail  # noqa: E402
+from cifd_clip.demo.cls_plan import STUDENTS as CLS_STUDENTS  # noqa: E402
+from cifd_clip.demo.execute import command_line, run_step, tail  # noqa: E402
+from cifd_clip.demo.plan import MODELS  # noqa: E402
+
+CLIP_STUDENTS = [(run, label) for run, label in MODELS if run.startswith("student-")]
 
 
 def student_commands(demo: Path) -> dict:
@@ -30,45 +38,81 @@ def student_commands(demo: Path) -> dict:
     out = {}
     for line in commands:
         argv = shlex.split(line)[1:]  # drop "cifd-clip"
-        name = argv[argv.index("--name") + 1] if "--name" in argv else ""  # embed and RDM steps have none
+        name = argv[argv.index("--name") + 1] if "--name" in argv else ""  # embed, RDM and export steps have none
         if name.startswith("student-"):
             out[name] = argv
     return out
 
 
-def val_top1(run_dir: Path) -> float:
-    return json.loads((run_dir / "summary.json").read_text())["eval"]["val"]["metrics"]["acc1"]
+def is_classification(demo: Path) -> bool:
+    return "classification demo" in (demo / "report" / "report.md").read_text().splitlines()[0]
+
+
+def scores(demo: Path, run: str, classification: bool) -> dict:
+    run_dir = demo / "runs" / run
+    if classification:
+        return {"top-1": json.loads((run_dir / "summary.json").read_text())["eval"]["val"]["metrics"]["acc1"]}
+    kept = run_dir / "seed_study.json"
+    if not kept.is_file():
+        import clip_cifd
+        kept.write_text(json.dumps(clip_cifd.evaluate_run(run_dir, demo / "data", False)["W"]))
+    result = json.loads(kept.read_text())
+    return {"zero-shot top-1": result["acc1"], "mean retrieval recall": result["mean_recall"]}
+
+
+def mean_std(values: list[float]) -> str:
+    pct = [100 * v for v in values]
+    return f"{statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f}" if len(pct) > 1 else f"{pct[0]:.1f}"
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", required=True, help="a finished `cifd-clip cls-demo` output folder")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--demo", required=True, help="a finished `cifd-clip demo` or `cifd-clip cls-demo` folder")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4])
+    parser.add_argument("--page", default=None, help="markdown page to write (default: docs/studies/"
+                                                     "clip-demo-seeds.md or cls-demo-seeds.md)")
     args = parser.parse_args(argv)
     demo = Path(args.demo)
+    classification = is_classification(demo)
+    students = CLS_STUDENTS if classification else CLIP_STUDENTS
     commands = student_commands(demo)
-    rows = []
-    for run, label in STUDENTS:
-        scores = [val_top1(demo / "runs" / run)]
+    seeds = [0, *args.seeds]
+    runs: dict = {}  # label -> [(seed, scores, command)]
+    for run, label in students:
+        runs[label] = [(0, scores(demo, run, classification), command_line(commands[run]))]
         for seed in args.seeds:
             name = f"{run}-s{seed}"
+            argv_s = list(commands[run])
+            argv_s[argv_s.index("--name") + 1] = name
+            argv_s += ["--seed", str(seed)]
             if not (demo / "runs" / name / "summary.json").is_file():
-                argv = list(commands[run])
-                argv[argv.index("--name") + 1] = name
-                argv += ["--seed", str(seed)]
-                code, _ = run_step(argv, demo / "logs" / f"{name}.log", stream=False)
+                code, _ = run_step(argv_s, demo / "logs" / f"{name}.log", stream=False)
                 if code != 0:
                     print(tail(demo / "logs" / f"{name}.log"))
                     return 1
-            scores.append(val_top1(demo / "runs" / name))
-        rows.append((label, scores))
-    seeds = [0, *args.seeds]
-    print("| student | " + " | ".join(f"seed {s}" for s in seeds) + " | mean ± std |")
-    print("|---|" + "---:|" * (len(seeds) + 1))
-    for label, scores in rows:
-        pct = [100 * s for s in scores]
-        print(f"| {label} | " + " | ".join(f"{p:.1f}" for p in pct) +
-              f" | {statistics.mean(pct):.1f} ± {statistics.stdev(pct):.1f} |")
+            runs[label].append((seed, scores(demo, name, classification), command_line(argv_s)))
+    metrics = list(runs[students[0][1]][0][1])
+    kind = "classification demo (`cifd-clip cls-demo`)" if classification else "CLIP demo (`cifd-clip demo`)"
+    lines = [f"# Study: the seed spread of the {kind}", "",
+             f"Written by `python studies/demo_seeds.py --demo DEMO --seeds {' '.join(map(str, args.seeds))}` on a "
+             f"finished full-scale demo: the demo's own student commands (its report lists them) with seeds "
+             f"{', '.join(map(str, seeds))}, sharing the demo's teacher, cache and RDMs. Every run is listed; mean ± "
+             "std over seeds (the seed sets the student's initialisation and data order).", "",
+             "| student | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
+    for label, rows in runs.items():
+        lines.append(f"| {label} | " + " | ".join(mean_std([r[1][m] for r in rows]) for m in metrics) + " |")
+    lines += ["", "## Every run", "", "| student | seed | " + " | ".join(metrics) + " | command |",
+              "|---|---:|" + "---:|" * len(metrics) + "---|"]
+    for label, rows in runs.items():
+        for seed, values, command in rows:
+            command = command.replace(str(demo.resolve()), "DEMO").replace(str(demo), "DEMO").replace(f"{REPO}/", "")
+            lines.append(f"| {label} | {seed} | " + " | ".join(f"{100 * values[m]:.1f}" for m in metrics) +
+                         f" | `{command}` |")
+    page = Path(args.page) if args.page else \
+        REPO / "docs" / "studies" / ("cls-demo-seeds.md" if classification else "clip-demo-seeds.md")
+    page.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines[:6 + len(runs)]))
+    print(f"wrote {page}")
     return 0
 
 

@@ -110,7 +110,7 @@ def run_setup(out: Path, quick: bool) -> None:
 
 
 def student_argv(cfg: Config, seed: int, out: Path, quick: bool) -> list[str]:
-    argv = [*clip_cifd.student_argv(cfg, seed, out, quick), "--model", STUDENT]
+    argv = [*clip_cifd.shared_student_argv(cfg, seed, out, quick), "--model", STUDENT]
     if not quick:
         argv[argv.index("--train-data") + 1] = str(_data(out) / "train" / f"{_shards(STUDENT_SAMPLES)}.tar")
     return argv
