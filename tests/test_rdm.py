@@ -210,6 +210,8 @@ def test_rate_continuation_starts_every_rdm_from_the_highest_rate_trained_alone(
         [("image", 1000.0), ("text", 1000.0)],
         [("image", 10.0), ("image", 100.0), ("image", 1000.0), ("text", 10.0), ("text", 100.0), ("text", 1000.0)]]
     assert len(training_stages(family, continuation=False)) == 1
+    single = RDMFamily.build({"image": DIM}, [100.0], hidden_dim=16, bottleneck_dim=4)
+    assert len(training_stages(single, continuation=True)) == 1  # nothing to start from: no second stage
 
     def first_layers(f):
         return [r.encoder[0].weight.detach().clone() for r in f.rdms("image")]

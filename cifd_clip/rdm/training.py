@@ -116,7 +116,9 @@ def training_stages(family: RDMFamily, continuation: bool) -> list[list[tuple[st
     each modality alone, then every RDM from that one's weights."""
     pairs = [[(m, rdm) for rdm in family.rdms(m)] for m in family.modalities]
     every = [pair for modality in pairs for pair in modality]
-    return [[modality[-1] for modality in pairs], every] if continuation else [every]
+    if not continuation or all(len(modality) == 1 for modality in pairs):
+        return [every]
+    return [[modality[-1] for modality in pairs], every]
 
 
 def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict]], *, epochs: int,
@@ -136,7 +138,8 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
     (`continuation=False`, one stage), every RDM is as far from converged as its seed leaves it after the few
     hundred steps a cache gives, and neighbouring R came out of order on some caches; started one from the
     other (a chain, highest R first), the first was the least trained and the next R below beat it on
-    distortion (docs/studies/rdm-ordering.md). Continuation costs one more stage: (N + 1)/N of the compute.
+    distortion (docs/studies/rdm-ordering.md). Continuation costs one more stage, (N + 1)/N of the compute
+    (none for one RDM per modality).
 
     Each stage: Adam (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known. The
     bottlenecks' densities (and quantiles) learn `density_lr_factor` times faster than the networks: at the
