@@ -367,6 +367,7 @@ def test_the_classification_demo_at_small_scale(tmp_path):
     report = (out / "report" / "report.md").read_text()
     assert "cifd-clip cls-train-rdm" in report and (out / "report" / "rate_distortion.png").is_file()
     assert "mean ± std" in report.split("## Results")[0]  # the seed spread the study measured
+    assert "What CIFD's parts add" in report.split("## Results")[0]
     # the seed study reruns exactly the demo's five student commands
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "studies"))
     from demo_seeds import student_commands

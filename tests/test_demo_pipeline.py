@@ -37,6 +37,7 @@ def test_every_stage_ran_and_the_report_has_table_and_plots(small_demo):
         assert label in report and label in stdout
     assert "## Verdict" in report and "wall time" in report.lower()
     assert "mean ± std" in report and "clip-demo-seeds.md" in report  # the seed spread the study measured
+    assert "What CIFD's parts add" in report and "gap-testbeds.md" in report  # what the test beds measured
     for image in ("rate_distortion.png", "training_curves.png"):
         assert (out / "report" / image).read_bytes()[:8] == PNG_MAGIC
         assert f"({image})" in report

@@ -217,7 +217,8 @@ def test_rate_continuation_starts_every_rdm_from_the_highest_rate_trained_alone(
         return [r.encoder[0].weight.detach().clone() for r in f.rdms("image")]
 
     torch.manual_seed(0)
-    stats = train_family(family, batches_of(data), epochs=1, lr=1e-30, density_lr_factor=1.0, steps_per_epoch=2)
+    stats = train_family(family, batches_of(data), epochs=1, lr=1e-30, density_lr_factor=1.0, steps_per_epoch=2,
+                         continuation=True)
     assert stats.steps == 2 * 2  # one pass per stage
     low, mid, high = first_layers(family)
     assert torch.equal(low, high) and torch.equal(mid, high)
@@ -240,7 +241,8 @@ def test_each_rdm_keeps_its_best_scored_epoch():
         return -len([s for s in seen if s[0] == rdm.rate_weight])
 
     torch.manual_seed(0)
-    train_family(family, batches_of(data, batch_size=64), epochs=3, lr=1e-2, steps_per_epoch=4, score=score)
+    train_family(family, batches_of(data, batch_size=64), epochs=3, lr=1e-2, steps_per_epoch=4, score=score,
+                 continuation=True)
     low, high = family.rdms("image")
     low_epochs = [w for r, w in seen if r == 10.0]
     assert len(low_epochs) == 3 and torch.equal(low.encoder[0].weight, low_epochs[0])

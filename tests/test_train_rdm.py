@@ -76,6 +76,19 @@ def test_train_rdm_runs_from_the_cache_alone_and_writes_checkpoint_table_plot(tm
 
 
 @pytest.mark.slow
+def test_a_small_cache_gets_the_epochs_that_min_steps_asks_for(tmp_path):
+    """--epochs 1 on 800 samples at batch 32 is 25 steps; --min-steps 100 makes it 4 epochs per stage (two
+    stages with --rate-continuation)."""
+    cache = write_cache(tmp_path / "cache", [400, 400])
+    result = cli("--cache", cache, "--out", tmp_path / "run", *SMALL, "--epochs", 1, "--min-steps", 100,
+                 "--rate-continuation")
+    assert result.returncode == 0, result.stderr
+    report = json.loads((tmp_path / "run" / "rdm_eval.json").read_text())
+    assert report["train"]["epochs"] == 4 and report["train"]["steps"] == 2 * 4 * 25
+    assert RDMFamily.load(tmp_path / "run" / "rdm.pt").meta["epochs"] == 4
+
+
+@pytest.mark.slow
 def test_train_rdm_with_eval_cache_reports_retrieval_against_the_teacher(tmp_path):
     cache = write_cache(tmp_path / "cache", [300, 300])
     eval_cache = write_cache(tmp_path / "eval", [100], seed=1)

@@ -25,7 +25,7 @@ class Config(RDMArchitecture):
     batch_size: int = option(256, "cached views per step")
     lr: float = option(1e-3, "Adam learning rate (cosine decay to lr/100)")
     density_lr_factor: float = option(10.0, "the bottlenecks' densities learn this many times faster")
-    rate_continuation: bool = rate_continuation_option()
+    rate_continuation: bool = rate_continuation_option(True)
     kl_weight: float = option(1.0, "λ_KL on KL(teacher ‖ RDM)")
     temperature: float = option(2.0, "τ of that KL")
     holdout_fraction: float = option(0.05, "fraction of the samples held out to pick each RDM's best epoch (lowest "

@@ -1,8 +1,7 @@
 """Train image and text Rate-Distortion Modules at several rates on cached teacher embeddings.
 
-The highest-R image and text RDMs train first, then every RDM from their weights (`--rate-continuation`); one
-pass over the embedding cache per epoch feeds a stage's RDMs of both modalities; the teacher model is never
-loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
+One pass over the embedding cache per epoch feeds every RDM of both modalities (with `--rate-continuation`,
+the highest-R RDMs first, then every RDM from their weights); the teacher model is never loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
 Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.model.RDMFamily.load`) and a held-out
 evaluation per RDM — rate in bits/sample measured with rounding, MSE and cosine similarity to the
 teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality and,
@@ -29,12 +28,16 @@ class Config(RDMArchitecture):
     cache: str = required("embedding cache folder written by `cifd-clip embed` (holds cache.json)")
     rates: list[float] = option([100.0, 300.0, 1000.0], "rate weights R, one RDM per modality and R "
                                                         "(larger R: higher rate, stronger RDM)")
-    epochs: int = option(10, "passes over the cache (every cached view of an image is trained on)")
+    epochs: int = option(10, "passes over the cache (every cached view of an image is trained on), or more when "
+                             "--min-steps asks for them")
+    min_steps: int = option(0, "at least this many optimizer steps per training stage: a small cache gets more "
+                               "epochs (0: --epochs alone; 300 gave lower distortion at every R on the demo's "
+                               "caches but no better ordering, docs/studies/rdm-ordering.md)")
     batch_size: int = option(256, "embeddings per step per process")
     lr: float = option(1e-3, "Adam learning rate (cosine decay to lr/100)")
     density_lr_factor: float = option(10.0, "the bottlenecks' densities learn this many times faster than the "
                                             "networks (at 1 every R keeps its initial rate for hundreds of steps)")
-    rate_continuation: bool = rate_continuation_option()
+    rate_continuation: bool = rate_continuation_option(False)
     out: Optional[str] = option(None, "checkpoint FILE.pt or an output folder (default: <logs>/<name>)")
     overwrite: bool = option(False, "replace an RDM checkpoint that is already there (students trained on it keep "
                                     "a path to it)")
@@ -61,6 +64,8 @@ class Config(RDMArchitecture):
             raise ConfigError(f"--rates must be positive numbers, got {self.rates}")
         if len(set(self.rates)) != len(self.rates):
             raise ConfigError(f"--rates must be distinct, got {self.rates}")
+        if self.min_steps < 0:
+            raise ConfigError(f"--min-steps must be 0 or more, got {self.min_steps}")
         for key in ("epochs", "batch_size", "hidden_dim", "bottleneck_dim", "encoder_layers", "decoder_layers",
                     "max_eval_samples"):
             if getattr(self, key) < 1:
@@ -153,7 +158,7 @@ def run(cfg: Config) -> int:
             {"image": meta["image_dim"], "text": meta["text_dim"]}, cfg.rates,
             meta={"teacher": meta.get("teacher"), "teacher_fingerprint": meta.get("teacher_fingerprint"),
                   "image_dim": meta["image_dim"], "text_dim": meta["text_dim"], "normalized": meta.get("normalized"),
-                  "cache": str(cfg.cache), "holdout_fraction": holdout, "epochs": cfg.epochs},
+                  "cache": str(cfg.cache), "holdout_fraction": holdout, "epochs": None},
             **cfg.architecture())
         torch.manual_seed(cfg.seed + 1 + env.rank)  # each rank draws its own quantisation noise
         if env.is_main:
@@ -166,16 +171,18 @@ def run(cfg: Config) -> int:
                                     **{k: float(v) for k, v in terms.items()}})
 
         steps = num_cached_batches(meta, batch_size=cfg.batch_size, world_size=env.world_size)
+        epochs = max(cfg.epochs, -(-cfg.min_steps // max(steps, 1)))
+        family.meta["epochs"] = epochs
         if env.is_main:
-            log.info("training %d RDMs (%s x R=%s) on %d cached samples, %d processes, %d steps/epoch on %s",
-                     len(cfg.rates) * 2, "image+text", ",".join(f"{r:g}" for r in cfg.rates), meta["num_samples"],
-                     env.world_size, steps, env.device)
+            log.info("training %d RDMs (%s x R=%s) on %d cached samples, %d processes, %d steps/epoch x %d epochs "
+                     "on %s", len(cfg.rates) * 2, "image+text", ",".join(f"{r:g}" for r in cfg.rates),
+                     meta["num_samples"], env.world_size, steps, epochs, env.device)
         stats = train_family(
             family,
             lambda epoch: iter_cached_embeddings(cfg.cache, batch_size=cfg.batch_size, rank=env.rank,
                                                  world_size=env.world_size, seed=cfg.seed, epoch=epoch,
                                                  all_views=True),
-            epochs=cfg.epochs, lr=cfg.lr, device=env.device, rank=env.rank, world_size=env.world_size,
+            epochs=epochs, lr=cfg.lr, device=env.device, rank=env.rank, world_size=env.world_size,
             steps_per_epoch=steps, holdout_fraction=holdout, log_every=cfg.log_every,
             density_lr_factor=cfg.density_lr_factor, continuation=cfg.rate_continuation,
             on_step=report_step if trackers.names else None)
@@ -190,12 +197,12 @@ def run(cfg: Config) -> int:
             report.update({
                 "eval_source": ("eval cache " if cfg.eval_cache else f"{holdout:g} held out of ") + str(source),
                 "checkpoint": str(paths["checkpoint"]),
-                "train": {"epochs": cfg.epochs, "steps": stats.steps, "samples": trained,
+                "train": {"epochs": epochs, "steps": stats.steps, "samples": trained,
                           "seconds": stats.seconds, "world_size": env.world_size, "device": str(env.device),
                           "embeddings_per_second": trained / max(stats.seconds, 1e-9),
                           "num_rdms": 2 * len(cfg.rates)},
             })
-            trackers.log_val(rdm_val_results(report["rdms"], report.get("teacher")), stats.steps, cfg.epochs)
+            trackers.log_val(rdm_val_results(report["rdms"], report.get("teacher")), stats.steps, epochs)
             trackers.close()
             files = write_report(report, paths["dir"], paths["stem"])
             for warning in report["warnings"]:

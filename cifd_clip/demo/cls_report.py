@@ -6,7 +6,7 @@ import json
 import shutil
 
 from .cls_plan import STUDENTS, ClsLayout
-from .report import TIE, stage_table
+from .report import PARTS_ADD, TIE, stage_table
 
 
 def collect(layout: ClsLayout) -> dict:
@@ -98,7 +98,7 @@ def write_report(layout: ClsLayout, timings: list, *, scale: str, commands: list
           "The paper's CIFAR-100 comparison at CPU size, on the built-in gap task (72 classes: the colour, kind and "
           "fill of a shape over a distractor; chance 1.4%): teacher vgg8 on 8000 scenes, assistant cnn4 and students "
           "cnn2 on the first 2000 of them, all tested on the same 1000 held-out scenes. One seed per student.", "",
-          "## Verdict", "", *[f"- {s}" for s in sentences], f"- {SEED_SPREAD}", "", "## Results", "", markdown_table(table), "",
+          "## Verdict", "", *[f"- {s}" for s in sentences], f"- {SEED_SPREAD}", f"- {PARTS_ADD}", "", "## Results", "", markdown_table(table), "",
           "## Wall time per step", "", stage_table(timings), "",
           "## Rate-distortion modules (held-out cached features)", "", (layout.rdm / "rdm_eval.md").read_text(),
           "", "![rate-distortion](rate_distortion.png)", "", "## Validation curves", "",

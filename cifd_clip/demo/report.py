@@ -189,6 +189,13 @@ SEED_SPREAD = ("Over seeds 0-4 at full scale the same students gave zero-shot to
                "single runs is within seed noise.")
 
 
+# What the gap test beds measured (docs/studies/gap-testbeds.md, 3-5 seeds per row); a demo run cannot ablate.
+PARTS_ADD = ("What CIFD's parts add, measured on the gap test beds (docs/studies/gap-testbeds.md): its gain comes "
+             "from the feature term through the IBM's orthogonal map; the RDMs (in four forms, --rdm-teaching) and "
+             "the IBM's noise and rate add nothing measurable, and the teacher's terms alone at the same total "
+             "weight give the same student.")
+
+
 def write_report(layout: Layout, timings: list[tuple[str, str, float]], *, scale: str, commands: list[str],
                  export_diff: float) -> dict:
     """Write report/report.md, report/results.json and the two PNGs; returns what the terminal shows."""
@@ -210,7 +217,7 @@ def write_report(layout: Layout, timings: list[tuple[str, str, float]], *, scale
           f"students: {', '.join(sorted({table[label]['model'] for _, label in MODELS[1:]}))}. Zero-shot and "
           f"retrieval on the demo's held-out sets (36 classes, chance top-1 2.8%).",
           "", "## Verdict", "", *[f"- {s}" for s in sentences],
-          f"- Each student was trained once (seed 0). {SEED_SPREAD}", "",
+          f"- Each student was trained once (seed 0). {SEED_SPREAD}", f"- {PARTS_ADD}", "",
           "## Results", "", markdown_table(table), "",
           f"The exported CIFD student (`{layout.export}`) reloads through "
           f"`open_clip.create_model_and_transforms('local-dir:...')` with the same embeddings "

@@ -45,12 +45,12 @@ class RDMArchitecture:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(RDMArchitecture)}
 
 
-def rate_continuation_option():
-    """train-rdm's and cls-train-rdm's --rate-continuation (one default and help for both)."""
-    return option(True, "train the highest-R RDM of each modality first, then every RDM from its weights "
-                        "(--epochs each; --no-rate-continuation: all at once, each from its own initialisation, "
-                        "as before, where neighbouring R came out of order on some caches: "
-                        "docs/studies/rdm-ordering.md)")
+def rate_continuation_option(default: bool):
+    """train-rdm's and cls-train-rdm's --rate-continuation (one help for both; each path's default is the one
+    docs/studies/rdm-ordering.md found ordered more often on its caches)."""
+    return option(default, "train the highest-R RDM of each modality first, then every RDM from its weights "
+                           "(--epochs each), instead of every RDM from its own initialisation at once; "
+                           "docs/studies/rdm-ordering.md measured which orders the family by R more often")
 
 
 @dataclass

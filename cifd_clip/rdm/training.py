@@ -1,8 +1,8 @@
 """Train and evaluate a family of RDMs on teacher embeddings (no teacher model involved).
 
-The highest-R RDM of each modality trains first, then every RDM from its weights (rate continuation, see
-`train_family`); one batch of cached embeddings feeds a stage's RDMs of both modalities, whose losses are
-summed, so one backward pass gives each RDM exactly its own gradient. Under torchrun each rank
+One batch of cached embeddings feeds every RDM of both modalities (with rate continuation, see
+`train_family`, first the highest-R RDMs alone): the losses of the independent RDMs are summed, so one
+backward pass gives each RDM exactly its own gradient. Under torchrun each rank
 reads its own part of the data and gradients are averaged with one all-reduce per step (the RDMs are
 tiny, so a flat all-reduce is simpler than DDP and just as fast).
 
@@ -124,21 +124,22 @@ def training_stages(family: RDMFamily, continuation: bool) -> list[list[tuple[st
 def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict]], *, epochs: int,
                  lr: float = 1e-3, device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
                  steps_per_epoch: Optional[int] = None, holdout_fraction: float = 0.0, log_every: int = 50,
-                 density_lr_factor: float = DENSITY_LR_FACTOR, continuation: bool = True,
+                 density_lr_factor: float = DENSITY_LR_FACTOR, continuation: bool = False,
                  score: Optional[Callable[[RateDistortionModule], float]] = None,
                  on_step: Optional[Callable[[int, dict], None]] = None,
                  on_epoch: Optional[Callable[[int, list], None]] = None) -> TrainStats:
     """Train every RDM of `family` for `epochs` passes over `epoch_batches(epoch)`.
 
-    With `continuation` (rate continuation, the default) the highest R of each modality first trains alone from
+    With `continuation` (rate continuation; cls-train-rdm's default) the highest R of each modality first trains alone from
     its initialisation, then every RDM of the modality (that one included) trains from its weights, side by
     side. From a shared start θ trained for R_max, the objective R·D + rate of a lower R has the gradient
     (R − R_max)·∇D (R_max's own is ~0 there), so each lower R starts by giving up distortion for bits, the
     further the lower its R: the family orders by R. Trained side by side from their own initialisations
     (`continuation=False`, one stage), every RDM is as far from converged as its seed leaves it after the few
-    hundred steps a cache gives, and neighbouring R came out of order on some caches; started one from the
-    other (a chain, highest R first), the first was the least trained and the next R below beat it on
-    distortion (docs/studies/rdm-ordering.md). Continuation costs one more stage, (N + 1)/N of the compute
+    hundred steps a cache gives, and neighbouring R came out of order on some caches (classification: 6 of
+    10 families ordered side by side, 10 of 10 with continuation; CLIP: no better than side by side;
+    docs/studies/rdm-ordering.md). Started one from the other (a chain, highest R first), the first was the
+    least trained and the next R below beat it on distortion. Continuation costs one more stage, (N + 1)/N of the compute
     (none for one RDM per modality).
 
     Each stage: Adam (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known. The
