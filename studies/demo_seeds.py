@@ -31,17 +31,20 @@ from cifd_clip.demo.plan import MODELS  # noqa: E402
 CLIP_STUDENTS = [(run, label) for run, label in MODELS if run.startswith("student-")]
 
 
-def student_commands(demo: Path) -> dict:
-    """The demo's student commands, as its report lists them."""
+def report_commands(demo: Path) -> list[list[str]]:
+    """Every command the demo ran (argv without `cifd-clip`), as its report lists them."""
     report = (demo / "report" / "report.md").read_text()
-    commands = report.split("## Commands run")[1].split("```")[1].strip().splitlines()
-    out = {}
-    for line in commands:
-        argv = shlex.split(line)[1:]  # drop "cifd-clip"
-        name = argv[argv.index("--name") + 1] if "--name" in argv else ""  # embed, RDM and export steps have none
-        if name.startswith("student-"):
-            out[name] = argv
-    return out
+    lines = report.split("## Commands run")[1].split("```")[1].strip().splitlines()
+    return [shlex.split(line)[1:] for line in lines]
+
+
+def run_name(argv: list[str]) -> str:
+    return argv[argv.index("--name") + 1] if "--name" in argv else ""  # embed, RDM and export steps have none
+
+
+def student_commands(demo: Path) -> dict:
+    """The demo's student commands, by run name."""
+    return {run_name(argv): argv for argv in report_commands(demo) if run_name(argv).startswith("student-")}
 
 
 def is_classification(demo: Path) -> bool:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(REPO / "studies"))
 
 import keyed_runs  # noqa: E402
 from cifd_clip.demo.execute import command_line  # noqa: E402
-from demo_seeds import is_classification  # noqa: E402
+from demo_seeds import is_classification, report_commands, run_name  # noqa: E402
 
 MODES = {"continuation": ["--rate-continuation"], "side by side": ["--no-rate-continuation"]}
 # train-rdm (CLIP) also at 300 optimizer steps per stage (--min-steps), which cls-train-rdm does not have
@@ -36,13 +36,9 @@ CLIP_MODES = {**MODES, "continuation, 300 steps": ["--rate-continuation", "--min
 
 def demo_commands(demo: Path) -> dict:
     """The demo's teacher, embed and RDM commands (argv without `cifd-clip`), as its report lists them."""
-    import shlex
-
-    report = (demo / "report" / "report.md").read_text()
     out = {}
-    for line in report.split("## Commands run")[1].split("```")[1].strip().splitlines():
-        argv = shlex.split(line)[1:]
-        if argv[0] in ("train", "cls-train") and argv[argv.index("--name") + 1] == "teacher":
+    for argv in report_commands(demo):
+        if argv[0] in ("train", "cls-train") and run_name(argv) == "teacher":
             out["teacher"] = argv
         elif argv[0] in ("embed", "cls-embed"):
             out["embed"] = argv

@@ -1,7 +1,8 @@
 """Train image and text Rate-Distortion Modules at several rates on cached teacher embeddings.
 
 One pass over the embedding cache per epoch feeds every RDM of both modalities (with `--rate-continuation`,
-the highest-R RDMs first, then every RDM from their weights); the teacher model is never loaded. Runs on CPU or GPU, alone or under torchrun (each rank reads its own part of the cache).
+the highest-R RDMs first, then every RDM from their weights); the teacher model is never loaded. Runs on CPU
+or GPU, alone or under torchrun (each rank reads its own part of the cache).
 Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.model.RDMFamily.load`) and a held-out
 evaluation per RDM — rate in bits/sample measured with rounding, MSE and cosine similarity to the
 teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality and,

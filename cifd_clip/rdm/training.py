@@ -130,17 +130,16 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
                  on_epoch: Optional[Callable[[int, list], None]] = None) -> TrainStats:
     """Train every RDM of `family` for `epochs` passes over `epoch_batches(epoch)`.
 
-    With `continuation` (rate continuation; cls-train-rdm's default) the highest R of each modality first trains alone from
-    its initialisation, then every RDM of the modality (that one included) trains from its weights, side by
-    side. From a shared start θ trained for R_max, the objective R·D + rate of a lower R has the gradient
-    (R − R_max)·∇D (R_max's own is ~0 there), so each lower R starts by giving up distortion for bits, the
-    further the lower its R: the family orders by R. Trained side by side from their own initialisations
-    (`continuation=False`, one stage), every RDM is as far from converged as its seed leaves it after the few
-    hundred steps a cache gives, and neighbouring R came out of order on some caches (classification: 6 of
-    10 families ordered side by side, 10 of 10 with continuation; CLIP: no better than side by side;
-    docs/studies/rdm-ordering.md). Started one from the other (a chain, highest R first), the first was the
-    least trained and the next R below beat it on distortion. Continuation costs one more stage, (N + 1)/N of the compute
-    (none for one RDM per modality).
+    With `continuation` (rate continuation, cls-train-rdm's default) the highest R of each modality first trains
+    alone from its initialisation, then every RDM of the modality (that one included) trains from its weights,
+    side by side. From a shared start θ trained for R_max, the objective R·D + rate of a lower R has the
+    gradient (R − R_max)·∇D (R_max's own is ~0 there), so each lower R starts by giving up distortion for
+    bits, the further the lower its R. Without it (one stage) every RDM starts from its own initialisation and
+    is as far from converged as its seed leaves it after the few hundred steps a small cache gives.
+    docs/studies/rdm-ordering.md: ordered classification families 10 of 10 with continuation, 6 of 10 without;
+    CLIP families 7 of 8 with, 8 of 8 without (train-rdm keeps it off). A chain (each R from the next higher
+    one) was tried first: the first RDM was the least trained, and the next R below beat it on distortion.
+    Continuation costs one more stage, (N + 1)/N of the compute (none for one RDM per modality).
 
     Each stage: Adam (no weight decay), cosine decay to lr/100 when `steps_per_epoch` is known. The
     bottlenecks' densities (and quantiles) learn `density_lr_factor` times faster than the networks: at the
@@ -149,7 +148,8 @@ def train_family(family: RDMFamily, epoch_batches: Callable[[int], Iterable[dict
     A batch's image embeddings may hold several views per sample ([B, K, D]): every view is trained on.
     Samples with `is_held_out(key, holdout_fraction)` are skipped (the evaluation reads them). `score(rdm)`
     (held-out, higher is better), when given, is read after every epoch and each RDM keeps its best epoch's
-    weights (the shared start is the highest R's best epoch). `on_epoch(epoch, rdms)` gets the stage's (modality, RDM) pairs.
+    weights (the shared start is the highest R's best epoch). `on_epoch(epoch, rdms)` gets the stage's
+    (modality, RDM) pairs.
     After training each bottleneck is finalised (exact quantiles, CDF tables) and the family is in eval mode.
     """
     device = torch.device(device)
