@@ -11,7 +11,7 @@ Three suspects, told apart by these columns:
 - finalize: the copy's held-out MSE well above the RDM's, with medians moved by a sizeable part of a step;
 - overfitting: held-out MSE far above the training MSE, its best epoch early while the training MSE falls;
 - too short a run: the best held-out epoch is the last, for the higher R more than for the lower.
-Writes OUT/stall.json and prints the per-epoch table (markdown) for docs/studies/rdm-ordering.md.
+Writes OUT/stall.json and prints one markdown table per family (per RDM) for docs/studies/rdm-ordering.md.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def study_one(cache: str, seed: int, min_steps: int) -> dict:
             key = MODALITY_KEYS[modality]
             h, t = evaluate_rdm(rdm, held[key]), evaluate_rdm(rdm, train[key])
             rows.append({"epoch": epoch + 1, "modality": modality, "R": rdm.rate_weight, "held_mse": h["mse"],
-                         "train_mse": t["mse"], "held_bits": h["rate_bits"], "train_bits": t["rate_bits"]})
+                         "train_mse": t["mse"], "held_bits": h["rate_bits"]})
 
     train_family(family, lambda epoch: iter_cached_embeddings(cache, batch_size=cfg.batch_size, seed=cfg.seed,
                                                               epoch=epoch, all_views=True),
