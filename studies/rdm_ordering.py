@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--gap-clip", default=None, help="studies/gap_clip.py's output folder (its cache)")
     parser.add_argument("--teacher-seeds", type=int, nargs="*", default=[1, 2])
     parser.add_argument("--rdm-seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--modes", nargs="+", default=None, choices=list(CLIP_MODES),
+                        help="train only these modes (default: all; cls-train-rdm has no 300-step modes)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--page", default=str(REPO / "docs" / "studies" / "rdm-ordering.md"))
     args = parser.parse_args(argv)
@@ -104,6 +107,8 @@ def main(argv=None) -> int:
     results = []
     for label, cache, rdm in targets:
         for mode, extra in (MODES if rdm[0] == "cls-train-rdm" else CLIP_MODES).items():
+            if args.modes and mode not in args.modes:
+                continue
             for seed in args.rdm_seeds:
                 name = f"{label}-{mode}-s{seed}".replace(", ", "-").replace(" ", "-")
                 rdm_out = out / "rdm" / name
@@ -123,6 +128,7 @@ def write_page(page: Path, results: list[dict], out: Path, args, setup: list) ->
     lines = ["# Study: RDM families ordered by R on any cache", "",
              "Written by `python studies/rdm_ordering.py " + " ".join(f"--demo {Path(d).name}" for d in args.demo) +
              (" --gap-cls GAP_CLS" if args.gap_cls else "") + (" --gap-clip GAP_CLIP" if args.gap_clip else "") + f" --teacher-seeds {' '.join(map(str, args.teacher_seeds))} "
+             + (" ".join(["--modes", *(shlex.quote(m) for m in args.modes)]) + " " if args.modes else "") +
              f"--rdm-seeds {' '.join(map(str, args.rdm_seeds))}`. Each demo's own RDM command (its report lists it) on "
              "caches of teachers trained with several seeds; a family is *ordered* when, for every modality and every "
              "pair of neighbouring R, the higher R has more held-out bits and a lower held-out MSE (the RDM report's "
@@ -133,7 +139,9 @@ def write_page(page: Path, results: list[dict], out: Path, args, setup: list) ->
              "instead of 10). In both "
              "modes `cls-train-rdm` keeps each RDM's epoch with the lowest held-out loss; until this round it kept the "
              "epoch with the best held-out accuracy, and of the families gap-cls.md trained that way (side by side), "
-             "3 of the 4 with several RDMs came out of order (rdm3 and rdm5 on vgg8, rdm3 on cnn8).", "",
+             "3 of the 4 with several RDMs came out of order (rdm3 and rdm5 on vgg8, rdm3 on cnn8). Why a higher R "
+             "stalled, and the fix these families were trained with (`finalize()` keeps the medians training rounded "
+             "at): docs/studies/rdm-stall.md.", "",
              "| cache | mode | ordered families | runs |", "|---|---|---:|---:|"]
     keyed = {}
     for r in results:

@@ -148,7 +148,7 @@ class RateDistortionModule(nn.Module):
         so that `bottleneck.compress` works. The medians stay the ones training rounded at: the decoder learned
         round(Y − m) + m for those m, and re-estimated medians move the rounding of a channel whose learned
         median lags its density, which raised one R = 300 RDM's held-out MSE 2.7-fold, above the R = 100
-        RDM's (docs/studies/rdm-ordering.md, "Why a higher R stalled")."""
+        RDM's (docs/studies/rdm-stall.md)."""
         medians = self.bottleneck.quantiles[:, 0, 1].clone()
         self.bottleneck._update_quantiles()
         quantiles = self.bottleneck.quantiles
