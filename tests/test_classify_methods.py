@@ -30,13 +30,14 @@ def _softmax(row):
 def test_wsld_weights_each_samples_kd_by_the_ce_ratio():
     from cifd_clip.classify.losses import weighted_soft_label_kd
 
-    teacher = torch.tensor([[math.log(3), 0.0], [math.log(3), 0.0]])  # p_T = (3/4, 1/4) at τ = 1
+    # two samples with different teachers, so a weight applied to the wrong sample changes the result
+    teacher = torch.tensor([[math.log(3), 0.0], [0.0, math.log(7)]])  # p_T = (3/4, 1/4) and (1/8, 7/8) at τ = 1
     student = torch.zeros(2, 2)  # uniform: CE_S = ln 2 whatever the label
-    labels = torch.tensor([0, 1])  # CE_T = ln 4/3 and ln 4
-    weights = [1 - math.exp(-math.log(2) / math.log(4 / 3)), 1 - math.exp(-math.log(2) / math.log(4))]
-    soft = _softmax([math.log(3) / 2, 0.0])  # the teacher at τ = 2
-    kl = _kl(soft, [0.5, 0.5])
-    expected = 4 * (weights[0] * kl + weights[1] * kl) / 2
+    labels = torch.tensor([0, 0])  # CE_T = ln 4/3 and ln 8
+    weights = [1 - math.exp(-math.log(2) / math.log(4 / 3)), 1 - math.exp(-math.log(2) / math.log(8))]
+    kls = [_kl(_softmax([v / 2 for v in row]), [0.5, 0.5]) for row in teacher.tolist()]  # the teacher at τ = 2
+    expected = 4 * (weights[0] * kls[0] + weights[1] * kls[1]) / 2
+    assert kls[0] != pytest.approx(kls[1]) and weights[0] != pytest.approx(weights[1])
     assert weighted_soft_label_kd(teacher, student, labels, 2.0).item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -63,9 +64,9 @@ def test_ifd_compares_the_mean_of_the_projections_by_direction():
         method.projectors[1][0].weight.copy_(torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
         for projector in method.projectors:
             projector[0].bias.zero_()
-    student = StudentOut(torch.tensor([[2.0, -1.0]]), torch.zeros(1, 3))
-    # relu -> (2, 0) and (0, 2), mean (1, 1); against the teacher's (1, 0): cos = 1/√2
-    terms = method(student, Targets(torch.tensor([0]), features=torch.tensor([[1.0, 0.0]])))
+    student = StudentOut(torch.tensor([[2.0, -1.0], [2.0, -1.0]]), torch.zeros(2, 3))
+    # relu -> (2, 0) and (0, 2), mean (1, 1); against the teacher's (1, 0): cos = 1/√2, the same for both samples
+    terms = method(student, Targets(torch.tensor([0, 0]), features=torch.tensor([[1.0, 0.0], [1.0, 0.0]])))
     assert terms["ifd"].item() == pytest.approx(25 * (1 - 1 / math.sqrt(2)), rel=1e-5)
 
 
@@ -80,11 +81,12 @@ def test_mgd_regenerates_the_masked_map_and_sums_the_squared_error(ratio, expect
             conv.weight.zero_()
             conv.bias.zero_()
             conv.weight[0, 0, 1, 1] = conv.weight[1, 1, 1, 1] = 1.0
-    fmap = torch.tensor([1.0, -2.0]).view(1, 2, 1, 1)
-    teacher = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
-    # nothing masked: relu(1, -2) = (1, 0) against (3, 4): 4 + 16; everything masked: 9 + 16
-    terms = method(StudentOut(torch.zeros(1, 2), torch.zeros(1, 3), fmap),
-                   Targets(torch.tensor([0]), feature_map=teacher), torch.Generator().manual_seed(0))
+    fmap = torch.tensor([1.0, -2.0]).view(1, 2, 1, 1).repeat(2, 1, 1, 1)
+    teacher = torch.tensor([3.0, 4.0]).view(1, 2, 1, 1).repeat(2, 1, 1, 1)
+    # nothing masked: relu(1, -2) = (1, 0) against (3, 4): 4 + 16; everything masked: 9 + 16 (per sample: two
+    # copies give the same loss, the sum is divided by the batch)
+    terms = method(StudentOut(torch.zeros(2, 2), torch.zeros(2, 3), fmap),
+                   Targets(torch.tensor([0, 0]), feature_map=teacher), torch.Generator().manual_seed(0))
     assert terms["mgd"].item() == pytest.approx(expected)
 
 
@@ -109,19 +111,21 @@ def test_crd_memory_scores_against_the_other_bank_then_moves_the_entries():
 
     memory = ContrastMemory([0, 0, 1, 1], dim=2, nce_k=2, temperature=1.0, momentum=0.5)
     axes = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    turned = torch.tensor([[0.6, 0.8], [-0.8, 0.6], [0.0, -1.0], [1.0, 0.0]])  # a different teacher bank
     memory.bank_student.copy_(axes)
-    memory.bank_teacher.copy_(axes)
+    memory.bank_teacher.copy_(turned)
     contrast = memory.contrast_indices(torch.tensor([0, 2]), torch.Generator().manual_seed(0))
     assert contrast[:, 0].tolist() == [0, 2] and set(contrast[0, 1:].tolist()) <= {2, 3} \
         and set(contrast[1, 1:].tolist()) <= {0, 1}  # the negatives are of the other class
     student, teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [1.0, 0.0]])
     loss = memory(student, teacher, torch.tensor([0, 2]), torch.Generator().manual_seed(0))
 
-    def exp_dots(bank_rows, anchor):
-        return [math.exp(sum(a * b for a, b in zip(axes[j].tolist(), anchor))) for j in bank_rows]
+    def exp_dots(bank, rows, anchor):
+        return [math.exp(sum(a * b for a, b in zip(bank[j].tolist(), anchor))) for j in rows]
 
-    student_side = [exp_dots(row, s) for row, s in zip(contrast.tolist(), student.tolist())]
-    teacher_side = [exp_dots(row, t) for row, t in zip(contrast.tolist(), teacher.tolist())]
+    # the student anchored against the teacher's bank, the teacher against the student's
+    student_side = [exp_dots(turned, row, s) for row, s in zip(contrast.tolist(), student.tolist())]
+    teacher_side = [exp_dots(axes, row, t) for row, t in zip(contrast.tolist(), teacher.tolist())]
     z_student_scores = sum(map(sum, student_side)) / 6 * 4  # Z: the first batch's mean score × N
     z_teacher_scores = sum(map(sum, teacher_side)) / 6 * 4
     assert memory.normalizers.tolist() == pytest.approx([z_student_scores, z_teacher_scores], rel=1e-5)
@@ -135,10 +139,12 @@ def test_crd_memory_scores_against_the_other_bank_then_moves_the_entries():
 
     expected = nce(student_side, z_student_scores) + nce(teacher_side, z_teacher_scores)
     assert loss.item() == pytest.approx(expected, rel=1e-4)
-    half = 1 / math.sqrt(2)  # (0.5·(1, 0) + 0.5·(0, 1)) normalised
-    assert memory.bank_teacher[0].tolist() == pytest.approx([half, half])  # sample 0's teacher entry moved
+    moved = 0.5 * turned[0] + 0.5 * teacher[0]  # sample 0's teacher entry: normalize(m·old + (1 − m)·new)
+    assert memory.bank_teacher[0].tolist() == pytest.approx((moved / moved.norm()).tolist())
+    half = 1 / math.sqrt(2)
     assert memory.bank_student[2].tolist() == pytest.approx([-half, half])
     assert memory.bank_student[1].tolist() == [0.0, 1.0]  # not in the batch: untouched
+    assert memory.bank_teacher[1].tolist() == pytest.approx([-0.8, 0.6])
 
 
 def test_attention_transfer_sums_the_stages_and_pools_the_larger_map():
