@@ -388,6 +388,14 @@ def test_distill_option_mistakes(world, capsys, extra, code, words):
      "is for the CLIP training stages"),
     (["embed", "--teacher", "tiny-vit-teacher", "--train-data", "SPEC", "--out", "ROOT/c3", "--aug-scale", "0", "2"],
      2, "--aug-scale"),
+    (["cls-distill", "--train-data", "cifar100:ROOT/none", "--model", "cnn2", "--loss", "mgd", "--cache", "CACHE"], 2,
+     "needs the teacher's feature maps"),
+    (["cls-distill", "--train-data", "cifar100:ROOT/none", "--model", "cnn2", "--loss", "crd", "--cache", "CACHE",
+      "--crd-momentum", "1"], 2, "--crd-momentum must be in [0, 1)"),
+    (["cls-distill", "--train-data", "cifar100:ROOT/none", "--model", "cnn2", "--loss", "ifd", "--cache", "CACHE",
+      "--ifd-projectors", "0"], 2, "--ifd-projectors must be at least 1"),
+    (["cls-distill", "--train-data", "cifar100:ROOT/none", "--model", "cnn2", "--loss", "wsld", "--cache", "CACHE",
+      "--mgd-level", "embedding"], 2, "--mgd-level is not used by --loss wsld"),
 ])
 def test_other_stages_option_mistakes(world, capsys, argv, code, words):
     subs = {"CACHE": world["cache"], "RDM": world["rdm"], "STUDENT": world["student"], "SPEC": world["spec"],

@@ -335,6 +335,8 @@ def test_the_paper_recipes_start(shapes, tmp_path):
                  "--out", str(tmp_path / "rdm-inet"), "--epochs", "1", "--holdout-fraction", "0.2"]) == 0
     for recipe in sorted(recipes.glob("cifar100-student-*.yaml")):
         extra = ["--rdm", str(tmp_path / "rdm" / "rdm.pt")] if recipe.stem.endswith("cifd") else []
+        if recipe.stem.endswith("-ft"):  # one epoch of its paraphraser stage, not the recipe's 30
+            extra = ["--ft-paraphraser-epochs", "1"]
         assert main(["cls-distill", "--config", str(recipe), "--model", "cnn2", "--teacher", str(shapes["teacher"]),
                      "--train-data", shapes["data"], "--logs", runs, "--name", recipe.stem, *extra, *common]) == 0, recipe
     for split in ("train", "val"):

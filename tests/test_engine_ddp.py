@@ -49,6 +49,30 @@ def classification_gradients(env) -> dict:
     return {n: p.grad.detach().clone() for n, p in module.named_parameters() if p.grad is not None}
 
 
+def crd_memory_banks(env) -> dict:
+    """CRD's memory banks after one DDP step on the global batch, each rank training on its share: every rank's
+    updates must reach every rank's banks."""
+    from cifd_clip.classify.distiller import ClassifierDistiller, FrozenClassifier
+    from cifd_clip.classify.settings import ClassifySettings
+    from cifd_clip.classify.zoo import build_classifier
+    from cifd_clip.engine.loop import wrap_ddp
+
+    torch.manual_seed(0)
+    student, teacher = build_classifier("cnn2", 4), FrozenClassifier(build_classifier("cnn4", 4))
+    settings = ClassifySettings(loss="crd", crd_negatives="memory", crd_nce_k=4)
+    module = ClassifierDistiller.build(student, settings, teacher=teacher, train_labels=torch.arange(16) % 4)
+    module.student.eval()
+    g = torch.Generator().manual_seed(3)
+    full = {"image": torch.randn(GLOBAL_BATCH, 3, 32, 32, generator=g), "index": torch.randperm(16, generator=g)[:8]}
+    full["label"] = full["index"] % 4
+    share = GLOBAL_BATCH // env.world_size
+    batch = {k: v[env.rank * share:(env.rank + 1) * share] for k, v in full.items()}
+    model = wrap_ddp(module, env)
+    module.begin_step(0)
+    sum(model(batch).values()).backward()
+    return {k: v.clone() for k, v in module.method.memory.state_dict().items()}
+
+
 def gradients(loss: str, env) -> dict:
     """Gradients of every trainable parameter after one DDP backward pass on this rank's share."""
     if loss == "classification_cifd":
@@ -87,6 +111,7 @@ def _worker(out_dir: str) -> None:
     result = {loss: gradients(loss, env) for loss in LOSSES}
     if env.is_main:
         torch.save(result, Path(out_dir) / "ddp_grads.pt")
+    torch.save(crd_memory_banks(env), Path(out_dir) / f"crd_banks_rank{env.rank}.pt")
     cleanup(env)
 
 
@@ -109,6 +134,14 @@ def test_two_gloo_processes_match_one_process(tmp_path):
             # token-embedding gradient of magnitude 6.7 differed by 3.8e-6 on one machine)
             atol = 1e-6 * max(1.0, float(grad.abs().max()))
             torch.testing.assert_close(ddp[loss][name], grad, rtol=1e-4, atol=atol, msg=f"{loss}: {name}")
+    # CRD's banks: both ranks hold the same banks, those of one process on the whole batch (the normalisers
+    # depend on the negatives each rank draws, so they agree between the ranks only)
+    single_banks = crd_memory_banks(env)
+    ranks = [torch.load(tmp_path / f"crd_banks_rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert torch.equal(ranks[0]["normalizers"], ranks[1]["normalizers"])
+    for name in ("bank_student", "bank_teacher"):
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+        torch.testing.assert_close(ranks[0][name], single_banks[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 if __name__ == "__main__":

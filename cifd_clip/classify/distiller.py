@@ -31,7 +31,9 @@ class FrozenClassifier(nn.Module):
         return super().train(False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor, with_map: bool = False):
+    def forward(self, x: torch.Tensor, with_map: bool = False, with_stages: bool = False):
+        if with_stages:
+            return self.net.forward_with_stages(x)
         return self.net.forward_with_map(x) if with_map else self.net(x)
 
 
@@ -42,35 +44,45 @@ class ClassifierDistiller(DistillerBase):
 
     @classmethod
     def build(cls, student: nn.Module, settings: ClassifySettings, *, teacher: Optional[nn.Module] = None,
-              assistants=(), rdm=None, teacher_dim: Optional[int] = None, seed: int = 0) -> "ClassifierDistiller":
+              assistants=(), rdm=None, teacher_dim: Optional[int] = None, seed: int = 0,
+              train_labels=None) -> "ClassifierDistiller":
+        """`train_labels`: the training set's labels by sample index (CRD's memory banks need them)."""
         num_rdms = len(rdm.rdms("image")) if rdm is not None else 0
         channels = {}
         if teacher is not None:
             teacher_dim = teacher.net.feature_dim
-            if settings.loss in ("at", "ft"):  # the maps' channels, from one small forward pass
+            if settings.reads_feature_maps():  # the maps' channels, from one small forward pass
                 with torch.no_grad():
                     probe = torch.zeros(1, 3, 32, 32)
                     channels = {"teacher_channels": teacher.net.feature_map(probe).shape[1],
                                 "student_channels": student.feature_map(probe).shape[1]}
         method = build_classify_method(settings, student_dim=student.feature_dim, teacher_dim=teacher_dim,
-                                       num_rdms=num_rdms, **channels)
+                                       num_rdms=num_rdms, num_classes=student.num_classes,
+                                       train_labels=train_labels, **channels)
         if assistants and settings.loss not in ("kd", "crd", "at", "ft"):
             raise UserError(f"--assistants are KD teachers (TAKD/DGKD); --loss {settings.loss} does not use them")
         return cls(student, method, teacher=teacher if method.needs_teacher else None, assistants=assistants,
                    rdm=rdm if method.uses_rdms else None, seed=seed)
+
+    @property
+    def teacher(self) -> Optional[nn.Module]:
+        return self._frozen["teacher"]
 
     # ---------------------------------------------------------------- forward
 
     @torch.no_grad()
     def targets(self, batch: dict) -> Targets:
         labels = batch["label"]
-        out = Targets(labels)
+        out = Targets(labels, indices=batch.get("index"))
         if not self.method.needs_teacher:
             return out
         teacher = self._frozen["teacher"]
         if teacher is not None:
             view = batch.get("teacher_image", batch["image"])
-            if self.method.uses_feature_maps:
+            if self.method.uses_stage_maps:
+                out.stage_maps, out.features, out.logits = teacher(view, with_stages=True)
+                out.feature_map = out.stage_maps[-1]
+            elif self.method.uses_feature_maps:
                 out.feature_map, out.features, out.logits = teacher(view, with_map=True)
             else:
                 out.features, out.logits = teacher(view)
@@ -89,11 +101,15 @@ class ClassifierDistiller(DistillerBase):
         return out
 
     def forward(self, batch: dict) -> dict:
-        if self.method.uses_feature_maps:
+        stages = []
+        if self.method.uses_stage_maps:
+            stages, features, logits = self.student.forward_with_stages(batch["image"])
+            fmap = stages[-1]
+        elif self.method.uses_feature_maps:
             fmap, features, logits = self.student.forward_with_map(batch["image"])
         else:
             (features, logits), fmap = self.student(batch["image"]), None
         with torch.autocast(features.device.type, enabled=False):
             targets = self.targets(batch)
-            student = StudentOut(features.float(), logits.float(), fmap)
+            student = StudentOut(features.float(), logits.float(), fmap, stages)
             return self.method(student, targets, self._kd_generator)

@@ -3,7 +3,8 @@ paper's plain CNNs, and ImageNet models from torchvision / timm by name.
 
 Every model is a `ClassifierNet`: `forward(images) -> (features, logits)`, where `features` is the
 penultimate embedding after global pooling (what RDMs read and the IBM regularises) and `logits` the
-classifier's output; `feature_dim` is its width.
+classifier's output; `feature_dim` is its width. `stage_maps(images)` is the output map of each stage after the
+stem (RepDistiller's `feats[1:-1]`, for losses on every stage), the last one being `feature_map(images)`.
 """
 from __future__ import annotations
 
@@ -22,8 +23,11 @@ class ClassifierNet(nn.Module):
     feature_dim: int
     num_classes: int
 
-    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+    def stage_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
         raise NotImplementedError
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage_maps(x)[-1]
 
     def after_pool(self, pooled: torch.Tensor) -> torch.Tensor:
         return pooled
@@ -37,9 +41,25 @@ class ClassifierNet(nn.Module):
         features = self.after_pool(F.adaptive_avg_pool2d(fmap, 1).flatten(1))
         return fmap, features, self.fc(features)
 
+    def forward_with_stages(self, x: torch.Tensor) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """(every stage's map, pooled features, logits): for losses on every stage (attention transfer)."""
+        maps = self.stage_maps(x)
+        features = self.after_pool(F.adaptive_avg_pool2d(maps[-1], 1).flatten(1))
+        return maps, features, self.fc(features)
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.embed(x)
         return features, self.fc(features)
+
+
+def run_stages(body: nn.Sequential, x: torch.Tensor, boundaries: tuple) -> list[torch.Tensor]:
+    """`body(x)`, keeping the output after each layer count in `boundaries` (stage ends) and the final one."""
+    maps = []
+    for count, layer in enumerate(body, start=1):
+        x = layer(x)
+        if count in boundaries:
+            maps.append(x)
+    return maps + [x]
 
 
 # ---------------------------------------------------------------- CIFAR ResNets (He et al., 3 stages)
@@ -77,11 +97,12 @@ class CifarResNet(ClassifierNet):
                 layers.append(BasicBlock(inplanes, planes, 2 if stage > 0 and i == 0 else 1))
                 inplanes = planes
         self.layers = nn.Sequential(*layers)
+        self.stage_ends = (n, 2 * n)
         self.feature_dim, self.num_classes = inplanes, num_classes
         self.fc = nn.Linear(inplanes, num_classes)
 
-    def feature_map(self, x):
-        return self.layers(F.relu(self.bn1(self.conv1(x))))
+    def stage_maps(self, x):
+        return run_stages(self.layers, F.relu(self.bn1(self.conv1(x))), self.stage_ends)
 
 
 # ---------------------------------------------------------------- Wide ResNets (Zagoruyko & Komodakis)
@@ -115,35 +136,41 @@ class WideResNet(ClassifierNet):
                 blocks.append(WideBlock(inplanes, planes, 2 if stage > 0 and i == 0 else 1))
                 inplanes = planes
         self.blocks = nn.Sequential(*blocks)
+        self.stage_ends = (n, 2 * n)
         self.bn = nn.BatchNorm2d(inplanes)
         self.feature_dim, self.num_classes = inplanes, num_classes
         self.fc = nn.Linear(inplanes, num_classes)
 
-    def feature_map(self, x):
-        return F.relu(self.bn(self.blocks(self.conv1(x))))
+    def stage_maps(self, x):
+        maps = run_stages(self.blocks, self.conv1(x), self.stage_ends)
+        return maps[:-1] + [F.relu(self.bn(maps[-1]))]  # the last stage's map is the pooled one (after BN)
 
 
 # ---------------------------------------------------------------- VGG with batch norm (CIFAR)
 
 
 class CifarVGG(ClassifierNet):
-    """vgg8: one conv per stage; vgg13: two (64-128-256-512-512 channels, max-pool between stages)."""
+    """vgg8: one conv per stage; vgg13: two (64-128-256-512-512 channels, max-pool between stages). Its stage
+    maps are those of stages 1-4 before their pooling (stage 0 is the stem, as in RepDistiller)."""
 
     def __init__(self, convs_per_stage: tuple, num_classes: int = 100):
         super().__init__()
-        layers, inplanes = [], 3
+        layers, inplanes, ends = [], 3, []
         for stage, (planes, count) in enumerate(zip((64, 128, 256, 512, 512), convs_per_stage)):
             for _ in range(count):
                 layers += [nn.Conv2d(inplanes, planes, 3, 1, 1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True)]
                 inplanes = planes
+            if 0 < stage < 4:
+                ends.append(len(layers))
             if stage < 4:
                 layers.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*layers)
+        self.stage_ends = tuple(ends)
         self.feature_dim, self.num_classes = 512, num_classes
         self.fc = nn.Linear(512, num_classes)
 
-    def feature_map(self, x):
-        return self.features(x)
+    def stage_maps(self, x):
+        return run_stages(self.features, x, self.stage_ends)
 
 
 # ---------------------------------------------------------------- MobileNetV2 (CIFAR: stride 1 stem)
@@ -173,19 +200,23 @@ class CifarMobileNetV2(ClassifierNet):
         super().__init__()
         inplanes = int(32 * width)
         layers = [nn.Conv2d(3, inplanes, 3, 1, 1, bias=False), nn.BatchNorm2d(inplanes), nn.ReLU6(inplace=True)]
-        for t, c, n, s in self.SETTINGS:
+        ends = []
+        for group, (t, c, n, s) in enumerate(self.SETTINGS):
             planes = int(c * width)
             for i in range(n):
                 layers.append(InvertedResidual(inplanes, planes, s if i == 0 else 1, t))
                 inplanes = planes
+            if group in (1, 2, 4):  # RepDistiller's stage ends; the last stage also takes the final 1x1 conv
+                ends.append(len(layers))
         last = 1280 if width <= 1.0 else int(1280 * width)
         layers += [nn.Conv2d(inplanes, last, 1, bias=False), nn.BatchNorm2d(last), nn.ReLU6(inplace=True)]
         self.features = nn.Sequential(*layers)
+        self.stage_ends = tuple(ends)
         self.feature_dim, self.num_classes = last, num_classes
         self.fc = nn.Linear(last, num_classes)
 
-    def feature_map(self, x):
-        return self.features(x)
+    def stage_maps(self, x):
+        return run_stages(self.features, x, self.stage_ends)
 
 
 # ---------------------------------------------------------------- ShuffleNet V1 / V2 (CIFAR)
@@ -228,11 +259,12 @@ class ShuffleNetV1(ClassifierNet):
                 layers.append(ShuffleV1Block(inplanes, planes, 2 if i == 0 else 1, groups))
                 inplanes = planes
         self.layers = nn.Sequential(*layers)
+        self.stage_ends = (blocks[0], blocks[0] + blocks[1])
         self.feature_dim, self.num_classes = inplanes, num_classes
         self.fc = nn.Linear(inplanes, num_classes)
 
-    def feature_map(self, x):
-        return self.layers(F.relu(self.bn1(self.conv1(x))))
+    def stage_maps(self, x):
+        return run_stages(self.layers, F.relu(self.bn1(self.conv1(x))), self.stage_ends)
 
 
 class ShuffleV2Block(nn.Module):
@@ -270,12 +302,14 @@ class ShuffleNetV2(ClassifierNet):
             layers += [ShuffleV2Block(planes, planes, 1) for _ in range(count)]
             inplanes = planes
         self.layers = nn.Sequential(*layers)
+        self.stage_ends = (blocks[0] + 1, blocks[0] + blocks[1] + 2)
         self.conv2, self.bn2 = nn.Conv2d(inplanes, out_channels[3], 1, bias=False), nn.BatchNorm2d(out_channels[3])
         self.feature_dim, self.num_classes = out_channels[3], num_classes
         self.fc = nn.Linear(out_channels[3], num_classes)
 
-    def feature_map(self, x):
-        return F.relu(self.bn2(self.conv2(self.layers(F.relu(self.bn1(self.conv1(x)))))))
+    def stage_maps(self, x):
+        maps = run_stages(self.layers, F.relu(self.bn1(self.conv1(x))), self.stage_ends)
+        return maps[:-1] + [F.relu(self.bn2(self.conv2(maps[-1])))]  # the last stage ends with the 1x1 conv
 
 
 # ---------------------------------------------------------------- plain CNNs (TAKD / the paper's simple CNNs)
@@ -290,21 +324,23 @@ class PlainCNN(ClassifierNet):
         super().__init__()
         if conv_layers < 2:
             raise UserError(f"a plain CNN needs at least 2 conv layers, got {conv_layers}")
-        layers, inplanes = [], 3
+        layers, inplanes, ends = [], 3, []
         widths = [32 * 2 ** min(2, 3 * i // conv_layers) for i in range(conv_layers)]
         for i, planes in enumerate(widths):
             layers += [nn.Conv2d(inplanes, planes, 3, 1, 1), nn.BatchNorm2d(planes), nn.ReLU(inplace=True)]
             if i == conv_layers - 1 or widths[i + 1] != planes:
                 layers.append(nn.MaxPool2d(2))
+                ends.append(len(layers))  # a stage: the convs of one width and their pooling
             inplanes = planes
         self.features = nn.Sequential(*layers)
+        self.stage_ends = tuple(ends[:-1])
         self.mlp = nn.Sequential(nn.Linear(inplanes, 512), nn.ReLU(inplace=True), nn.Linear(512, 306),
                                  nn.ReLU(inplace=True))
         self.feature_dim, self.num_classes = 306, num_classes
         self.fc = nn.Linear(306, num_classes)
 
-    def feature_map(self, x):
-        return self.features(x)
+    def stage_maps(self, x):
+        return run_stages(self.features, x, self.stage_ends)
 
     def after_pool(self, pooled):
         return self.mlp(pooled)
@@ -334,7 +370,7 @@ class ExternalNet(ClassifierNet):
         self.feature_dim = head.in_features if isinstance(head, nn.Linear) else head[-1].in_features
         self.num_classes = num_classes
 
-    def feature_map(self, x):
+    def stage_maps(self, x):
         raise UserError(f"{self.source}:{self.name} exposes pooled features only; a loss on feature maps needs a "
                         f"model of this project's zoo")
 

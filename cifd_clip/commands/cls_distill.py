@@ -1,4 +1,5 @@
-"""Distill an image classifier: CIFD (RDMs + IBM), KD, TAKD, DGKD, AT, FT, CRD, DIST or NormKD, in one loop.
+"""Distill an image classifier: CIFD (RDMs + IBM), KD, TAKD, DGKD, AT, FT, CRD, DIST, NormKD, WSLD, IPWD, IFD or
+MGD, in one loop.
 
 The teacher runs on each batch's own view (`--teacher`), or its features and logits come from a cache made by
 `cifd-clip cls-embed` (`--cache`, no teacher forward pass). `--rdm` (from `cls-train-rdm`) adds the RDMs'
@@ -33,7 +34,7 @@ class Config(ClassifyTrainOptions, ClassifySettings):
             raise ConfigError(f"--rdm is used by --loss cifd only, not {self.loss}")
         if self.cache and (self.teacher or self.assistants):
             raise ConfigError("give --teacher (online) or --cache (cached targets), not both")
-        if self.cache and self.loss in ("at", "ft"):
+        if self.cache and self.reads_feature_maps():
             raise ConfigError(f"--loss {self.loss} needs the teacher's feature maps: give --teacher, not --cache")
 
 
@@ -42,6 +43,7 @@ def run(cfg: Config) -> int:
     from ..classify.data import recipe_for
     from ..classify.cost import training_macs
     from ..classify.distiller import ClassifierDistiller, FrozenClassifier
+    from ..classify.methods import RunContext
     from ..classify.models import load_classifier
     from ..engine import session
     from ..engine.loop import seed_everything
@@ -79,9 +81,11 @@ def run(cfg: Config) -> int:
             cache.attach(data.views, seed=cfg.seed)
         module = ClassifierDistiller.build(student.net, cfg.classify_settings(), teacher=teacher,
                                            assistants=assistants or (), rdm=rdm, teacher_dim=teacher_dim,
-                                           seed=cfg.seed)
+                                           seed=cfg.seed, train_labels=train.labels)
         cost = training_macs(student.net, data.views.recipe.image_size, teacher=teacher, assistants=assistants or (),
                              rdm=rdm, feature_dim=teacher.net.feature_dim if teacher is not None else teacher_dim)
+        if not cfg.dry_run:  # IPWD's propensities, FT's paraphraser
+            module.method.before_training(RunContext(module, data, cfg, env, run_dir))
         return cls_run.training_plan(cfg, module, cost, student, train, val, data, env)
 
     return session.run_training(cfg, prepare)
