@@ -112,9 +112,29 @@ def configs(quick: bool) -> list[Config]:
         _cifd("cifd-cnn8", "gain against the gap", "CIFD from the smaller teacher (cnn8), its own 3 RDMs",
               teacher="cnn8"),
     ]
+    group = "the paper's other baselines (issue 26)"
+    baselines = [
+        Config("wsld", group, "WSLD: KD weighted per sample by the CE ratio (τ 2, α 2.25)", "cls-distill",
+               ["--loss", "wsld", "--temperature", "2", "--kd-weight", "2.25"]),
+        Config("ipwd", group, "IPWD: KD weighted by each class's inverse propensity (τ 4)", "cls-distill",
+               ["--loss", "ipwd"]),
+        Config("ifd", group, "IFD: 3 projectors' mean against the teacher's features, 1 − cos, β 25, no KD",
+               "cls-distill", ["--loss", "ifd"]),
+        Config("mgd", group, "MGD on the last map (the paper's α 7e-5, λ 0.15), no KD", "cls-distill",
+               ["--loss", "mgd"], online=True),
+        Config("mgd-embedding", group, "MGD on the pooled features, α 0.2 (CIFD's feature weight 100 per element "
+               "over the teacher's 512 dimensions), no KD: the IBM's control", "cls-distill",
+               ["--loss", "mgd", "--mgd-level", "embedding", "--mgd-weight", "0.2"]),
+        Config("crd", group, "CRD with its memory banks (16384 negatives clamped to the 3999 others), no KD",
+               "cls-distill", ["--loss", "crd", "--crd-negatives", "memory", "--kd-weight", "0"], online=True),
+        Config("at", group, "AT on every stage (β 1000), no KD", "cls-distill", ["--loss", "at", "--kd-weight", "0"],
+               online=True),
+        Config("ft", group, "FT, its paraphraser trained first (30 epochs), β 200, no KD", "cls-distill",
+               ["--loss", "ft", "--kd-weight", "0"], online=True),
+    ]
     budget = [Config("no-kd-x3", "budget", "the student alone at 3× the epochs (is the teacher still ahead?)",
                      "cls-train", epochs_factor=3)]
-    return main + ablation + forms + gap + budget
+    return main + ablation + forms + gap + budget + baselines
 
 
 # ---------------------------------------------------------------- the shared set-up
