@@ -103,27 +103,16 @@ def check_outputs(cfg: Config, paths: dict) -> None:
     refuse_to_replace([paths["checkpoint"]], "--out", cfg.overwrite, "an RDM checkpoint")
 
 
-def run(cfg: Config) -> int:
-    import logging
+def read_caches(cfg: Config):
+    """The training cache's metadata and the zero-shot set beside it (or --zeroshot-eval); an --eval-cache must
+    come from the same teacher."""
     from pathlib import Path
 
-    import torch
-
-    from .. import config as config_lib
-    from ..rdm import zeroshot as rdm_zeroshot
-    from ..embed.cache import check_cache_compatible, iter_cached_embeddings, num_cached_batches, read_cache_meta
-    from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
-    from ..outputs import hold_run_lock
-    from ..engine.trackers import Trackers, parse_report_to, rdm_val_results
-    from ..runlog import open_run_log
+    from ..embed.cache import check_cache_compatible, read_cache_meta
     from ..errors import DataError
-    from ..rdm.model import RDMFamily
-    from ..rdm.report import write_report
-    from ..rdm.training import collect_embeddings, evaluate_family, train_family
+    from ..rdm import zeroshot as rdm_zeroshot
 
-    log = logging.getLogger("cifd_clip.train_rdm")
     meta = read_cache_meta(cfg.cache)
-    eval_meta = None
     if cfg.eval_cache:
         eval_meta = read_cache_meta(cfg.eval_cache)
         check_cache_compatible(eval_meta, teacher_fingerprint=meta["teacher_fingerprint"],
@@ -135,6 +124,84 @@ def run(cfg: Config) -> int:
         rdm_zeroshot.check_matches_cache(zeroshot, meta)
     if meta["num_samples"] < 1:
         raise DataError(f"embedding cache {cfg.cache} holds no samples")
+    return meta, zeroshot
+
+
+def held_out_embeddings(cfg: Config, holdout: float) -> dict:
+    """The evaluation set (held out of the cache, or --eval-cache), read on every rank before training so that a
+    missing one stops all ranks."""
+    from ..embed.cache import iter_cached_embeddings
+    from ..errors import DataError
+    from ..rdm.training import collect_embeddings
+
+    data = collect_embeddings(iter_cached_embeddings(cfg.eval_cache or cfg.cache, batch_size=4096, shuffle=False),
+                              holdout_fraction=holdout, max_samples=cfg.max_eval_samples)
+    if not data.get("key"):
+        raise DataError(f"no held-out samples in {cfg.cache} at --holdout-fraction {cfg.holdout_fraction}; "
+                        f"raise it or give --eval-cache")
+    return data
+
+
+def build_family(cfg: Config, meta: dict, holdout: float):
+    from ..rdm.model import RDMFamily
+
+    return RDMFamily.build(
+        {"image": meta["image_dim"], "text": meta["text_dim"]}, cfg.rates,
+        meta={"teacher": meta.get("teacher"), "teacher_fingerprint": meta.get("teacher_fingerprint"),
+              "image_dim": meta["image_dim"], "text_dim": meta["text_dim"], "normalized": meta.get("normalized"),
+              "cache": str(cfg.cache), "holdout_fraction": holdout, "epochs": None},
+        **cfg.architecture())
+
+
+def save_and_report(cfg: Config, paths: dict, family, data: dict, zeroshot, stats, *, trained: int, epochs: int,
+                    holdout: float, env, trackers) -> None:
+    """The main rank's end of a run: the checkpoint, its config, and the held-out evaluation (report, trackers)."""
+    import logging
+
+    from .. import config as config_lib
+    from ..engine.trackers import rdm_val_results
+    from ..rdm.report import write_report
+    from ..rdm.training import evaluate_family
+
+    family.to("cpu")
+    family.meta["trained_samples"] = trained
+    family.save(paths["checkpoint"])
+    config_lib.save(cfg, paths["config"])
+    report = evaluate_family(family, data, retrieval=len(data["key"]) > 1, zeroshot=zeroshot)
+    report.update({
+        "eval_source": ("eval cache " if cfg.eval_cache else f"{holdout:g} held out of ") +
+                       str(cfg.eval_cache or cfg.cache),
+        "checkpoint": str(paths["checkpoint"]),
+        "train": {"epochs": epochs, "steps": stats.steps, "samples": trained,
+                  "seconds": stats.seconds, "world_size": env.world_size, "device": str(env.device),
+                  "embeddings_per_second": trained / max(stats.seconds, 1e-9),
+                  "num_rdms": 2 * len(cfg.rates)},
+    })
+    trackers.log_val(rdm_val_results(report["rdms"], report.get("teacher")), stats.steps, epochs)
+    trackers.close()
+    files = write_report(report, paths["dir"], paths["stem"])
+    for warning in report["warnings"]:
+        logging.getLogger("cifd_clip.train_rdm").warning(warning)
+    print(f"wrote {len(cfg.rates) * 2} RDMs to {paths['checkpoint']}; evaluation in {files['markdown']} "
+          f"and {files['plot']}")
+
+
+def run(cfg: Config) -> int:
+    import logging
+
+    import torch
+
+    from .. import config as config_lib
+    from ..embed.cache import iter_cached_embeddings, num_cached_batches
+    from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
+    from ..engine.trackers import Trackers, parse_report_to
+    from ..errors import DataError
+    from ..outputs import hold_run_lock
+    from ..rdm.training import train_family
+    from ..runlog import open_run_log
+
+    log = logging.getLogger("cifd_clip.train_rdm")
+    meta, zeroshot = read_caches(cfg)
     paths = output_paths(cfg)
     check_outputs(cfg, paths)
     env = init_distributed(cfg.device)
@@ -147,20 +214,9 @@ def run(cfg: Config) -> int:
         if env.world_size > meta["num_samples"]:
             raise DataError(f"the cache has {meta['num_samples']} samples, fewer than the {env.world_size} processes")
         holdout = 0.0 if cfg.eval_cache else cfg.holdout_fraction
-        # Read the evaluation set first, on every rank, so that a missing one stops all ranks before training.
-        source = cfg.eval_cache or cfg.cache
-        data = collect_embeddings(iter_cached_embeddings(source, batch_size=4096, shuffle=False),
-                                  holdout_fraction=holdout, max_samples=cfg.max_eval_samples)
-        if not data.get("key"):
-            raise DataError(f"no held-out samples in {cfg.cache} at --holdout-fraction {cfg.holdout_fraction}; "
-                            f"raise it or give --eval-cache")
+        data = held_out_embeddings(cfg, holdout)
         torch.manual_seed(cfg.seed)  # same initial RDMs on every rank
-        family = RDMFamily.build(
-            {"image": meta["image_dim"], "text": meta["text_dim"]}, cfg.rates,
-            meta={"teacher": meta.get("teacher"), "teacher_fingerprint": meta.get("teacher_fingerprint"),
-                  "image_dim": meta["image_dim"], "text_dim": meta["text_dim"], "normalized": meta.get("normalized"),
-                  "cache": str(cfg.cache), "holdout_fraction": holdout, "epochs": None},
-            **cfg.architecture())
+        family = build_family(cfg, meta, holdout)
         torch.manual_seed(cfg.seed + 1 + env.rank)  # each rank draws its own quantisation noise
         if env.is_main:
             trackers = Trackers(parse_report_to(cfg.report_to), paths["dir"], cfg.name or paths["dir"].name,
@@ -190,26 +246,8 @@ def run(cfg: Config) -> int:
         # ranks skip different numbers of held-out samples: count the ones really trained on
         trained = int(round(all_reduce_mean(env, torch.tensor(float(stats.samples))).item() * env.world_size))
         if env.is_main:
-            family.to("cpu")
-            family.meta["trained_samples"] = trained
-            family.save(paths["checkpoint"])
-            config_lib.save(cfg, paths["config"])
-            report = evaluate_family(family, data, retrieval=len(data["key"]) > 1, zeroshot=zeroshot)
-            report.update({
-                "eval_source": ("eval cache " if cfg.eval_cache else f"{holdout:g} held out of ") + str(source),
-                "checkpoint": str(paths["checkpoint"]),
-                "train": {"epochs": epochs, "steps": stats.steps, "samples": trained,
-                          "seconds": stats.seconds, "world_size": env.world_size, "device": str(env.device),
-                          "embeddings_per_second": trained / max(stats.seconds, 1e-9),
-                          "num_rdms": 2 * len(cfg.rates)},
-            })
-            trackers.log_val(rdm_val_results(report["rdms"], report.get("teacher")), stats.steps, epochs)
-            trackers.close()
-            files = write_report(report, paths["dir"], paths["stem"])
-            for warning in report["warnings"]:
-                log.warning(warning)
-            print(f"wrote {len(cfg.rates) * 2} RDMs to {paths['checkpoint']}; evaluation in {files['markdown']} "
-                  f"and {files['plot']}")
+            save_and_report(cfg, paths, family, data, zeroshot, stats, trained=trained, epochs=epochs,
+                            holdout=holdout, env=env, trackers=trackers)
         barrier(env)
     finally:
         trackers.close()
