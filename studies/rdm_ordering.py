@@ -31,6 +31,7 @@ from demo_seeds import is_classification, report_commands, run_name  # noqa: E40
 
 MODES = {"continuation": ["--rate-continuation"], "side by side": ["--no-rate-continuation"]}
 # train-rdm (CLIP) also at 300 optimizer steps per stage (--min-steps), which cls-train-rdm does not have
+DEFAULT_MODE = {"train-rdm": "side by side", "cls-train-rdm": "continuation"}  # each command's own default
 CLIP_MODES = {**MODES, "continuation, 300 steps": ["--rate-continuation", "--min-steps", "300"],
               "side by side, 300 steps": ["--no-rate-continuation", "--min-steps", "300"]}
 
@@ -84,9 +85,12 @@ def main(argv=None) -> int:
     parser.add_argument("--gap-cls", default=None, help="studies/gap_cls.py's output folder (its caches)")
     parser.add_argument("--gap-clip", default=None, help="studies/gap_clip.py's output folder (its cache)")
     parser.add_argument("--teacher-seeds", type=int, nargs="*", default=[1, 2])
+    parser.add_argument("--cls-teacher-seeds", type=int, nargs="*", default=None,
+                        help="a cls-demo's other teacher seeds (default: --teacher-seeds)")
     parser.add_argument("--rdm-seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--modes", nargs="+", default=None, choices=list(CLIP_MODES),
-                        help="train only these modes (default: all; cls-train-rdm has no 300-step modes)")
+    parser.add_argument("--modes", nargs="+", default=None, choices=[*CLIP_MODES, "defaults"],
+                        help="train only these modes (default: all; cls-train-rdm has no 300-step modes); "
+                             "`defaults`: each RDM command's own default mode only")
     parser.add_argument("--out", default=None)
     parser.add_argument("--page", default=str(REPO / "docs" / "studies" / "rdm-ordering.md"))
     args = parser.parse_args(argv)
@@ -95,7 +99,10 @@ def main(argv=None) -> int:
     setup, targets = [], []  # targets: (label, cache, the demo's RDM command)
     for demo in demos:
         rdm = demo_commands(demo)["rdm"]
-        for label, cache, steps in caches(demo, args.teacher_seeds, out):
+        seeds = args.teacher_seeds
+        if is_classification(demo) and args.cls_teacher_seeds is not None:
+            seeds = args.cls_teacher_seeds
+        for label, cache, steps in caches(demo, seeds, out):
             setup += steps
             targets.append((label, cache, rdm))
         if args.gap_cls and is_classification(demo):
@@ -107,7 +114,8 @@ def main(argv=None) -> int:
     results = []
     for label, cache, rdm in targets:
         for mode, extra in (MODES if rdm[0] == "cls-train-rdm" else CLIP_MODES).items():
-            if args.modes and mode not in args.modes:
+            if args.modes and mode not in args.modes and not (
+                    "defaults" in args.modes and mode == DEFAULT_MODE[rdm[0]]):
                 continue
             for seed in args.rdm_seeds:
                 name = f"{label}-{mode}-s{seed}".replace(", ", "-").replace(" ", "-")
@@ -128,6 +136,8 @@ def write_page(page: Path, results: list[dict], out: Path, args, setup: list) ->
     lines = ["# Study: RDM families ordered by R on any cache", "",
              "Written by `python studies/rdm_ordering.py " + " ".join(f"--demo {Path(d).name}" for d in args.demo) +
              (" --gap-cls GAP_CLS" if args.gap_cls else "") + (" --gap-clip GAP_CLIP" if args.gap_clip else "") + f" --teacher-seeds {' '.join(map(str, args.teacher_seeds))} "
+             + (f"--cls-teacher-seeds {' '.join(map(str, args.cls_teacher_seeds))} "
+                if args.cls_teacher_seeds is not None else "")
              + (" ".join(["--modes", *(shlex.quote(m) for m in args.modes)]) + " " if args.modes else "") +
              f"--rdm-seeds {' '.join(map(str, args.rdm_seeds))}`. Each demo's own RDM command (its report lists it) on "
              "caches of teachers trained with several seeds; a family is *ordered* when, for every modality and every "
