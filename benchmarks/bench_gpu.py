@@ -54,7 +54,7 @@ def measure(student_name: str, teacher_name: str, variant: str, args) -> dict:
     from cifd_clip.engine.loop import apply_speed_settings, to_device
     from cifd_clip.engine.precision import autocast, resolve_speed_settings
     from cifd_clip.engine.schedule import make_optimizer
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
     from cifd_clip.towers import Teacher, is_convolutional, load_model, register_model_configs
 
     register_model_configs()

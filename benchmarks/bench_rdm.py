@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cifd_clip.rdm.model import RDMFamily
+from cifd_clip.core.rdm import RDMFamily
 from cifd_clip.rdm.training import family_loss
 from cifd_clip.towers import load_teacher
 

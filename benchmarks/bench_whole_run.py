@@ -148,7 +148,7 @@ def rdm_train_macs_per_sample(rdm_path: Path, batch: int = 64) -> float:
     """One train-rdm step of the whole family (every RDM of both modalities), forward + backward, per sample."""
     import torch
     import torch.nn.functional as F
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
     from cifd_clip.rdm.training import family_loss
     family = RDMFamily.load(rdm_path).train()
     dims = {m: family.rdms(m)[0].config.input_dim for m in family.modalities}
@@ -164,7 +164,7 @@ def student_step_macs(loss: str, student: str, batch: int, *, teacher: str | Non
     import torch.nn.functional as F
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
     from cifd_clip.towers import load_model, load_teacher
 
     torch.manual_seed(0)

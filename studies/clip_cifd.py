@@ -225,7 +225,7 @@ def _u_space_tower(tower, ckpt: dict):
 
     import torch
 
-    from cifd_clip.embed.cache import read_cache_meta
+    from cifd_clip.data.embedding_cache import read_cache_meta
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
 

@@ -49,7 +49,7 @@ def refused(capsys, root: Path, argv: list, code: int, *words: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, demo_data_dir, demo_train_spec):
     """A teacher weights file, its cache (1 view), an RDM file, a student checkpoint and an export."""
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
     from cifd_clip.towers import load_model
 
     root = tmp_path_factory.mktemp("world")

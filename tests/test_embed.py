@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from cifd_clip import cli
-from cifd_clip.embed import cache as cache_lib
-from cifd_clip.embed.augment import apply_params
+from cifd_clip.data import embedding_cache as cache_lib
+from cifd_clip.data.augment import apply_params
 from cifd_clip.data.shards import iter_samples, write_shard
 from cifd_clip.errors import DataError, UserError
 from cifd_clip.towers import load_teacher

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cifd_clip.errors import UserError
-from cifd_clip.distill.losses import (AffinityMimickingLoss, CIFDClassificationLoss, CIFDFeatureLoss, ContrastiveLoss,
+from cifd_clip.core.losses import (AffinityMimickingLoss, CIFDClassificationLoss, CIFDFeatureLoss, ContrastiveLoss,
                                       ContrastiveRelationalLoss, DistillClipLossTerms, FeatureDistillationLoss,
                                       InteractiveContrastiveLoss, KDLoss, kd_keep_mask)
 from cifd_clip.distill.methods import CIFD, StudentOutputs, Targets

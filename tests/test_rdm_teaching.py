@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifd_clip.distill.losses import CIFDClassificationLoss, CIFDFeatureLoss
-from cifd_clip.distill.rdm_teaching import CURRICULUM_TEACHER_ONLY, FORMS, curriculum_scale
+from cifd_clip.core.losses import CIFDClassificationLoss, CIFDFeatureLoss
+from cifd_clip.core.rdm_teaching import CURRICULUM_TEACHER_ONLY, FORMS, curriculum_scale
 
 B, D, N = 6, 5, 3
 
@@ -70,7 +70,7 @@ def test_the_curriculum_walks_from_the_weakest_rdm_to_the_teacher_at_a_constant_
 
 
 def test_stochastic_teaching_draws_a_fresh_code_per_step_reproducibly():
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
 
     family = RDMFamily.build({"image": 8}, [1.0, 10.0], meta={})
     family.eval()

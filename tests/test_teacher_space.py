@@ -19,7 +19,7 @@ from cifd_clip.export.teacher_space import fit_map
 @pytest.fixture(scope="module")
 def runs(tiny_teacher_and_cache, demo_train_spec, tmp_path_factory):
     """The tiny teacher (width 128), its embedding cache, and a CIFD student (width 64) distilled from it."""
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
 
     shared, teacher = tiny_teacher_and_cache
     root = tmp_path_factory.mktemp("teacher_space")

@@ -6,7 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from ..config import option
-from ..distill.rdm_teaching import rdm_teaching_option
+from ..core.rdm_teaching import rdm_teaching_option
 from ..errors import ConfigError
 
 _KD = ("ce_weight", "kd_weight", "temperature", "kd_dropout")

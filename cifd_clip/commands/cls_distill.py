@@ -48,7 +48,7 @@ def run(cfg: Config) -> int:
     from ..engine import session
     from ..engine.loop import seed_everything
     from ..errors import UserError
-    from ..rdm.model import RDMFamily
+    from ..core.rdm import RDMFamily
 
     def prepare(env, run_dir):
         train, val = cls_run.open_splits(cfg)

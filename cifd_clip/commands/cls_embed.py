@@ -43,8 +43,8 @@ def run(cfg: Config) -> int:
     from ..classify.cache import SHARD_SIZE, dataset_identity, sample_views, shard_name
     from ..classify.data import open_set, recipe_for, view_tensor
     from ..classify.models import load_classifier
-    from ..embed import cache as cache_lib
-    from ..embed.augment import AugmentSettings
+    from ..data import embedding_cache as cache_lib
+    from ..data.augment import AugmentSettings
     from ..engine.distributed import resolve_device
     from ..engine.precision import autocast, resolve_precision
     from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..config import option, required
 from ..engine.options import report_to_option, validate_trackers, wandb_project_option
 from ..errors import ConfigError
-from ..rdm.config import RDMArchitecture, rate_continuation_option
+from ..core.rdm_config import RDMArchitecture, rate_continuation_option
 
 
 @dataclass
@@ -121,11 +121,11 @@ def run(cfg: Config) -> int:
 
     from .. import config as config_lib
     from ..classify.cache import iter_cached_outputs
-    from ..embed.cache import read_cache_meta
+    from ..data.embedding_cache import read_cache_meta
     from ..engine.trackers import Trackers, parse_report_to
     from ..errors import UserError
     from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
-    from ..rdm.model import RDMFamily
+    from ..core.rdm import RDMFamily
     from ..rdm.training import train_family
     from ..runlog import open_run_log
 

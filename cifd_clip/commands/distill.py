@@ -58,13 +58,14 @@ def _dims_of(rdm) -> tuple[int, int]:
 def run(cfg: Config) -> int:
     import logging
 
-    from ..embed.cache import check_cache_compatible, read_cache_meta
+    from ..data.embedding_cache import check_cache_compatible, read_cache_meta
     from ..distill.distiller import Distiller
     from ..distill.inputs import build_distill_loader
     from ..engine import session
+    from ..evaluation import during_training
     from ..engine.loop import seed_everything
     from ..errors import UserError
-    from ..rdm.model import RDMFamily
+    from ..core.rdm import RDMFamily
     from ..towers import load_model, load_teacher, weights_fingerprint
 
     log = logging.getLogger(__name__)
@@ -112,6 +113,6 @@ def run(cfg: Config) -> int:
             tower.model, cfg.loss_settings(), student_dim=tower.embed_dim, teacher_dims=teacher_dims, teacher=teacher,
             rdm=rdm, teacher_logit_scale=teacher_logit_scale, seed=cfg.seed, local_loss=cfg.local_loss,
             gather_with_grad=cfg.gather_with_grad, rank=env.rank, world_size=env.world_size)
-        return session.TrainingPlan(module, data, session.describe(tower, cfg), session.make_evaluator(cfg, tower, env))
+        return session.TrainingPlan(module, data, session.describe(tower, cfg), during_training.make_evaluator(cfg, tower, env))
 
-    return session.run_training(cfg, prepare)
+    return session.run_training(cfg, prepare, checks=[during_training.check_eval_sets])

@@ -3,7 +3,7 @@
 One pass over the embedding cache per epoch feeds every RDM of both modalities (with `--rate-continuation`,
 the highest-R RDMs first, then every RDM from their weights); the teacher model is never loaded. Runs on CPU
 or GPU, alone or under torchrun (each rank reads its own part of the cache).
-Writes ONE checkpoint holding every RDM (load it with `cifd_clip.rdm.model.RDMFamily.load`) and a held-out
+Writes ONE checkpoint holding every RDM (load it with `cifd_clip.core.rdm.RDMFamily.load`) and a held-out
 evaluation per RDM — rate in bits/sample measured with rounding, MSE and cosine similarity to the
 teacher embedding, retrieval recall pairing the RDM's reconstruction with the teacher's other modality and,
 given a zero-shot eval file (`cifd-clip embed --zeroshot-root`), zero-shot accuracy paired the same way —
@@ -21,7 +21,7 @@ from typing import Optional
 from ..config import option, required
 from ..engine.options import report_to_option, validate_trackers, wandb_project_option
 from ..errors import ConfigError
-from ..rdm.config import RDMArchitecture, rate_continuation_option
+from ..core.rdm_config import RDMArchitecture, rate_continuation_option
 
 
 @dataclass
@@ -108,9 +108,9 @@ def read_caches(cfg: Config):
     come from the same teacher."""
     from pathlib import Path
 
-    from ..embed.cache import check_cache_compatible, read_cache_meta
+    from ..data.embedding_cache import check_cache_compatible, read_cache_meta
     from ..errors import DataError
-    from ..rdm import zeroshot as rdm_zeroshot
+    from ..evaluation import cached_zeroshot
 
     meta = read_cache_meta(cfg.cache)
     if cfg.eval_cache:
@@ -118,10 +118,10 @@ def read_caches(cfg: Config):
         check_cache_compatible(eval_meta, teacher_fingerprint=meta["teacher_fingerprint"],
                                image_dim=meta["image_dim"], text_dim=meta["text_dim"], normalized=meta["normalized"])
     zeroshot = None
-    zeroshot_path = cfg.zeroshot_eval or Path(cfg.cache) / rdm_zeroshot.FILE_NAME
+    zeroshot_path = cfg.zeroshot_eval or Path(cfg.cache) / cached_zeroshot.FILE_NAME
     if cfg.zeroshot_eval or zeroshot_path.is_file():
-        zeroshot = rdm_zeroshot.read_zeroshot_eval(zeroshot_path)
-        rdm_zeroshot.check_matches_cache(zeroshot, meta)
+        zeroshot = cached_zeroshot.read_zeroshot_eval(zeroshot_path)
+        cached_zeroshot.check_matches_cache(zeroshot, meta)
     if meta["num_samples"] < 1:
         raise DataError(f"embedding cache {cfg.cache} holds no samples")
     return meta, zeroshot
@@ -130,7 +130,7 @@ def read_caches(cfg: Config):
 def held_out_embeddings(cfg: Config, holdout: float) -> dict:
     """The evaluation set (held out of the cache, or --eval-cache), read on every rank before training so that a
     missing one stops all ranks."""
-    from ..embed.cache import iter_cached_embeddings
+    from ..data.embedding_cache import iter_cached_embeddings
     from ..errors import DataError
     from ..rdm.training import collect_embeddings
 
@@ -143,7 +143,7 @@ def held_out_embeddings(cfg: Config, holdout: float) -> dict:
 
 
 def build_family(cfg: Config, meta: dict, holdout: float):
-    from ..rdm.model import RDMFamily
+    from ..core.rdm import RDMFamily
 
     return RDMFamily.build(
         {"image": meta["image_dim"], "text": meta["text_dim"]}, cfg.rates,
@@ -192,7 +192,7 @@ def run(cfg: Config) -> int:
     import torch
 
     from .. import config as config_lib
-    from ..embed.cache import iter_cached_embeddings, num_cached_batches
+    from ..data.embedding_cache import iter_cached_embeddings, num_cached_batches
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
     from ..engine.trackers import Trackers, parse_report_to
     from ..errors import DataError

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from . import losses as L
-from .ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder, run_bottlenecks
-from .rdm_teaching import curriculum_scale
+from ..core import losses as L
+from ..core.ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder, run_bottlenecks
+from ..core.rdm_teaching import curriculum_scale
 from .settings import METHODS, LossSettings
 
 

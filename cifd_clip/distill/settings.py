@@ -17,7 +17,7 @@ from typing import Optional
 
 from ..config import option
 from ..errors import ConfigError
-from .rdm_teaching import rdm_teaching_option
+from ..core.rdm_teaching import rdm_teaching_option
 
 # λ_CL of the CIFD methods (the baselines weigh their contrastive term 1.0, as open_clip and CLIP-KD do).
 CIFD_CONTRASTIVE_WEIGHT = 1.0

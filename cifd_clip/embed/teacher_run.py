@@ -3,7 +3,7 @@
 Each rank embeds its own shards (dealt by position, so a restart gives each rank the same ones); loader
 workers decode and preprocess whole shards, the main process batches samples through the teacher and hands
 each result to its shard's writer, and a shard is committed only after its last sample. Rank 0 then writes
-cache.json and, when asked, the zero-shot eval file (see `cifd_clip.rdm.zeroshot`).
+cache.json and, when asked, the zero-shot eval file (see `cifd_clip.evaluation.cached_zeroshot`).
 """
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from ..engine.distributed import barrier, cleanup, init_distributed
 from ..engine.precision import autocast, resolve_precision
 from ..errors import DataError, UserError
 from ..outputs import check_folder_target, check_free_space, hold_run_lock
-from . import cache as cache_lib
-from .augment import AugmentSettings, apply_params, sample_views
+from ..data import embedding_cache as cache_lib
+from ..data.augment import AugmentSettings, apply_params, sample_views
 
 # ---------------------------------------------------------------- data side (runs in loader workers)
 
@@ -221,10 +221,10 @@ def _refuse_other_shards(out: Path, names: list[str]) -> None:
 def _remove_cache_files(out: Path) -> None:
     if not out.is_dir():
         return
-    from ..rdm import zeroshot as rdm_zeroshot
+    from ..evaluation import cached_zeroshot
 
     for path in [*out.glob("*.tar"), *out.glob(f"*.tar{cache_lib.DONE_SUFFIX}"), out / cache_lib.META_FILE,
-                 out / rdm_zeroshot.FILE_NAME]:
+                 out / cached_zeroshot.FILE_NAME]:
         path.unlink(missing_ok=True)
 
 
@@ -370,7 +370,7 @@ def _embed_todo(cfg, out: Path, todo: list, teacher, augment, settings, env, pre
 def _finish_cache(cfg, out: Path, urls: list, settings, done_here: list, teacher, zeroshot_set, env,
                   precision) -> str:
     """Rank 0, after every rank is done: cache.json from all shards' markers, then the zero-shot set."""
-    from ..rdm import zeroshot as rdm_zeroshot
+    from ..evaluation import cached_zeroshot
 
     markers = []
     for u in urls:
@@ -387,13 +387,13 @@ def _finish_cache(cfg, out: Path, urls: list, settings, done_here: list, teacher
                f"{bad.summary()}; this run embedded {len(done_here)} shards")
     if not meta["num_samples"]:
         raise DataError(f"no usable sample in {cfg.train_data}: {bad.summary()}")
-    zeroshot_path = out / rdm_zeroshot.FILE_NAME
+    zeroshot_path = out / cached_zeroshot.FILE_NAME
     if zeroshot_set is not None:
-        payload = rdm_zeroshot.embed_zeroshot_set(
+        payload = cached_zeroshot.embed_zeroshot_set(
             teacher, cfg.zeroshot_dataset, cfg.zeroshot_root, settings=settings, batch_size=cfg.batch_size,
             workers=embed_workers(cfg.workers, env.device), device=env.device,
             autocast=lambda: autocast(precision, env.device), built=zeroshot_set)
-        rdm_zeroshot.write_zeroshot_eval(zeroshot_path, payload)
+        cached_zeroshot.write_zeroshot_eval(zeroshot_path, payload)
         summary += (f"; zero-shot set {cfg.zeroshot_root}: {len(payload['labels'])} images, "
                     f"{len(payload['classnames'])} classes x {len(payload['templates'])} templates "
                     f"in {zeroshot_path.name}")
@@ -405,7 +405,7 @@ def _finish_cache(cfg, out: Path, urls: list, settings, done_here: list, teacher
 def embed_shards(cfg) -> Optional[str]:
     """Embed this rank's unfinished shards; rank 0 then writes cache.json. Returns rank 0's summary line."""
     from .. import config as config_lib
-    from ..rdm import zeroshot as rdm_zeroshot
+    from ..evaluation import cached_zeroshot
     from ..towers import load_teacher
 
     urls, names = _source_urls(cfg)
@@ -427,10 +427,10 @@ def embed_shards(cfg) -> Optional[str]:
     settings = _teacher_settings(cfg, teacher, augment)
     _refuse_other_settings(out, settings)
     zeroshot_set = None
-    if cfg.zeroshot_root and not rdm_zeroshot.is_done(out / rdm_zeroshot.FILE_NAME, settings, cfg.zeroshot_dataset,
+    if cfg.zeroshot_root and not cached_zeroshot.is_done(out / cached_zeroshot.FILE_NAME, settings, cfg.zeroshot_dataset,
                                                       cfg.zeroshot_root):
         # built on every rank before any embedding, so that a bad set stops all ranks at once
-        zeroshot_set = rdm_zeroshot.build_zeroshot_dataset(cfg.zeroshot_dataset, cfg.zeroshot_root, teacher.preprocess)
+        zeroshot_set = cached_zeroshot.build_zeroshot_dataset(cfg.zeroshot_dataset, cfg.zeroshot_root, teacher.preprocess)
 
     if env.is_main:
         _refuse_other_shards(out, names)

@@ -72,7 +72,7 @@ def learned_map(ckpt: dict) -> tuple[torch.Tensor, str]:
 
 
 def _isometric_q(states: dict, student_dim: int, orthogonal_map: str) -> torch.Tensor:
-    from ..distill.ibm import IsometricDecoder
+    from ..core.ibm import IsometricDecoder
 
     from ..distill.distiller import _migrate
 
@@ -123,7 +123,7 @@ def cached_pairs(tower, train_data: str, cache: str, samples: int, batch_size: i
     cached ones, image pairs first."""
     from ..data.loader import make_train_loader
     from ..data.shards import count_samples, expand_urls
-    from ..embed.cache import CacheJoin
+    from ..data.embedding_cache import CacheJoin
 
     available = count_samples(expand_urls(train_data))
     samples = min(int(samples), available) if available else int(samples)
@@ -189,7 +189,7 @@ def fold_into_projections(state_dict: dict, model_cfg: dict, matrix: torch.Tenso
 def teacher_identity(ckpt: dict, cache: Optional[str]) -> dict:
     """{"spec", "model_name", "fingerprint"} of the teacher whose space this is: from the embedding cache's
     cache.json (the run's own, or `cache`), else from the run's online teacher."""
-    from ..embed.cache import read_cache_meta
+    from ..data.embedding_cache import read_cache_meta
 
     config = ckpt.get("config") or {}
     cache = cache or config.get("cache")

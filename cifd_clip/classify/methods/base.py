@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...distill import losses as L
+from ...core import losses as L
 from ..settings import ClassifySettings
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...distill import losses as L
-from ...distill.ibm import InformationBottleneck, make_decoder
-from ...distill.rdm_teaching import curriculum_scale
+from ...core import losses as L
+from ...core.ibm import InformationBottleneck, make_decoder
+from ...core.rdm_teaching import curriculum_scale
 from ...errors import UserError
 from .base import ClassifyMethod
 

@@ -1,7 +1,7 @@
 """The methods on logits alone: cross-entropy, Hinton's KD (TAKD, DGKD), DIST and NormKD."""
 from __future__ import annotations
 
-from ...distill import losses as L
+from ...core import losses as L
 from .base import ClassifyMethod
 
 

@@ -25,7 +25,7 @@ from open_clip.loss import ClipLoss, DistillClipLoss
 from torch import nn
 
 from ..errors import UserError
-from ..rdm.model import distortion_per_sample
+from .rdm import distortion_per_sample
 
 Projection = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
