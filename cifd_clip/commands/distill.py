@@ -59,7 +59,7 @@ def run(cfg: Config) -> int:
     import logging
 
     from ..data.embedding_cache import check_cache_compatible, read_cache_meta
-    from ..distill.distiller import Distiller
+    from ..distill.distiller import DEFAULT_TEACHER_LOGIT_SCALE, Distiller
     from ..distill.inputs import build_distill_loader
     from ..engine import session
     from ..evaluation import during_training
@@ -99,7 +99,7 @@ def run(cfg: Config) -> int:
             if teacher_logit_scale is None:
                 teacher_logit_scale = meta.get("teacher_logit_scale")
                 if teacher_logit_scale is None and method_reads(cfg.loss, "teacher_logit_scale"):
-                    teacher_logit_scale = 100.0
+                    teacher_logit_scale = DEFAULT_TEACHER_LOGIT_SCALE
                     log.warning("cache %s does not record the teacher's logit scale (made by an older cifd-clip): "
                                 "using 100; pass --teacher-logit-scale or re-run embed", cfg.cache)
         if cfg.rdm is None and cfg.loss.startswith("cifd") and env.is_main:

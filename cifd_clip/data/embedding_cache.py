@@ -350,18 +350,6 @@ def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count
     return shard
 
 
-def check_keys_line_up(shard: str, cached_keys: Iterable[str], source_keys: Iterable[str]) -> None:
-    """DataError at the first position where a cache shard's keys and its source shard's keys differ."""
-    cached_keys, source_keys = list(cached_keys), list(source_keys)
-    for i, (c, s) in enumerate(zip(cached_keys, source_keys)):
-        if c != s:
-            raise DataError(f"cache shard {shard} does not line up with its source: sample {i} is {c} in the cache "
-                            f"but {s} in the source shard")
-    if len(cached_keys) != len(source_keys):
-        raise DataError(f"cache shard {shard} holds {len(cached_keys)} samples but its source shard has "
-                        f"{len(source_keys)} readable ones")
-
-
 class CacheJoin:
     """Data-loader sample stage: adds a sample's teacher embeddings from the cache, found by its key.
 

@@ -23,6 +23,8 @@ from .settings import LossSettings
 from ..core.distiller_base import DistillerBase
 
 LOGIT_SCALE_MAX = math.log(100)
+# a cached teacher's logit scale when its cache does not record one (caches of older versions): CLIP's 100
+DEFAULT_TEACHER_LOGIT_SCALE = 100.0
 # Checkpoints written before the methods became modules of their own kept these at the top level.
 _OLD_PREFIXES = {"ibm_image.decoder.": "method.decoders.0.", "ibm_text.decoder.": "method.decoders.1.",
                  "ibm_image.": "method.ibm_image.", "ibm_text.": "method.ibm_text.",
@@ -82,7 +84,7 @@ class Distiller(DistillerBase):
                 raise DataError("the batches carry no cached teacher embeddings (t_image_emb/t_text_emb): "
                                 "give --cache DIR or --teacher SPEC --teacher-online")
             image, text = batch["t_image_emb"].float(), batch["t_text_emb"].float()
-            scale = torch.tensor(float(self.teacher_logit_scale or 100.0), device=device)
+            scale = torch.tensor(float(self.teacher_logit_scale or DEFAULT_TEACHER_LOGIT_SCALE), device=device)
         if self.teacher_logit_scale is not None:
             scale = torch.tensor(float(self.teacher_logit_scale), device=device)
         noise = self._teaching_generator if getattr(self.method, "teaching", "mean") == "stochastic" else None

@@ -19,9 +19,9 @@ from ..config import option
 from ..errors import ConfigError
 from ..core.rdm_teaching import rdm_teaching_option
 
-# λ_CL of the CIFD methods (the baselines weigh their contrastive term 1.0, as open_clip and CLIP-KD do).
-CIFD_CONTRASTIVE_WEIGHT = 1.0
-BASELINE_CONTRASTIVE_WEIGHT = 1.0
+# λ_CL when --contrastive-weight is not given, for CIFD and the baselines alike (open_clip and CLIP-KD weigh
+# their contrastive term 1.0).
+CONTRASTIVE_WEIGHT = 1.0
 
 _CIFD = ("contrastive_weight", "teacher_weight", "rdm_weights", "normalize_targets", "ibm", "ibm_weight",
          "ibm_hidden_dim", "ibm_decoder", "ibm_orthogonal_map", "ibm_input", "kd_dropout", "distortion",
@@ -55,9 +55,9 @@ class LossSettings:
     loss: str = option("cifd", "distillation method: " + "; ".join(f"{k}: {v[0]}" for k, v in METHODS.items()
                                                                    if v[2]), choices=DISTILL_LOSSES)
     contrastive_weight: Optional[float] = option(
-        None, f"weight of the student's contrastive term, λ_CL for CIFD (default: {CIFD_CONTRASTIVE_WEIGHT:g} for "
-              f"cifd/cifd_affinity, {BASELINE_CONTRASTIVE_WEIGHT:g} for the baselines; the paper's 0.005 leaves a "
-              f"short run's towers unaligned, see docs/method.md)", aliases=["lambda_cl"])
+        None, f"weight of the student's contrastive term, λ_CL for CIFD (default: {CONTRASTIVE_WEIGHT:g} for every "
+              f"loss; the paper's 0.005 leaves a short run's towers unaligned, see docs/method.md)",
+        aliases=["lambda_cl"])
     teacher_weight: float = option(1.0, "CIFD: weight of the feature term against the teacher")
     rdm_weights: list[float] = option([], "CIFD: λ_n per RDM in rate order (default 1.0 each)")
     normalize_targets: bool = option(True, "CIFD: L2-normalise the teacher and RDM targets before the feature "
@@ -95,7 +95,7 @@ class LossSettings:
     def resolved_contrastive_weight(self) -> float:
         if self.contrastive_weight is not None:
             return float(self.contrastive_weight)
-        return CIFD_CONTRASTIVE_WEIGHT if self.loss.startswith("cifd") else BASELINE_CONTRASTIVE_WEIGHT
+        return CONTRASTIVE_WEIGHT
 
     def validate(self) -> None:
         if self.loss not in METHODS:
