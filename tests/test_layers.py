@@ -73,3 +73,18 @@ def test_the_classification_path_imports_no_clip_stage():
 def test_the_method_core_imports_no_stage():
     imported = set(imports_by_unit().get("core", {}))
     assert all(layer_of(u) < layer_of("core") for u in imported), imported
+
+
+def test_each_loss_row_names_its_method_class():
+    """A method is its class plus one row of METHODS (both paths): the row's class resolves, and the facts the
+    row states are what the built method says."""
+    from cifd_clip.classify.methods import ClassifyMethod, method_class as cls_method_class
+    from cifd_clip.classify.settings import METHODS as CLS_METHODS
+    from cifd_clip.distill.methods import Method, build_method, method_class
+    from cifd_clip.distill.settings import METHODS, LossSettings
+
+    assert all(issubclass(cls_method_class(name), ClassifyMethod) for name in CLS_METHODS)
+    assert all(issubclass(method_class(name), Method) for name in METHODS)
+    built = build_method(LossSettings(loss="cifd"), student_dim=8, teacher_dims=(8, 8), num_rdms=2)
+    assert built.uses_rdms and built.needs_teacher
+    assert not build_method(LossSettings(loss="contrastive"), student_dim=8).needs_teacher

@@ -101,7 +101,8 @@ def test_every_form_is_an_option_of_both_paths_and_refused_elsewhere():
 
 
 def test_heads_give_each_rdm_its_own_head_on_both_paths():
-    from cifd_clip.classify.methods import CIFD as ClsCIFD, StudentOut, Targets as ClsTargets
+    from cifd_clip.classify.methods import StudentOut, Targets as ClsTargets
+    from cifd_clip.classify.methods.cifd import CIFD as ClsCIFD
     from cifd_clip.classify.settings import ClassifySettings
     from cifd_clip.distill.methods import CIFD, StudentOutputs, Targets
     from cifd_clip.distill.settings import LossSettings

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import option
-from ..distill.settings import LossSettings, method_reads
+from ..distill.settings import METHODS, LossSettings, method_reads
 from ..engine.options import TrainingOptions
 from ..errors import ConfigError
 
@@ -47,7 +47,7 @@ class Config(TrainingOptions, LossSettings):
             raise ConfigError("give --cache DIR (cached teacher embeddings) or --teacher SPEC --teacher-online")
         if self.teacher_online and self.cache_view != "auto":
             raise ConfigError("--cache-view chooses among cached views; an online teacher sees the plain image")
-        if self.rdm and not self.loss.startswith("cifd"):
+        if self.rdm and not METHODS[self.loss].uses_rdms:
             raise ConfigError(f"--rdm is only used by the CIFD losses, not --loss {self.loss}")
 
 
@@ -102,7 +102,7 @@ def run(cfg: Config) -> int:
                     teacher_logit_scale = DEFAULT_TEACHER_LOGIT_SCALE
                     log.warning("cache %s does not record the teacher's logit scale (made by an older cifd-clip): "
                                 "using 100; pass --teacher-logit-scale or re-run embed", cfg.cache)
-        if cfg.rdm is None and cfg.loss.startswith("cifd") and env.is_main:
+        if cfg.rdm is None and METHODS[cfg.loss].uses_rdms and env.is_main:
             log.info("no --rdm: CIFD runs with the teacher's feature term only")
 
         seed_everything(cfg.seed)  # same initial weights on every rank

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..config import option
 from ..errors import ConfigError
@@ -27,33 +27,46 @@ _CIFD = ("contrastive_weight", "teacher_weight", "rdm_weights", "normalize_targe
          "ibm_hidden_dim", "ibm_decoder", "ibm_orthogonal_map", "ibm_input", "kd_dropout", "distortion",
          "rdm_teaching")
 
-# loss name -> (one-line description, fields it reads, whether it needs teacher targets)
+class MethodRow(NamedTuple):
+    """One --loss: what it is, the settings it reads, whether it needs teacher targets and reads the RDMs, and
+    its class in distill/methods.py. Adding a method is its class plus one row here."""
+    description: str
+    reads: tuple
+    needs_teacher: bool
+    uses_rdms: bool
+    class_name: str
+
+
 METHODS = {
-    "cifd": ("CIFD: contrastive + feature terms against the teacher and the RDMs through the IBM", _CIFD, True),
-    "cifd_affinity": ("CIFD plus the teacher's and each RDM's batch affinities (open_clip's distill term) as "
-                      "weak teachers", _CIFD + ("distill_weight", "teacher_logit_scale"), True),
-    "distill_clip": ("open_clip's DistillClipLoss: contrastive + the teacher's batch affinities",
-                     ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True),
-    "clipkd": ("CLIP-KD: contrastive + FD + ICL + CRD",
-               ("contrastive_weight", "fd_weight", "icl_weight", "crd_weight", "teacher_logit_scale"), True),
-    "tinyclip": ("TinyCLIP: contrastive + affinity mimicking",
-                 ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True),
-    "contrastive": ("no teacher: open_clip's ClipLoss only (what `cifd-clip train` runs)", ("contrastive_weight",),
-                    False),
+    "cifd": MethodRow("CIFD: contrastive + feature terms against the teacher and the RDMs through the IBM", _CIFD,
+                      True, True, "CIFD"),
+    "cifd_affinity": MethodRow("CIFD plus the teacher's and each RDM's batch affinities (open_clip's distill term) "
+                               "as weak teachers", _CIFD + ("distill_weight", "teacher_logit_scale"), True, True,
+                               "CIFDAffinity"),
+    "distill_clip": MethodRow("open_clip's DistillClipLoss: contrastive + the teacher's batch affinities",
+                              ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True, False,
+                              "DistillClip"),
+    "clipkd": MethodRow("CLIP-KD: contrastive + FD + ICL + CRD",
+                        ("contrastive_weight", "fd_weight", "icl_weight", "crd_weight", "teacher_logit_scale"), True,
+                        False, "CLIPKD"),
+    "tinyclip": MethodRow("TinyCLIP: contrastive + affinity mimicking",
+                          ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True, False, "TinyCLIP"),
+    "contrastive": MethodRow("no teacher: open_clip's ClipLoss only (what `cifd-clip train` runs)",
+                             ("contrastive_weight",), False, False, "Contrastive"),
 }
 
 
 def method_reads(loss: str, field_name: str) -> bool:
-    return field_name in METHODS[loss][1]
+    return field_name in METHODS[loss].reads
 
 
-DISTILL_LOSSES = [name for name, (_, _, needs_teacher) in METHODS.items() if needs_teacher]
+DISTILL_LOSSES = [name for name, row in METHODS.items() if row.needs_teacher]
 
 
 @dataclass
 class LossSettings:
-    loss: str = option("cifd", "distillation method: " + "; ".join(f"{k}: {v[0]}" for k, v in METHODS.items()
-                                                                   if v[2]), choices=DISTILL_LOSSES)
+    loss: str = option("cifd", "distillation method: " + "; ".join(f"{k}: {v.description}" for k, v in METHODS.items()
+                                                                   if v.needs_teacher), choices=DISTILL_LOSSES)
     contrastive_weight: Optional[float] = option(
         None, f"weight of the student's contrastive term, λ_CL for CIFD (default: {CONTRASTIVE_WEIGHT:g} for every "
               f"loss; the paper's 0.005 leaves a short run's towers unaligned, see docs/method.md)",
@@ -100,7 +113,7 @@ class LossSettings:
     def validate(self) -> None:
         if self.loss not in METHODS:
             raise ConfigError(f"--loss must be one of {', '.join(METHODS)}, got {self.loss!r}")
-        used = set(METHODS[self.loss][1])
+        used = set(METHODS[self.loss].reads)
         for f in dataclasses.fields(LossSettings):
             if f.name == "loss" or f.name in used:
                 continue

@@ -46,6 +46,7 @@ class RunContext:
 
 
 class ClassifyMethod(nn.Module):
+    # the method's row of settings.METHODS, set by build_classify_method
     needs_teacher = True
     uses_rdms = False
     uses_feature_maps = False

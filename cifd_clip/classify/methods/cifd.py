@@ -15,7 +15,6 @@ class CIFD(ClassifyMethod):
     """The paper's classification loss, with the IBM on the student's pooled features (its decoder maps them
     to the teacher's width). Terms: ce, kd_teacher, kd_rdm{n}, emb_teacher, emb_rdm{n}, rate."""
 
-    uses_rdms = True
 
     def __init__(self, settings, *, student_dim: int, teacher_dim: int, num_rdms: int, **_):
         super().__init__(settings)

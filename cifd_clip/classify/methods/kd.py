@@ -6,7 +6,6 @@ from .base import ClassifyMethod
 
 
 class CrossEntropy(ClassifyMethod):
-    needs_teacher = False
 
     def forward(self, student, targets, generator=None):
         return self.ce(student, targets)
