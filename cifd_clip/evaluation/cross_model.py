@@ -23,28 +23,12 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import DataError, UserError
-from .datasets import CLASSIFICATION, RETRIEVAL, build_dataset, make_loader
+from .datasets import build_dataset, make_loader
+from .tasks import CROSS_TASKS, RETRIEVAL, TASKS
 
-CROSS_RETRIEVAL = "cross_model_retrieval"
-CROSS_CLASSIFICATION = "cross_model_classification"
-BASE_TASK = {CROSS_RETRIEVAL: RETRIEVAL, CROSS_CLASSIFICATION: CLASSIFICATION}
-CROSS_TASKS = tuple(BASE_TASK)
+BASE_TASK = {name: TASKS[name].base for name in CROSS_TASKS}
 GALLERY_FORMAT = "cifd_clip.gallery"
 GALLERY_VERSION = 1
-CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
-
-
-def cross_task_for(base_task: str) -> str:
-    return {base: cross for cross, base in BASE_TASK.items()}[base_task]
-
-
-def metric_rows(task: str, recall_k: Sequence[int]) -> list[str]:
-    """The rows a results table shows for a cross-model task: cross, teacher, student, retained."""
-    if task == CROSS_RETRIEVAL:
-        rows = [f"{d}_retrieval_recall@{k}" for k in recall_k for d in ("image", "text")]
-        return rows + [f"{who}_{r}" for who in ("teacher", "student") for r in rows] + ["recall_retained"]
-    rows = list(CLASSIFICATION_METRICS)
-    return rows + [f"{who}_{r}" for who in ("teacher", "student") for r in rows] + ["acc1_retained"]
 
 
 @dataclass
