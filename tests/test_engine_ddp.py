@@ -81,7 +81,7 @@ def gradients(loss: str, env) -> dict:
     from cifd_clip.distill.settings import LossSettings
     from cifd_clip.engine.loop import wrap_ddp
     from cifd_clip.core.rdm import RDMFamily
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     torch.manual_seed(0)
     student = load_model("tiny-vit-student").model

@@ -8,7 +8,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "cifd_clip"
 LAYERS = [
     {"errors", "config", "files", "outputs", "runlog", "entropy", "hub", "model_configs"},  # foundations
-    {"towers", "data"},  # models and data on disk
+    {"clip_models", "data"},  # models and data on disk
     {"engine"},  # the training loop
     {"evaluation"},  # the evaluation tasks (eval, bench, evaluation during training)
     {"core"},  # the method: losses, IBM, RDM modules, how the RDMs teach, the distiller's base

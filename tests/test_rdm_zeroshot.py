@@ -15,7 +15,7 @@ from test_train_rdm import D_IMG, LATENT, cli as train_rdm_cli, write_cache
 
 @pytest.fixture(scope="module")
 def teacher_weights(tmp_path_factory):
-    from cifd_clip.towers import load_teacher
+    from cifd_clip.clip_models import load_teacher
 
     torch.manual_seed(7)
     path = tmp_path_factory.mktemp("zs_teacher") / "teacher.pt"
@@ -29,7 +29,7 @@ def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_w
     from cifd_clip.evaluation.datasets import build_dataset, make_loader
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
     from cifd_clip.evaluation.zeroshot import build_classifier
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     out, root = tmp_path / "cache", demo_data_dir / "zeroshot"
     argv = ["embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained", teacher_weights, "--train-data",

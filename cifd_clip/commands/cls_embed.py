@@ -48,7 +48,7 @@ def run(cfg: Config) -> int:
     from ..engine.distributed import resolve_device
     from ..engine.precision import autocast, resolve_precision
     from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
-    from ..towers import weights_fingerprint
+    from ..clip_models import weights_fingerprint
 
     out = check_folder_target(cfg.out, "--out")
     refuse_to_replace([out / cache_lib.META_FILE], "--out", cfg.overwrite, "an embedding cache")

@@ -66,7 +66,7 @@ def run(cfg: Config) -> int:
     from ..engine.loop import seed_everything
     from ..errors import UserError
     from ..core.rdm import RDMFamily
-    from ..towers import load_model, load_teacher, weights_fingerprint
+    from ..clip_models import load_model, load_teacher, weights_fingerprint
 
     log = logging.getLogger(__name__)
 

@@ -125,7 +125,7 @@ def run(cfg: Config):
     from ..evaluation.suite import slug
     from ..files import write_text_atomic
     from ..outputs import check_file_target
-    from ..towers import load_model
+    from ..clip_models import load_model
 
     device, precision = cfg.resolved_device_and_precision()
     task = None if cfg.task == "auto" else cfg.task

@@ -22,7 +22,7 @@ def run(cfg: Config) -> int:
     from ..engine import session
     from ..evaluation import during_training
     from ..engine.loop import seed_everything
-    from ..towers import load_model
+    from ..clip_models import load_model
 
     def prepare(env, run_dir):
         session.preflight(cfg, env)

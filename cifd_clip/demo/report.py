@@ -16,7 +16,7 @@ TIE = 0.5  # points; closer than this is reported as a tie, not a win
 
 
 def describe_checkpoint(checkpoint: Path) -> dict:
-    from ..towers import read_checkpoint
+    from ..clip_models import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     weights = ckpt["state_dict"]

@@ -75,7 +75,7 @@ class Distiller(DistillerBase):
         """The teacher's embeddings (online teacher or cached batch fields), its logit scale and, for methods
         that use them, every RDM's rounded reconstruction."""
         if self.teacher is not None:
-            # the batch has no teacher fields when the teacher's inputs are the student's (`towers.same_inputs`)
+            # the batch has no teacher fields when the teacher's inputs are the student's (`clip_models.same_inputs`)
             image = self.teacher.encode_image(batch.get("teacher_image", batch["image"])).float()
             text = self.teacher.encode_text(batch.get("teacher_text", batch["text"])).float()
             scale = self.teacher.model.logit_scale.detach().exp().float()

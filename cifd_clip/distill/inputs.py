@@ -19,7 +19,7 @@ def build_distill_loader(cfg, tower, env, *, teacher=None, cache_view: Optional[
     from ..data.embedding_cache import CacheJoin
     from ..engine import session
 
-    from ..towers import same_inputs
+    from ..clip_models import same_inputs
 
     stages = [] if teacher is not None else [CacheJoin(cfg.cache, view=cache_view, seed=cfg.seed)]
     if teacher is not None and same_inputs(tower, teacher.tower):

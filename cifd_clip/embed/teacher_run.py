@@ -173,7 +173,7 @@ class _AsyncWriter:
 
 
 def _teacher_settings(cfg, teacher, augment) -> dict:
-    from ..towers import weights_fingerprint
+    from ..clip_models import weights_fingerprint
 
     tower = teacher.tower
     return cache_lib.make_settings(
@@ -406,7 +406,7 @@ def embed_shards(cfg) -> Optional[str]:
     """Embed this rank's unfinished shards; rank 0 then writes cache.json. Returns rank 0's summary line."""
     from .. import config as config_lib
     from ..evaluation import cached_zeroshot
-    from ..towers import load_teacher
+    from ..clip_models import load_teacher
 
     urls, names = _source_urls(cfg)
     if cfg.threads:

@@ -23,7 +23,7 @@ import torch
 
 from ..files import write_atomic
 from ..errors import UserError
-from ..towers import read_checkpoint, strip_prefixes
+from ..clip_models import read_checkpoint, strip_prefixes
 from .retention import LATEST, Retention, checkpoint_step, to_delete
 
 log = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ def embed_zeroshot_set(teacher, dataset: str, root, *, settings: dict, batch_siz
                        device="cpu", autocast=None, built=None) -> dict:
     """The teacher's embeddings of a zero-shot set's images and of every (class, template) prompt.
 
-    `teacher` is a `cifd_clip.towers.Teacher` (its `normalize` decides normalisation, like the cache);
+    `teacher` is a `cifd_clip.clip_models.Teacher` (its `normalize` decides normalisation, like the cache);
     `settings` are the cache's (fingerprint, dtype, ...); `built` an already built (dataset, info) pair.
     """
     import contextlib

@@ -33,7 +33,7 @@ GALLERY_VERSION = 1
 
 @dataclass
 class GallerySource:
-    """Where the teacher's side comes from: `tower` (the teacher, a cifd_clip Tower) embeds the set, `path` is
+    """Where the teacher's side comes from: `tower` (the teacher, a cifd_clip LoadedCLIP) embeds the set, `path` is
     a gallery file to read, or to write once the tower has embedded the set. At least one of the two.
     `fingerprint_hint`: the tower's weights fingerprint when the caller has it (one hash of a large teacher per suite)."""
     tower: object = None
@@ -53,7 +53,7 @@ class GallerySource:
         if self.tower is None:
             return None
         if self._fingerprint is None:
-            from ..towers import weights_fingerprint
+            from ..clip_models import weights_fingerprint
             self._fingerprint = weights_fingerprint(self.tower.model)
         return self._fingerprint
 

@@ -66,7 +66,7 @@ def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[
                               workers: int = 4, recall_k: Sequence[int] = (1, 5, 10), device="cpu",
                               precision: str = "fp32", options: Optional[dict] = None, pretrained: Optional[str] = None,
                               show_progress: bool = True, gallery=None) -> dict:
-    """Zero-shot classification or retrieval of `tower` (a cifd_clip.towers.Tower) on one dataset.
+    """Zero-shot classification or retrieval of `tower` (a cifd_clip.clip_models.LoadedCLIP) on one dataset.
 
     `task` None means the dataset's own task. `options` go to build_dataset (classnames_file,
     templates_file, annotation_file, captions_per_image, border_crop, split). A dataset root that

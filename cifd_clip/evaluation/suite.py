@@ -143,9 +143,9 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
     The cross-model entries search each model's queries against `gallery_model`'s embeddings of the set, made once
     per set and kept in `gallery_dir` (default OUTPUT_DIR/gallery), where a later run finds them again.
     Returns {"suite", "models", "datasets", "results": [[result per dataset] per model], "markdown",
-    "missing": n, "errors": n}. Model specs are anything cifd_clip.towers.load_model accepts.
+    "missing": n, "errors": n}. Model specs are anything cifd_clip.clip_models.load_model accepts.
     """
-    from ..towers import load_model
+    from ..clip_models import load_model
     from .runner import evaluate_model_on_dataset, result_header, weights_label
 
     suite = load_suite(suite)
@@ -195,7 +195,7 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
 def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_pretrained: Optional[str],
                      gallery_dir: Path, device, cache_dir: Optional[str] = None) -> list:
     """Per entry: None, or the cross-model entry's GallerySource (the teacher loaded once, one file per set)."""
-    from ..towers import load_model
+    from ..clip_models import load_model
     from .cross_model import GallerySource
 
     if not any(e["task"] in CROSS_TASKS for e in entries):
@@ -205,7 +205,7 @@ def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_
         return [None] * len(entries)
     teacher, fingerprint = None, None
     if gallery_model:
-        from ..towers import weights_fingerprint
+        from ..clip_models import weights_fingerprint
 
         teacher = load_model(gallery_model, gallery_pretrained, device=device, cache_dir=cache_dir)
         fingerprint = weights_fingerprint(teacher.model)

@@ -199,7 +199,7 @@ def teacher_identity(ckpt: dict, cache: Optional[str]) -> dict:
         return {"spec": teacher.get("spec"), "model_name": teacher.get("model_name"),
                 "fingerprint": meta.get("teacher_fingerprint"), "cache": str(cache)}
     if config.get("teacher"):
-        from ..towers import load_model, weights_fingerprint
+        from ..clip_models import load_model, weights_fingerprint
 
         tower = load_model(config["teacher"], config.get("teacher_pretrained"))
         return {"spec": config["teacher"], "model_name": tower.model_name,
@@ -222,7 +222,7 @@ def build_map(ckpt: dict, checkpoint: str, kind: str, *, cache: Optional[str] = 
     if not cache or not train_data:
         raise UserError(f"--teacher-map {kind} fits the map on the teacher's cached embeddings of training samples: "
                         f"pass --teacher-cache CACHE and --fit-data SHARDS (the shards that cache was made from)")
-    from ..towers import load_model
+    from ..clip_models import load_model
 
     tower = load_model(str(checkpoint))
     student, target = cached_pairs(tower, train_data, cache, samples, batch_size)

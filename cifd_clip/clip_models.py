@@ -49,7 +49,7 @@ def register_model_configs() -> None:
 
 
 @dataclass
-class Tower:
+class LoadedCLIP:
     """An open_clip model with everything needed to feed it raw images and strings."""
 
     model: nn.Module
@@ -67,10 +67,10 @@ class Tower:
         return int(self.model_cfg["embed_dim"])
 
 
-def same_inputs(a: Tower, b: Tower) -> bool:
+def same_inputs(a: LoadedCLIP, b: LoadedCLIP) -> bool:
     """Whether two towers turn a raw sample into the same tensors: the same eval preprocessing (open_clip builds
     it from `preprocess_cfg` alone) and the same tokenizer (built from the text config's tokenizer fields)."""
-    def tokenizer_key(tower: Tower) -> tuple:
+    def tokenizer_key(tower: LoadedCLIP) -> tuple:
         text = tower.model_cfg.get("text_cfg", {})
         return (type(tower.tokenizer), getattr(tower.tokenizer, "context_length", None), text.get("hf_tokenizer_name"),
                 json.dumps(text.get("tokenizer_kwargs") or {}, sort_keys=True))
@@ -175,7 +175,7 @@ def _create(name: str, device, precision: str, aug_cfg, **kwargs):
 
 
 def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
-               precision: str = "fp32", aug_cfg: Optional[dict] = None, cache_dir: Optional[str] = None) -> Tower:
+               precision: str = "fp32", aug_cfg: Optional[dict] = None, cache_dir: Optional[str] = None) -> LoadedCLIP:
     """Build an open_clip model from any spec (see module doc) and its transforms and tokenizer. `cache_dir`:
     where downloaded weights go and are looked for (open_clip's --cache-dir; default the Hugging Face cache)."""
     register_model_configs()
@@ -212,22 +212,22 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
     else:
         model, pp_train, pp_val = _create(name, device, precision, aug_cfg)
     tokenizer = open_clip.get_tokenizer(name)
-    return Tower(model, pp_train, pp_val, tokenizer, name, open_clip.get_model_config(name),
+    return LoadedCLIP(model, pp_train, pp_val, tokenizer, name, open_clip.get_model_config(name),
                  dict(model.visual.preprocess_cfg), spec, extra)
 
 
-def _load_from_hub(spec, pretrained, device, precision, aug_cfg, cache_dir) -> Tower:
+def _load_from_hub(spec, pretrained, device, precision, aug_cfg, cache_dir) -> LoadedCLIP:
     from .hub import create_from_hub
 
     if pretrained:
         raise UserError(f"{spec} brings its own weights; drop --pretrained {pretrained}")
     model, pp_train, pp_val, tokenizer, model_cfg = create_from_hub(spec, device=device, precision=precision,
                                                                     aug_cfg=aug_cfg, cache_dir=cache_dir)
-    return Tower(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec,
+    return LoadedCLIP(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec,
                  {"hf_hub": spec})
 
 
-def _load_local_dir(spec, pretrained, device, precision, aug_cfg) -> Tower:
+def _load_local_dir(spec, pretrained, device, precision, aug_cfg) -> LoadedCLIP:
     folder = Path(spec[len("local-dir:"):])
     if not (folder / "open_clip_config.json").is_file():
         raise UserError(f"{folder} is not an open_clip model folder (no open_clip_config.json in it)")
@@ -236,7 +236,7 @@ def _load_local_dir(spec, pretrained, device, precision, aug_cfg) -> Tower:
     tokenizer = open_clip.get_tokenizer(spec)
     if pretrained:
         _load_weights_into(model, pretrained, spec)
-    return Tower(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec)
+    return LoadedCLIP(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec)
 
 
 def _resolve_model_name(name: str, tag: Optional[str]) -> tuple[str, Optional[str]]:
@@ -308,7 +308,7 @@ class Teacher(nn.Module):
     and batch-norm statistics of the teacher never change during distillation.
     """
 
-    def __init__(self, tower: Tower, normalize: bool = True):
+    def __init__(self, tower: LoadedCLIP, normalize: bool = True):
         super().__init__()
         self.tower = tower
         self.model = tower.model
