@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import read_json_file, read_torch_file
+from .file_io import read_json_file, read_torch_file
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")

@@ -111,7 +111,7 @@ def test_embedding_another_shard_set_into_the_same_cache_is_refused(world, tmp_p
 
 def test_a_second_run_on_the_same_run_folder_waits_for_no_one_it_is_refused(world, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from cifd_clip.outputs import hold_run_lock; "
+        [sys.executable, "-c", "import sys, time; from cifd_clip.output_checks import hold_run_lock; "
                                "hold_run_lock(sys.argv[1], 'run folder'); print('held', flush=True); time.sleep(60)",
          str(world["root"] / "runs" / "busy")], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cifd_clip.demo.plan import DEFAULT_RECIPES, MODELS, STEPS
+from cifd_clip.demo.steps import DEFAULT_RECIPES, MODELS, STEPS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

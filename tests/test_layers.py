@@ -7,7 +7,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "cifd_clip"
 LAYERS = [
-    {"errors", "config", "files", "outputs", "runlog", "entropy", "hub", "model_configs"},  # foundations
+    {"errors", "config", "file_io", "output_checks", "runlog", "entropy", "hub", "model_configs"},  # foundations
     {"clip_models", "data"},  # models and data on disk
     {"engine"},  # the training loop
     {"evaluation"},  # the evaluation tasks (eval, bench, evaluation during training)

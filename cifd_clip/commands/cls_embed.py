@@ -38,7 +38,7 @@ def run(cfg: Config) -> int:
 
     import torch
 
-    from ..files import write_text_atomic
+    from ..file_io import write_text_atomic
 
     from ..classify.cache import SHARD_SIZE, dataset_identity, sample_views, shard_name
     from ..classify.data import open_set, recipe_for, view_tensor
@@ -47,7 +47,7 @@ def run(cfg: Config) -> int:
     from ..data.augment import AugmentSettings
     from ..engine.distributed import resolve_device
     from ..engine.precision import autocast, resolve_precision
-    from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
+    from ..output_checks import check_folder_target, hold_run_lock, refuse_to_replace
     from ..clip_models import weights_fingerprint
 
     out = check_folder_target(cfg.out, "--out")

@@ -113,6 +113,6 @@ def run(cfg: Config) -> int:
             tower.model, cfg.loss_settings(), student_dim=tower.embed_dim, teacher_dims=teacher_dims, teacher=teacher,
             rdm=rdm, teacher_logit_scale=teacher_logit_scale, seed=cfg.seed, local_loss=cfg.local_loss,
             gather_with_grad=cfg.gather_with_grad, rank=env.rank, world_size=env.world_size)
-        return session.TrainingPlan(module, data, session.describe(tower, cfg), during_training.make_evaluator(cfg, tower, env))
+        return session.TrainingSetup(module, data, session.describe(tower, cfg), during_training.make_evaluator(cfg, tower, env))
 
     return session.run_training(cfg, prepare, checks=[during_training.check_eval_sets])

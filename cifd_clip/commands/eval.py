@@ -123,8 +123,8 @@ def run(cfg: Config):
     from ..evaluation.datasets import DatasetMissing, canonical_name, default_task
     from ..evaluation.runner import evaluate_model_on_dataset, weights_label
     from ..evaluation.suite import slug
-    from ..files import write_text_atomic
-    from ..outputs import check_file_target
+    from ..file_io import write_text_atomic
+    from ..output_checks import check_file_target
     from ..clip_models import load_model
 
     device, precision = cfg.resolved_device_and_precision()

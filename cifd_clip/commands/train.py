@@ -31,7 +31,7 @@ def run(cfg: Config) -> int:
         module = Distiller.build(tower.model, LossSettings(loss="contrastive"), student_dim=tower.embed_dim,
                                  seed=cfg.seed, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
                                  rank=env.rank, world_size=env.world_size)
-        return session.TrainingPlan(module, session.build_loader(cfg, tower, env), session.describe(tower, cfg),
+        return session.TrainingSetup(module, session.build_loader(cfg, tower, env), session.describe(tower, cfg),
                                     during_training.make_evaluator(cfg, tower, env))
 
     return session.run_training(cfg, prepare, checks=[during_training.check_eval_sets])

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from ..errors import DataError, UserError
-from ..files import check_format, read_json_file, write_text_atomic
+from ..file_io import check_format, read_json_file, write_text_atomic
 from .augment import IDENTITY, apply_params, is_identity, key_rng
 
 FORMAT = "cifd-clip-embedding-cache"
@@ -140,7 +140,7 @@ class SiblingShardWriter:
         """Finish the shard atomically; `info` (source, skipped, settings...) goes into its done-marker."""
         self._tar.close()
         self._file.flush()
-        os.fsync(self._file.fileno())  # written incrementally, so not through files.write_atomic
+        os.fsync(self._file.fileno())  # written incrementally, so not through file_io.write_atomic
         self._file.close()
         os.replace(self.tmp_path, self.path)
         done = dict(info, name=self.name, count=self.count, bytes=self.path.stat().st_size)

@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .plan import MODELS, TEACHER_SPACE, Layout
+from .steps import MODELS, TEACHER_SPACE, Layout
 
 CLASSIFICATION_ROWS = [("acc1", "zero-shot top-1"), ("acc5", "zero-shot top-5"),
                        ("mean_per_class_recall", "zero-shot mean per-class recall")]

@@ -19,7 +19,7 @@ from ..data.shards import BadSampleStats, count_samples, expand_urls, iter_sampl
 from ..engine.distributed import barrier, cleanup, init_distributed
 from ..engine.precision import autocast, resolve_precision
 from ..errors import DataError, UserError
-from ..outputs import check_folder_target, check_free_space, hold_run_lock
+from ..output_checks import check_folder_target, check_free_space, hold_run_lock
 from ..data import embedding_cache as cache_lib
 from ..data.augment import AugmentSettings, apply_params, sample_views
 

@@ -43,7 +43,7 @@ from torch import nn
 
 from .. import config as config_lib
 from ..errors import DataError, UserError
-from ..outputs import check_free_space
+from ..output_checks import check_free_space
 from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
 from .precision import SpeedSettings, autocast, lower_weights, resolve_speed_settings, set_tf32

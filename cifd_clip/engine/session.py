@@ -1,5 +1,5 @@
 """What every training stage does before and after the loop: run folder, config, loader, the loop, clean-up.
-Evaluation during training is the stage's (`TrainingPlan.evaluate`; CLIP: evaluation/during_training.py)."""
+Evaluation during training is the stage's (`TrainingSetup.evaluate`; CLIP: evaluation/during_training.py)."""
 from __future__ import annotations
 
 import logging
@@ -13,8 +13,8 @@ import torch
 
 from .. import config as config_lib
 from ..errors import UserError
-from ..files import remove_stale_temp_files
-from ..outputs import check_folder_target, hold_run_lock
+from ..file_io import remove_stale_temp_files
+from ..output_checks import check_folder_target, hold_run_lock
 from ..runlog import open_run_log
 from .distributed import DistEnv, init_distributed
 
@@ -96,7 +96,7 @@ def preflight(cfg, env: DistEnv, needed_keys: Sequence[str] = ()) -> None:
 
 
 @dataclass
-class TrainingPlan:
+class TrainingSetup:
     """What a training stage hands the loop: the module, its data, and how to describe and evaluate it."""
 
     module: object
@@ -106,9 +106,9 @@ class TrainingPlan:
     summary_extra: dict = field(default_factory=dict)
 
 
-def run_training(cfg, prepare: Callable[[DistEnv, Path], Optional[TrainingPlan]],
+def run_training(cfg, prepare: Callable[[DistEnv, Path], Optional[TrainingSetup]],
                  checks: Sequence[Callable] = ()) -> int:
-    """Every training stage: start the run (`checks`: its inputs, checked first), `prepare` its plan (None:
+    """Every training stage: start the run (`checks`: its inputs, checked first), `prepare` its setup (None:
     nothing to train, e.g. --dry-run), train (the loop saves config.yaml once a resume has been checked), and
     leave the process group whatever happens."""
     from .distributed import cleanup
@@ -116,12 +116,12 @@ def run_training(cfg, prepare: Callable[[DistEnv, Path], Optional[TrainingPlan]]
 
     env, run_dir = start_run(cfg, checks)
     try:
-        plan = prepare(env, run_dir)
-        if plan is None:
+        setup = prepare(env, run_dir)
+        if setup is None:
             return 0
-        summary = fit(plan.module, plan.data, cfg, env, run_dir, describe=plan.describe, evaluate=plan.evaluate,
-                      find_unused_parameters=getattr(plan.module, "find_unused_parameters", False),
-                      summary_extra=plan.summary_extra)
+        summary = fit(setup.module, setup.data, cfg, env, run_dir, describe=setup.describe, evaluate=setup.evaluate,
+                      find_unused_parameters=getattr(setup.module, "find_unused_parameters", False),
+                      summary_extra=setup.summary_extra)
         if env.is_main:
             log.info("done: %d steps, %.1f samples/s, outputs in %s", summary["steps"], summary["samples_per_s"],
                      run_dir)

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..files import check_format, read_torch_file, write_atomic
+from ..file_io import check_format, read_torch_file, write_atomic
 from ..errors import UserError
 
 FILE_NAME = "zeroshot_eval.pt"

@@ -85,7 +85,7 @@ def _identity(name: str, root, base_task: str, options: dict) -> dict:
 
 
 def read_gallery(path: Path) -> dict:
-    from ..files import check_format, read_torch_file
+    from ..file_io import check_format, read_torch_file
 
     gallery = read_torch_file(path, "gallery embeddings")
     return check_format(gallery, path, "a gallery embeddings file (written by eval --gallery-model)", GALLERY_FORMAT,
@@ -115,7 +115,7 @@ def gallery_for(source: GallerySource, name: str, root, base_task: str, options:
                "teacher": source.tower.spec, "teacher_fingerprint": source.fingerprint,
                "embeddings": embed_set(source.tower, name, root, base_task, options, **embed_options)}
     if path is not None:
-        from ..files import write_atomic
+        from ..file_io import write_atomic
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda p: torch.save(gallery, p))

@@ -19,8 +19,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from ..files import write_atomic, write_text_atomic
-from ..outputs import check_folder_target
+from ..file_io import write_atomic, write_text_atomic
+from ..output_checks import check_folder_target
 from ..errors import UserError
 from ..clip_models import read_checkpoint, strip_prefixes
 
@@ -122,7 +122,7 @@ def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
 def read_teacher_space_map(out_dir: str | os.PathLike) -> Optional[dict]:
     """The map a `--space teacher` export folded in ({"matrix", "kind", "teacher", "fit"}), None for another export."""
-    from ..files import check_format, read_torch_file
+    from ..file_io import check_format, read_torch_file
 
     path = Path(out_dir) / MAP_FILE
     if not path.is_file():

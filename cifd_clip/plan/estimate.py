@@ -265,7 +265,7 @@ class Planner:
                                       note="not counted: minutes"))
         plan = Plan(str(self.recipe.path), self.gpu, self.peak, self.mfu, self.gpus, costs, self.comparison(costs))
         if self.recipe.vars.get("out"):
-            from ..outputs import free_bytes
+            from ..output_checks import free_bytes
             plan.out = str(self.recipe.vars["out"])
             plan.free_gib = free_bytes(plan.out)[1] / GIB
         return plan

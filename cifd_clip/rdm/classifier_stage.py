@@ -80,7 +80,7 @@ def run_stage(cfg) -> int:
     from ..data.embedding_cache import read_cache_meta
     from ..engine.trackers import Trackers, parse_report_to
     from ..errors import UserError
-    from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
+    from ..output_checks import check_folder_target, hold_run_lock, refuse_to_replace
     from ..core.rdm import RDMFamily
     from .training import train_family
     from ..runlog import open_run_log

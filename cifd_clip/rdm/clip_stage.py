@@ -16,7 +16,7 @@ def output_paths(cfg) -> dict:
 
 
 def check_outputs(cfg, paths: dict) -> None:
-    from ..outputs import check_file_target, check_folder_target, refuse_to_replace
+    from ..output_checks import check_file_target, check_folder_target, refuse_to_replace
 
     if cfg.out and cfg.out.endswith((".pt", ".pth")):
         check_file_target(paths["checkpoint"], "--out")
@@ -118,7 +118,7 @@ def run_stage(cfg) -> int:
     from ..engine.distributed import all_reduce_mean, barrier, cleanup, init_distributed
     from ..engine.trackers import Trackers, parse_report_to
     from ..errors import DataError
-    from ..outputs import hold_run_lock
+    from ..output_checks import hold_run_lock
     from .training import train_family
     from ..runlog import open_run_log
 
