@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..config import option
+from ..core.method_settings import refuse_unread_settings
 from ..core.rdm_teaching import rdm_teaching_option
 from ..errors import ConfigError
 
@@ -121,13 +122,7 @@ class ClassifySettings:
                             choices=["map", "embedding"])
 
     def validate(self) -> None:
-        used = set(METHODS[self.loss].reads)
-        for f in dataclasses.fields(ClassifySettings):
-            if f.name == "loss" or f.name in used:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if getattr(self, f.name) != default:
-                raise ConfigError(f"--{f.name.replace('_', '-')} is not used by --loss {self.loss}")
+        refuse_unread_settings(self, ClassifySettings, METHODS[self.loss].reads)
         inf = float("inf")
         for name in ("ce_weight", "kd_weight", "embedding_weight", "ibm_weight", "dist_beta", "dist_gamma",
                      "crd_weight", "at_weight", "ft_weight", "ifd_weight", "mgd_weight"):

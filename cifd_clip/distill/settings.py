@@ -17,6 +17,7 @@ from typing import NamedTuple, Optional
 
 from ..config import option
 from ..errors import ConfigError
+from ..core.method_settings import refuse_unread_settings
 from ..core.rdm_teaching import rdm_teaching_option
 
 # λ_CL when --contrastive-weight is not given, for CIFD and the baselines alike (open_clip and CLIP-KD weigh
@@ -113,14 +114,7 @@ class LossSettings:
     def validate(self) -> None:
         if self.loss not in METHODS:
             raise ConfigError(f"--loss must be one of {', '.join(METHODS)}, got {self.loss!r}")
-        used = set(METHODS[self.loss].reads)
-        for f in dataclasses.fields(LossSettings):
-            if f.name == "loss" or f.name in used:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if getattr(self, f.name) != default:
-                raise ConfigError(f"--{_flag(f.name)} is not used by --loss {self.loss}; remove it or pick a loss "
-                                  f"that uses it")
+        refuse_unread_settings(self, LossSettings, METHODS[self.loss].reads)
         if not self.ibm and self.ibm_weight != LossSettings.ibm_weight:
             raise ConfigError("--ibm-weight sets the IBM's rate term, which --no-ibm removes; give one of the two")
         for name in ("teacher_weight", "ibm_weight", "distill_weight", "fd_weight", "icl_weight", "crd_weight"):
