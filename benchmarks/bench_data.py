@@ -63,7 +63,7 @@ def main() -> None:
 
     from cifd_clip.data.shapes import write_demo_data
     from cifd_clip.data.loader import make_train_loader
-    from cifd_clip.towers import register_model_configs
+    from cifd_clip.clip_models import register_model_configs
 
     register_model_configs()
     cfg = open_clip.get_model_config(opts.model)

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from cifd_clip import cli
-from cifd_clip.embed import cache as cache_lib
-from cifd_clip.embed.augment import AugmentSettings, sample_views
+from cifd_clip.data import embedding_cache as cache_lib
+from cifd_clip.data.augment import AugmentSettings, sample_views
 from cifd_clip.data.shapes import write_demo_data
 from cifd_clip.data.shards import iter_samples
-from cifd_clip.towers import load_teacher
+from cifd_clip.clip_models import load_teacher
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -68,7 +68,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_eval_"))
     n_classes = 24

@@ -54,8 +54,8 @@ def measure(student_name: str, teacher_name: str, variant: str, args) -> dict:
     from cifd_clip.engine.loop import apply_speed_settings, to_device
     from cifd_clip.engine.precision import autocast, resolve_speed_settings
     from cifd_clip.engine.schedule import make_optimizer
-    from cifd_clip.rdm.model import RDMFamily
-    from cifd_clip.towers import Teacher, is_convolutional, load_model, register_model_configs
+    from cifd_clip.core.rdm import RDMFamily
+    from cifd_clip.clip_models import Teacher, is_convolutional, load_model, register_model_configs
 
     register_model_configs()
     device = torch.device(args.device)
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
 def _width(teacher: str) -> int:
     import open_clip
 
-    from cifd_clip.towers import register_model_configs
+    from cifd_clip.clip_models import register_model_configs
     register_model_configs()
     return int(open_clip.get_model_config(teacher)["embed_dim"])
 

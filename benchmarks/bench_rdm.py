@@ -24,9 +24,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cifd_clip.rdm.model import RDMFamily
+from cifd_clip.core.rdm import RDMFamily
 from cifd_clip.rdm.training import family_loss
-from cifd_clip.towers import load_teacher
+from cifd_clip.clip_models import load_teacher
 
 RESULTS = Path(__file__).parent / "results"
 RATES = [100.0, 300.0, 1000.0]

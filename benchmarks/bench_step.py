@@ -80,8 +80,8 @@ class Variant:
         from cifd_clip.distill.distiller import Distiller
         from cifd_clip.distill.settings import LossSettings
         from cifd_clip.engine.schedule import make_optimizer
-        from cifd_clip.rdm.model import RDMFamily
-        from cifd_clip.towers import Teacher, load_model, register_model_configs
+        from cifd_clip.core.rdm import RDMFamily
+        from cifd_clip.clip_models import Teacher, load_model, register_model_configs
 
         teacher_name, student_name = PAIRS[pair]
         register_model_configs()

@@ -137,7 +137,7 @@ def _image_size(tower) -> int:
 def teacher_forward_macs_per_sample(spec: str, batch: int = 8) -> float:
     """An embed-stage teacher forward (image + text, eval, no grad) per sample."""
     import torch
-    from cifd_clip.towers import load_teacher
+    from cifd_clip.clip_models import load_teacher
     teacher = load_teacher(spec)
     images = torch.randn(batch, 3, _image_size(teacher.tower), _image_size(teacher.tower))
     tokens = torch.randint(1, 49000, (batch, teacher.tower.model_cfg["text_cfg"]["context_length"]))
@@ -148,7 +148,7 @@ def rdm_train_macs_per_sample(rdm_path: Path, batch: int = 64) -> float:
     """One train-rdm step of the whole family (every RDM of both modalities), forward + backward, per sample."""
     import torch
     import torch.nn.functional as F
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
     from cifd_clip.rdm.training import family_loss
     family = RDMFamily.load(rdm_path).train()
     dims = {m: family.rdms(m)[0].config.input_dim for m in family.modalities}
@@ -164,8 +164,8 @@ def student_step_macs(loss: str, student: str, batch: int, *, teacher: str | Non
     import torch.nn.functional as F
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
-    from cifd_clip.rdm.model import RDMFamily
-    from cifd_clip.towers import load_model, load_teacher
+    from cifd_clip.core.rdm import RDMFamily
+    from cifd_clip.clip_models import load_model, load_teacher
 
     torch.manual_seed(0)
     tower = load_model(student)
@@ -237,7 +237,7 @@ def extrapolate(stages: dict, runs: dict, epochs: int, at=(10, 32)) -> dict:
 
 
 def count_params(spec: str) -> int:
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
     return sum(p.numel() for p in load_model(spec).model.parameters())
 
 

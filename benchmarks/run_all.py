@@ -102,7 +102,7 @@ def model_sizes(pairs) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
     torch.set_num_threads(2)
     sizes = {}
     for name in sorted({m for pair in pairs for m in STEP_PAIRS[pair]}):

@@ -15,7 +15,7 @@ import traceback
 from . import config as config_lib
 from . import runlog
 from .errors import UserError
-from .outputs import release_all_locks
+from .output_checks import release_all_locks
 
 # (subcommand, module) in pipeline order; a stage is listed only once it is built.
 STAGES = [

@@ -199,7 +199,7 @@ def evaluate_run(run_dir: Path, data: Path, cifd: bool) -> dict:
     import torch
 
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
-    from cifd_clip.towers import load_model, read_checkpoint
+    from cifd_clip.clip_models import load_model, read_checkpoint
 
     torch.set_num_threads(1)
     checkpoint = run_dir / "checkpoints" / "epoch_latest.pt"
@@ -225,7 +225,7 @@ def _u_space_tower(tower, ckpt: dict):
 
     import torch
 
-    from cifd_clip.embed.cache import read_cache_meta
+    from cifd_clip.data.embedding_cache import read_cache_meta
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
 

@@ -24,9 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "studies"))
 
-from cifd_clip.demo.cls_plan import STUDENTS as CLS_STUDENTS  # noqa: E402
+from cifd_clip.demo.cls_steps import STUDENTS as CLS_STUDENTS  # noqa: E402
 from cifd_clip.demo.execute import command_line, run_step, tail  # noqa: E402
-from cifd_clip.demo.plan import MODELS  # noqa: E402
+from cifd_clip.demo.steps import MODELS  # noqa: E402
 
 CLIP_STUDENTS = [(run, label) for run, label in MODELS if run.startswith("student-")]
 

@@ -127,7 +127,7 @@ def model_facts() -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     facts = {}
     for name in (TEACHER, STUDENT):

@@ -27,8 +27,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 
 from cifd_clip.commands.train_rdm import Config  # noqa: E402
-from cifd_clip.embed.cache import iter_cached_embeddings, num_cached_batches, read_cache_meta  # noqa: E402
-from cifd_clip.rdm.model import RDMFamily  # noqa: E402
+from cifd_clip.data.embedding_cache import iter_cached_embeddings, num_cached_batches, read_cache_meta  # noqa: E402
+from cifd_clip.core.rdm import RDMFamily  # noqa: E402
 from cifd_clip.rdm.training import (MODALITY_KEYS, collect_embeddings, evaluate_rdm, split_batch,  # noqa: E402
                                      train_family)  # noqa: E402
 

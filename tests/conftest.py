@@ -15,7 +15,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session", autouse=True)
 def tiny_model_configs():
     """Tests also build our tiny models through open_clip directly, by name."""
-    from cifd_clip.towers import register_model_configs
+    from cifd_clip.clip_models import register_model_configs
     register_model_configs()
 
 # Small enough to build in about a second; 8 equal train shards of 6 samples each, so that
@@ -45,7 +45,7 @@ def student_transforms():
     """(preprocess, tokenizer) of the tiny-vit-student config, without building the model."""
     import open_clip
 
-    from cifd_clip.towers import register_model_configs
+    from cifd_clip.clip_models import register_model_configs
 
     register_model_configs()
     preprocess = open_clip.image_transform(48, is_train=False)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cifd_clip.embed.augment import AugmentSettings, IDENTITY, apply_params, sample_views
+from cifd_clip.data.augment import AugmentSettings, IDENTITY, apply_params, sample_views
 
 
 def _gradient_image(width, height):

@@ -49,8 +49,8 @@ def refused(capsys, root: Path, argv: list, code: int, *words: str) -> str:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, demo_data_dir, demo_train_spec):
     """A teacher weights file, its cache (1 view), an RDM file, a student checkpoint and an export."""
-    from cifd_clip.rdm.model import RDMFamily
-    from cifd_clip.towers import load_model
+    from cifd_clip.core.rdm import RDMFamily
+    from cifd_clip.clip_models import load_model
 
     root = tmp_path_factory.mktemp("world")
     torch.manual_seed(0)
@@ -111,7 +111,7 @@ def test_embedding_another_shard_set_into_the_same_cache_is_refused(world, tmp_p
 
 def test_a_second_run_on_the_same_run_folder_waits_for_no_one_it_is_refused(world, capsys):
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from cifd_clip.outputs import hold_run_lock; "
+        [sys.executable, "-c", "import sys, time; from cifd_clip.output_checks import hold_run_lock; "
                                "hold_run_lock(sys.argv[1], 'run folder'); print('held', flush=True); time.sleep(60)",
          str(world["root"] / "runs" / "busy")], stdout=subprocess.PIPE, text=True, cwd=REPO)
     try:
@@ -272,7 +272,7 @@ def test_a_text_file_or_a_malicious_pickle_as_a_checkpoint(world, tmp_path, caps
 
 
 def test_weights_loaded_from_a_file_bring_no_random_init_warning(world, caplog):
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
     load_model(f"tiny-vit-student@{world['student']}")
     assert "initialized randomly" not in caplog.text
 
@@ -327,7 +327,7 @@ def test_exported_files_are_readable_by_everyone(world):
 @pytest.mark.slow
 def test_model_config_temp_folders_are_removed_at_exit(world, tmp_path):
     (tmp_path / "m.json").write_text((REPO / "cifd_clip" / "model_configs" / "tiny-vit-student.json").read_text())
-    code = ("import cifd_clip.towers as t, sys; t.load_model(sys.argv[1]); print(t._config_folder)")
+    code = ("import cifd_clip.clip_models as t, sys; t.load_model(sys.argv[1]); print(t._config_folder)")
     out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.json")], capture_output=True, text=True,
                          cwd=REPO, timeout=120)
     folder = Path(out.stdout.strip().splitlines()[-1])

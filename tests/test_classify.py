@@ -132,7 +132,7 @@ def _pearson(a, b):
 
 
 def test_dist_is_inter_and_intra_class_pearson_distance():
-    from cifd_clip.distill.losses import dist_loss
+    from cifd_clip.core.losses import dist_loss
 
     g = torch.Generator().manual_seed(0)
     s, t = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g)
@@ -144,7 +144,7 @@ def test_dist_is_inter_and_intra_class_pearson_distance():
 
 
 def test_normkd_divides_each_samples_logits_by_their_std():
-    from cifd_clip.distill.losses import kl_divergence, normalized_kd
+    from cifd_clip.core.losses import kl_divergence, normalized_kd
 
     s, t = torch.tensor([[4.0, 1.0, 2.0]]), torch.tensor([[0.0, 3.0, 9.0]])
     expected = kl_divergence(t / t.std(), s / s.std(), 1.5)
@@ -153,7 +153,7 @@ def test_normkd_divides_each_samples_logits_by_their_std():
 
 
 def test_in_batch_contrastive_and_attention_transfer():
-    from cifd_clip.distill.losses import attention_transfer, in_batch_contrastive
+    from cifd_clip.core.losses import attention_transfer, in_batch_contrastive
 
     a = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0], [0.0, 1.0]]), dim=-1)
     # logits [[2, 0], [0, 2]] (cosine / 0.5): each row's CE against its own column
@@ -166,7 +166,7 @@ def test_in_batch_contrastive_and_attention_transfer():
 
 
 def test_factor_transfer_is_l1_of_normalised_factors():
-    from cifd_clip.distill.losses import factor_transfer
+    from cifd_clip.core.losses import factor_transfer
 
     s, t = torch.zeros(1, 1, 1, 2), torch.zeros(1, 1, 1, 2)
     s[..., 0], t[..., 1] = 3.0, 5.0  # (1, 0) against (0, 1) once normalised
@@ -174,7 +174,7 @@ def test_factor_transfer_is_l1_of_normalised_factors():
 
 
 def test_classification_rdm_loss_has_ce_kl_distortion_and_rate():
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
     from cifd_clip.rdm.training import family_loss
 
     family = RDMFamily.build({"image": 8}, [1.0], num_classes=5, hidden_dim=16, bottleneck_dim=4,

@@ -56,7 +56,8 @@ def test_ipwd_weights_are_label_share_over_teacher_share_with_mean_one():
 
 
 def test_ifd_compares_the_mean_of_the_projections_by_direction():
-    from cifd_clip.classify.methods import IFD, StudentOut, Targets
+    from cifd_clip.classify.methods import StudentOut, Targets
+    from cifd_clip.classify.methods.ifd import IFD
 
     method = IFD(ClassifySettings(loss="ifd", ifd_projectors=2, ce_weight=0.0), student_dim=2, teacher_dim=2)
     with torch.no_grad():  # projector 1 the identity, projector 2 swaps the dimensions
@@ -72,7 +73,8 @@ def test_ifd_compares_the_mean_of_the_projections_by_direction():
 
 @pytest.mark.parametrize("ratio, expected", [(0.0, 20.0), (0.999999, 25.0)])
 def test_mgd_regenerates_the_masked_map_and_sums_the_squared_error(ratio, expected):
-    from cifd_clip.classify.methods import MGD, StudentOut, Targets
+    from cifd_clip.classify.methods import StudentOut, Targets
+    from cifd_clip.classify.methods.mgd import MGD
 
     settings = ClassifySettings(loss="mgd", mgd_mask_ratio=ratio, ce_weight=0.0, mgd_weight=1.0)
     method = MGD(settings, student_dim=2, teacher_dim=2, student_channels=2, teacher_channels=2)

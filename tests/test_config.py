@@ -103,7 +103,7 @@ def test_the_package_and_every_stage_module_import_without_torch():
 def test_the_entropy_models_import_without_a_warning_or_compressais_other_parts():
     """CompressAI's package import pulls in torch_geometric (~5 s at every stage's start) and warns about
     torch.jit.script; stages import only its entropy models, without either."""
-    code = ("import sys, cifd_clip.rdm.model, cifd_clip.distill.ibm, cifd_clip.engine.schedule; "
+    code = ("import sys, cifd_clip.core.rdm, cifd_clip.core.ibm, cifd_clip.engine.schedule; "
             "assert 'torch_geometric' not in sys.modules, 'torch_geometric imported'")
     proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
                           timeout=120)

@@ -116,7 +116,7 @@ def test_uncountable_shards_need_an_explicit_sample_count(demo_data_dir, student
 def test_random_augmentations_repeat_exactly_across_runs_and_resume(demo_train_spec):
     import open_clip
 
-    from cifd_clip.towers import register_model_configs
+    from cifd_clip.clip_models import register_model_configs
 
     register_model_configs()
     augment = open_clip.image_transform(48, is_train=True)  # RandomResizedCrop

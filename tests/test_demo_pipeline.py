@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cifd_clip.demo.plan import DEFAULT_RECIPES, MODELS, STEPS
+from cifd_clip.demo.steps import DEFAULT_RECIPES, MODELS, STEPS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -103,7 +103,7 @@ def test_exported_student_reloads_through_plain_open_clip_with_the_same_embeddin
     import open_clip
     import torch
 
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     out = small_demo[0]
     exported, _, preprocess = open_clip.create_model_and_transforms(f"local-dir:{out / 'export' / 'student-cifd'}")

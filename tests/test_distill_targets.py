@@ -13,7 +13,7 @@ from cifd_clip.cli import main
 @pytest.fixture(scope="module")
 def teacher_and_cache(tiny_teacher_and_cache):
     """A briefly trained tiny teacher checkpoint, its float32 embedding cache and an RDM family file."""
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
     root, teacher = tiny_teacher_and_cache
     torch.manual_seed(0)
     RDMFamily.build({"image": 128, "text": 128}, [10.0, 100.0], hidden_dim=32, bottleneck_dim=8).save(root / "rdm.pt")
@@ -22,12 +22,12 @@ def teacher_and_cache(tiny_teacher_and_cache):
 
 
 def test_cached_and_online_targets_give_the_same_loss(teacher_and_cache, demo_train_spec):
-    from cifd_clip.embed.cache import CacheJoin
+    from cifd_clip.data.embedding_cache import CacheJoin
     from cifd_clip.data.loader import make_train_loader
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
-    from cifd_clip.rdm.model import RDMFamily
-    from cifd_clip.towers import load_model, load_teacher
+    from cifd_clip.core.rdm import RDMFamily
+    from cifd_clip.clip_models import load_model, load_teacher
 
     root, teacher_file = teacher_and_cache
     teacher = load_teacher(str(teacher_file))
@@ -81,9 +81,9 @@ def test_cached_affinity_targets_use_the_teachers_own_logit_scale(teacher_and_ca
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.inputs import build_distill_loader
     from cifd_clip.distill.settings import LossSettings
-    from cifd_clip.embed.cache import read_cache_meta
+    from cifd_clip.data.embedding_cache import read_cache_meta
     from cifd_clip.engine.distributed import init_distributed
-    from cifd_clip.towers import load_model, load_teacher
+    from cifd_clip.clip_models import load_model, load_teacher
 
     root, teacher_file = teacher_and_cache
     teacher = load_teacher(str(teacher_file))
@@ -140,7 +140,7 @@ def test_online_teacher_with_the_students_inputs_reads_the_students_batch(demo_t
     from cifd_clip.distill.inputs import build_distill_loader
     from cifd_clip.distill.settings import LossSettings
     from cifd_clip.engine.distributed import init_distributed
-    from cifd_clip.towers import load_model, load_teacher, same_inputs
+    from cifd_clip.clip_models import load_model, load_teacher, same_inputs
 
     student, teacher = load_model("tiny-rn-student"), load_teacher("tiny-rn-teacher")
     assert same_inputs(student, teacher.tower)

@@ -73,8 +73,8 @@ def test_nan_weights_are_never_written(tmp_path):
 
 
 def test_optimizer_groups_follow_open_clip():
-    from cifd_clip.distill.ibm import InformationBottleneck, IsometricDecoder, make_decoder
-    from cifd_clip.towers import load_model
+    from cifd_clip.core.ibm import InformationBottleneck, IsometricDecoder, make_decoder
+    from cifd_clip.clip_models import load_model
     model = torch.nn.ModuleDict({"student": load_model("tiny-vit-student").model,
                                  "ibm": InformationBottleneck(64), "decoder": make_decoder(64, 128),
                                  "isometric": IsometricDecoder(64, 128)})

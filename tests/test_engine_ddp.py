@@ -30,7 +30,7 @@ def classification_gradients(env) -> dict:
     from cifd_clip.classify.settings import ClassifySettings
     from cifd_clip.classify.zoo import build_classifier
     from cifd_clip.engine.loop import wrap_ddp
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
 
     torch.manual_seed(0)
     student, teacher = build_classifier("cnn2", 10), FrozenClassifier(build_classifier("cnn4", 10))
@@ -80,8 +80,8 @@ def gradients(loss: str, env) -> dict:
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
     from cifd_clip.engine.loop import wrap_ddp
-    from cifd_clip.rdm.model import RDMFamily
-    from cifd_clip.towers import load_model
+    from cifd_clip.core.rdm import RDMFamily
+    from cifd_clip.clip_models import load_model
 
     torch.manual_seed(0)
     student = load_model("tiny-vit-student").model

@@ -82,7 +82,7 @@ def _train_with_nan_at(bad_step, spec, logs, name, *extra):
     from cifd_clip.distill.settings import LossSettings
     from cifd_clip.engine import session
     from cifd_clip.engine.loop import fit, seed_everything
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     class NaNAtStep(Distiller):
         def begin_step(self, step, total_steps=None):

@@ -183,7 +183,7 @@ def test_missing_unknown_and_mismatched_sets_fail_with_one_sentence(tmp_path):
 
 def test_unreadable_data_fails_with_one_sentence_naming_the_file(tmp_path):
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     torch.set_num_threads(1)
     root = fake_class_folders(tmp_path / "pets", ["cat", "dog"], per_class=1)
@@ -202,7 +202,7 @@ def test_imagenet_r_matches_clip_benchmark_on_all_200_folders(tmp_path):
     from clip_benchmark.metrics import zeroshot_classification
 
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     torch.set_num_threads(1)
     root = fake_class_folders(tmp_path / "imagenet-r", IMAGENET_R_WNIDS, per_class=1)
@@ -224,7 +224,7 @@ def test_retrieval_numbers_do_not_depend_on_the_number_of_loader_workers(tmp_pat
     from test_eval_support import _write_shards, image_bytes
 
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     rng = np.random.default_rng(0)
     samples = [{"__key__": f"s{i:07d}", "jpg": image_bytes(rng, fmt="JPEG"), "txt": "\n".join(["a photo."] * (1 + i % 4))}

@@ -44,7 +44,7 @@ def clip_benchmark_run(tmp_path, spec, dataset, root, task, recall_k=(1, 5, 10))
 
 def ours(spec, dataset, root, task, recall_k=(1, 5, 10), **options) -> dict:
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
     return evaluate_model_on_dataset(load_model(spec), dataset, root, task, batch_size=5, workers=2,
                                      recall_k=recall_k, show_progress=False, options=options)
 
@@ -71,7 +71,7 @@ def test_the_parity_model_makes_varied_predictions(tmp_path, model_spec):
     """Parity on a model that always predicts one class would prove little."""
     from cifd_clip.evaluation.datasets import build_dataset, make_loader
     from cifd_clip.evaluation.zeroshot import build_classifier
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     root = write_wds_classification(tmp_path / "cls", n_classes=12, per_class=4, shards=3)
     tower = load_model(model_spec)

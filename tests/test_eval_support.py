@@ -79,7 +79,7 @@ def export_local_dir(model_name: str, out_dir: Path, seed: int = 0) -> str:
     import torch
     from safetensors.torch import save_file
 
-    from cifd_clip.towers import register_model_configs
+    from cifd_clip.clip_models import register_model_configs
     register_model_configs()
     torch.manual_seed(seed)
     model = open_clip.create_model(model_name)

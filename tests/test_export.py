@@ -13,7 +13,7 @@ from PIL import Image
 from cifd_clip.engine.checkpoint import build_checkpoint, save_atomic
 from cifd_clip.errors import UserError
 from cifd_clip.export.open_clip_folder import export_student, verify_export
-from cifd_clip.towers import load_model
+from cifd_clip.clip_models import load_model
 
 
 @pytest.fixture(scope="module")

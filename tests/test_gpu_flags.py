@@ -19,7 +19,7 @@ from cifd_clip.engine.loop import apply_speed_settings, to_device
 from cifd_clip.engine.options import TrainingOptions
 from cifd_clip.engine.precision import resolve_speed_settings
 from cifd_clip.engine.schedule import make_optimizer, set_fused
-from cifd_clip.towers import compile_towers, is_convolutional
+from cifd_clip.clip_models import compile_towers, is_convolutional
 
 SPEED_FLAGS = ["--tf32", "--no-tf32", "--fused-optimizer", "--no-fused-optimizer", "--channels-last",
                "--no-channels-last", "--torchcompile", "--grad-checkpointing", "--pin-memory", "--no-pin-memory"]

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from cifd_clip.distill.ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder
+from cifd_clip.core.ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder
 from cifd_clip.errors import UserError
 
 torch.set_num_threads(1)
@@ -132,7 +132,7 @@ def test_isometric_decoder_weight_is_torchs_orthogonal_map_and_is_computed_once_
 
 
 def test_image_and_text_bottlenecks_run_together_as_compressai_runs_each():
-    from cifd_clip.distill.ibm import run_bottlenecks
+    from cifd_clip.core.ibm import run_bottlenecks
     torch.manual_seed(0)
     ibms = [InformationBottleneck(8), InformationBottleneck(8)]
     for ibm in ibms:  # trained-looking densities, not the init
@@ -154,7 +154,7 @@ def test_image_and_text_bottlenecks_run_together_as_compressai_runs_each():
 
 
 def test_matrix_exponential_gradient_is_as_accurate_as_torchs_for_large_gradients():
-    from cifd_clip.distill.ibm import matrix_exp
+    from cifd_clip.core.ibm import matrix_exp
     torch.manual_seed(0)
     a = torch.randn(48, 48)
     a = ((a - a.T) * 0.02).requires_grad_()
@@ -167,7 +167,7 @@ def test_matrix_exponential_gradient_is_as_accurate_as_torchs_for_large_gradient
 
 
 def test_a_checkpoint_is_never_read_through_the_other_orthogonal_map():
-    from cifd_clip.distill.ibm import ORTHOGONAL_MAPS
+    from cifd_clip.core.ibm import ORTHOGONAL_MAPS
     torch.manual_seed(0)
     exp_decoder = IsometricDecoder(4, 12, "matrix_exp")
     with torch.no_grad():

@@ -39,7 +39,7 @@ def test_open_clip_trains_low_precision_weights_train_and_load_back(demo_train_s
     import torch
 
     from cifd_clip.cli import main
-    from cifd_clip.towers import register_model_configs
+    from cifd_clip.clip_models import register_model_configs
 
     for precision in ("bf16", "pure_bf16"):
         assert main(["train", "--model", "tiny-vit-student", "--train-data", demo_train_spec, "--batch-size", "8",

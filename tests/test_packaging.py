@@ -19,15 +19,15 @@ def test_the_wheel_ships_recipes_suites_and_model_configs_and_the_demo_finds_the
     wheel = next((tmp_path / "dist").glob("cifd_clip-*.whl"))
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)
-    probe = ("import cifd_clip, sys; from cifd_clip.demo.plan import DEMO_SUITE, TEACHER_SPACE_SUITE, build_plan, resolve_recipes; "
+    probe = ("import cifd_clip, sys; from cifd_clip.demo.steps import DEMO_SUITE, TEACHER_SPACE_SUITE, build_steps, resolve_recipes; "
              "assert cifd_clip.__file__.startswith(sys.argv[1]), cifd_clip.__file__; "
-             "steps = build_plan(resolve_recipes(None), 'small'); "
+             "steps = build_steps(resolve_recipes(None), 'small'); "
              "print(len(steps), DEMO_SUITE.is_file() and TEACHER_SPACE_SUITE.is_file())")
     env = dict(os.environ, PYTHONPATH=str(installed))
     run = subprocess.run([sys.executable, "-c", probe, str(installed)], capture_output=True, text=True, timeout=120,
                          cwd=tmp_path, env=env)
     assert run.returncode == 0, run.stderr[-2000:]
-    from cifd_clip.demo.plan import STEPS
+    from cifd_clip.demo.steps import STEPS
 
     assert run.stdout.split() == [str(len(STEPS)), "True"]  # every step, and both suites the demo benches
     names = zipfile.ZipFile(wheel).namelist()

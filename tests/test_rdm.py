@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from cifd_clip.errors import UserError
-from cifd_clip.rdm.model import RateDistortionConfig, RateDistortionModule, RDMFamily
+from cifd_clip.core.rdm import RateDistortionConfig, RateDistortionModule, RDMFamily
 from cifd_clip.rdm.training import evaluate_family, ordering_warnings, train_family
 
 torch.set_num_threads(1)

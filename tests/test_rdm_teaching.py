@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cifd_clip.distill.losses import CIFDClassificationLoss, CIFDFeatureLoss
-from cifd_clip.distill.rdm_teaching import CURRICULUM_TEACHER_ONLY, FORMS, curriculum_scale
+from cifd_clip.core.losses import CIFDClassificationLoss, CIFDFeatureLoss
+from cifd_clip.core.rdm_teaching import CURRICULUM_TEACHER_ONLY, FORMS, curriculum_scale
 
 B, D, N = 6, 5, 3
 
@@ -70,7 +70,7 @@ def test_the_curriculum_walks_from_the_weakest_rdm_to_the_teacher_at_a_constant_
 
 
 def test_stochastic_teaching_draws_a_fresh_code_per_step_reproducibly():
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
 
     family = RDMFamily.build({"image": 8}, [1.0, 10.0], meta={})
     family.eval()
@@ -101,7 +101,8 @@ def test_every_form_is_an_option_of_both_paths_and_refused_elsewhere():
 
 
 def test_heads_give_each_rdm_its_own_head_on_both_paths():
-    from cifd_clip.classify.methods import CIFD as ClsCIFD, StudentOut, Targets as ClsTargets
+    from cifd_clip.classify.methods import StudentOut, Targets as ClsTargets
+    from cifd_clip.classify.methods.cifd import CIFD as ClsCIFD
     from cifd_clip.classify.settings import ClassifySettings
     from cifd_clip.distill.methods import CIFD, StudentOutputs, Targets
     from cifd_clip.distill.settings import LossSettings

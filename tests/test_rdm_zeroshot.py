@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from cifd_clip import cli
-from cifd_clip.rdm import zeroshot as rdm_zeroshot
+from cifd_clip.evaluation import cached_zeroshot
 from test_train_rdm import D_IMG, LATENT, cli as train_rdm_cli, write_cache
 
 # ---------------------------------------------------------------- embed: the teacher side, real tiny teacher
@@ -15,7 +15,7 @@ from test_train_rdm import D_IMG, LATENT, cli as train_rdm_cli, write_cache
 
 @pytest.fixture(scope="module")
 def teacher_weights(tmp_path_factory):
-    from cifd_clip.towers import load_teacher
+    from cifd_clip.clip_models import load_teacher
 
     torch.manual_seed(7)
     path = tmp_path_factory.mktemp("zs_teacher") / "teacher.pt"
@@ -29,7 +29,7 @@ def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_w
     from cifd_clip.evaluation.datasets import build_dataset, make_loader
     from cifd_clip.evaluation.runner import evaluate_model_on_dataset
     from cifd_clip.evaluation.zeroshot import build_classifier
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     out, root = tmp_path / "cache", demo_data_dir / "zeroshot"
     argv = ["embed", "--teacher", "tiny-vit-teacher", "--teacher-pretrained", teacher_weights, "--train-data",
@@ -37,7 +37,7 @@ def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_w
             "--zeroshot-root", str(root)]
     assert cli.main(argv) == 0
     assert "72 images, 36 classes x 7 templates" in capsys.readouterr().out
-    payload = rdm_zeroshot.read_zeroshot_eval(out / rdm_zeroshot.FILE_NAME)
+    payload = cached_zeroshot.read_zeroshot_eval(out / cached_zeroshot.FILE_NAME)
     meta = json.loads((out / "cache.json").read_text())
     assert payload["teacher_fingerprint"] == meta["teacher_fingerprint"]
     assert payload["image_emb"].shape == (72, 128) and payload["image_emb"].dtype == torch.float16
@@ -51,7 +51,7 @@ def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_w
     tower.model.eval().requires_grad_(False)
     reference = evaluate_model_on_dataset(tower, "wds/zeroshot", root, "zeroshot_classification", batch_size=16,
                                           workers=0, show_progress=False)["metrics"]
-    ours = rdm_zeroshot.zeroshot_metrics(payload)
+    ours = cached_zeroshot.zeroshot_metrics(payload)
     assert abs(ours["zeroshot_acc1"] - reference["acc1"]) <= 1 / 72 + 1e-9  # float16 may flip one near-tie
     assert abs(ours["zeroshot_acc5"] - reference["acc5"]) <= 1 / 72 + 1e-9
     # ... and the stored embeddings are that teacher's, image by image and class by class
@@ -60,13 +60,13 @@ def test_embed_zeroshot_root_writes_the_teacher_side_that_the_evaluator_agrees_w
     assert torch.equal(torch.cat(labels), payload["labels"])
     assert torch.allclose(torch.cat(images), payload["image_emb"].float(), atol=2e-3)
     classifier = build_classifier(tower.model, tower.tokenizer, payload["classnames"], payload["templates"], "cpu")
-    assert torch.allclose(rdm_zeroshot.classifier_from_prompts(payload["text_emb"]), classifier, atol=2e-3)
+    assert torch.allclose(cached_zeroshot.classifier_from_prompts(payload["text_emb"]), classifier, atol=2e-3)
 
     # a second run with the same teacher and set keeps the file
-    stamp = (out / rdm_zeroshot.FILE_NAME).stat().st_mtime_ns
+    stamp = (out / cached_zeroshot.FILE_NAME).stat().st_mtime_ns
     assert cli.main(argv) == 0
     assert "zeroshot_eval.pt was already complete" in capsys.readouterr().out
-    assert (out / rdm_zeroshot.FILE_NAME).stat().st_mtime_ns == stamp
+    assert (out / cached_zeroshot.FILE_NAME).stat().st_mtime_ns == stamp
 
 
 def test_embed_refuses_a_retrieval_set_as_zeroshot_root(tmp_path, demo_data_dir, demo_train_spec, teacher_weights,
@@ -100,7 +100,7 @@ def synthetic_zeroshot(fingerprint="f00d", seed=5):
     labels = np.repeat(np.arange(CLASSES), PER_CLASS)
     images = embed(centres[labels] + 0.35 * rng.normal(size=(len(labels), LATENT)) * scale)
     prompts = embed(centres[:, None] + 0.2 * rng.normal(size=(CLASSES, TEMPLATES, LATENT)) * scale)
-    return {"format": rdm_zeroshot.FORMAT, "format_version": rdm_zeroshot.FORMAT_VERSION, "image_emb": images,
+    return {"format": cached_zeroshot.FORMAT, "format_version": cached_zeroshot.FORMAT_VERSION, "image_emb": images,
             "labels": torch.as_tensor(labels), "text_emb": prompts, "classnames": [f"class {c}" for c in range(CLASSES)],
             "templates": [f"t{t} {{c}}" for t in range(TEMPLATES)], "dataset": "wds/synthetic",
             "dataset_root": "/nowhere", "teacher_fingerprint": fingerprint, "teacher": {}, "normalized": True,
@@ -109,19 +109,19 @@ def synthetic_zeroshot(fingerprint="f00d", seed=5):
 
 def test_identity_reconstruction_gives_the_teachers_accuracy_and_a_broken_one_does_not():
     payload = synthetic_zeroshot()
-    teacher = rdm_zeroshot.zeroshot_metrics(payload)
+    teacher = cached_zeroshot.zeroshot_metrics(payload)
     assert teacher["zeroshot_acc1"] > 0.9 and teacher["zeroshot_acc5"] == 1.0
-    assert rdm_zeroshot.zeroshot_metrics(payload, image_fn=lambda x: x) == teacher
-    assert rdm_zeroshot.zeroshot_metrics(payload, text_fn=lambda x: 3 * x) == teacher  # scale is normalised away
+    assert cached_zeroshot.zeroshot_metrics(payload, image_fn=lambda x: x) == teacher
+    assert cached_zeroshot.zeroshot_metrics(payload, text_fn=lambda x: 3 * x) == teacher  # scale is normalised away
     constant = lambda x: torch.ones_like(x)  # noqa: E731 - a fully collapsed RDM
-    assert rdm_zeroshot.zeroshot_metrics(payload, image_fn=constant)["zeroshot_acc1"] == pytest.approx(1 / CLASSES)
-    assert rdm_zeroshot.zeroshot_metrics(payload, text_fn=constant)["zeroshot_acc1"] == pytest.approx(1 / CLASSES)
+    assert cached_zeroshot.zeroshot_metrics(payload, image_fn=constant)["zeroshot_acc1"] == pytest.approx(1 / CLASSES)
+    assert cached_zeroshot.zeroshot_metrics(payload, text_fn=constant)["zeroshot_acc1"] == pytest.approx(1 / CLASSES)
 
 
 @pytest.mark.slow
 def test_train_rdm_reports_zeroshot_accuracy_per_rdm_and_the_teacher_line(tmp_path):
     cache = write_cache(tmp_path / "cache", [400, 400])
-    rdm_zeroshot.write_zeroshot_eval(cache / rdm_zeroshot.FILE_NAME, synthetic_zeroshot())  # found by default
+    cached_zeroshot.write_zeroshot_eval(cache / cached_zeroshot.FILE_NAME, synthetic_zeroshot())  # found by default
     out = tmp_path / "run"
     result = train_rdm_cli("--cache", cache, "--out", out, "--epochs", 12, "--holdout-fraction", 0.1,
                            "--hidden-dim", 48, "--bottleneck-dim", 12, "--lr", 3e-3, "--batch-size", 32,
@@ -144,7 +144,7 @@ def test_train_rdm_reports_zeroshot_accuracy_per_rdm_and_the_teacher_line(tmp_pa
 
 def test_train_rdm_refuses_a_zeroshot_file_of_another_teacher(tmp_path, capsys):
     cache = write_cache(tmp_path / "cache", [50])
-    other = rdm_zeroshot.write_zeroshot_eval(tmp_path / "zs.pt", synthetic_zeroshot(fingerprint="beef"))
+    other = cached_zeroshot.write_zeroshot_eval(tmp_path / "zs.pt", synthetic_zeroshot(fingerprint="beef"))
     assert cli.main(["train-rdm", "--cache", str(cache), "--zeroshot-eval", str(other),
                      "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err

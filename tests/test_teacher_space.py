@@ -19,7 +19,7 @@ from cifd_clip.export.teacher_space import fit_map
 @pytest.fixture(scope="module")
 def runs(tiny_teacher_and_cache, demo_train_spec, tmp_path_factory):
     """The tiny teacher (width 128), its embedding cache, and a CIFD student (width 64) distilled from it."""
-    from cifd_clip.rdm.model import RDMFamily
+    from cifd_clip.core.rdm import RDMFamily
 
     shared, teacher = tiny_teacher_and_cache
     root = tmp_path_factory.mktemp("teacher_space")
@@ -38,7 +38,7 @@ def _q_from_the_run(checkpoint) -> torch.Tensor:
 
     from cifd_clip.distill.distiller import Distiller
     from cifd_clip.distill.settings import LossSettings
-    from cifd_clip.towers import load_model, read_checkpoint
+    from cifd_clip.clip_models import load_model, read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     saved = ckpt["config"]
@@ -174,7 +174,7 @@ def test_clip_benchmark_evaluates_the_teacher_space_export(runs, demo_data_dir, 
 
 def _fake_run(tmp_path, config: dict, distill_state_dict: dict):
     from cifd_clip.engine.checkpoint import build_checkpoint, save_atomic
-    from cifd_clip.towers import load_model
+    from cifd_clip.clip_models import load_model
 
     tower = load_model("tiny-vit-student")
     path = tmp_path / "run" / "checkpoints" / "epoch_1.pt"

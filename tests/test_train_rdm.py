@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from cifd_clip.embed import cache as cache_lib
-from cifd_clip.embed.augment import AugmentSettings
-from cifd_clip.rdm.model import RDMFamily
+from cifd_clip.data import embedding_cache as cache_lib
+from cifd_clip.data.augment import AugmentSettings
+from cifd_clip.core.rdm import RDMFamily
 
 D_IMG = D_TXT = 24  # CLIP towers share one embedding space
 LATENT = 6

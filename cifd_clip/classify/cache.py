@@ -15,8 +15,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from ..embed import cache as cache_lib
-from ..embed.augment import key_rng
+from ..data import embedding_cache as cache_lib
+from ..data.augment import key_rng
 from ..errors import UserError
 from .data import PLAIN, ClassificationSet, Recipe, sample_view
 

@@ -208,7 +208,7 @@ def sample_view(recipe: Recipe, rng: np.random.Generator, width: int, height: in
         pad = 4 / (recipe.image_size + 8)  # the 32x32 box on the padded 40x40 canvas
         x0, y0 = rng.integers(0, 9) / (recipe.image_size + 8), rng.integers(0, 9) / (recipe.image_size + 8)
         return (float(x0), float(y0), 1 - 2 * pad, 1 - 2 * pad, flip)
-    from ..embed.augment import sample_crop
+    from ..data.augment import sample_crop
     return sample_crop(rng, width, height, (0.08, 1.0), (3 / 4, 4 / 3), 0.0)[:4] + (flip,)
 
 

@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..distill.distiller import DistillerBase
+from ..core.distiller_base import DistillerBase
 from ..errors import DataError, UserError
 from .methods import ClassifyMethod, StudentOut, Targets, build_classify_method
 from .settings import ClassifySettings

@@ -1,6 +1,6 @@
 """Loss terms of the classification baselines added for the paper's comparison (WSLD, IPWD, IFD, MGD, CRD's
 memory, AT on every stage): plain functions of tensors, unweighted; the methods in `classify.methods` own the
-trainable parts and the weights. The older baselines' terms are in `cifd_clip.distill.losses`."""
+trainable parts and the weights. The older baselines' terms are in `cifd_clip.core.losses`."""
 from __future__ import annotations
 
 from typing import Optional, Sequence

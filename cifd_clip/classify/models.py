@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 
 from ..errors import UserError
-from ..files import read_torch_file
+from ..file_io import read_torch_file
 from .zoo import ClassifierNet, ExternalNet, build_classifier
 
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")

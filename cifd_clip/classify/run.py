@@ -84,5 +84,5 @@ def training_plan(cfg, module, cost: dict, student: LoadedClassifier, train: Cla
     if cfg.dry_run:
         print(projection(cost, len(train), cfg.epochs))
         return None
-    return session.TrainingPlan(module, data, describe(student, cfg, train), make_evaluator(cfg, val, env),
+    return session.TrainingSetup(module, data, describe(student, cfg, train), make_evaluator(cfg, val, env),
                                 cost_summary(cost, cfg, data))

@@ -413,6 +413,3 @@ def build_classifier(name: str, num_classes: int) -> ClassifierNet:
     known = ", ".join([*CIFAR_MODELS, *IMAGENET_MODELS])
     raise UserError(f"unknown classifier {name!r}: use one of {known}, or torchvision:NAME / timm:NAME")
 
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -35,7 +35,7 @@ def run(cfg: Config):
 
     from .. import config as config_lib
     from ..evaluation.suite import run_suite
-    from ..outputs import check_folder_target
+    from ..output_checks import check_folder_target
 
     check_folder_target(cfg.output_dir, "--output-dir")
     device, precision = cfg.resolved_device_and_precision()

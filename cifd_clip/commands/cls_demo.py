@@ -24,12 +24,12 @@ def run(cfg: Config) -> int:
     import time
     from pathlib import Path
 
-    from ..demo.cls_plan import RECIPES, ClsLayout, build_plan
+    from ..demo.cls_steps import RECIPES, ClsLayout, build_steps
     from ..demo.cls_report import write_report
     from ..demo.execute import StepFailed, prepare_out, run_steps
 
     layout = ClsLayout(Path(cfg.out))
-    steps = build_plan(RECIPES, cfg.scale)
+    steps = build_steps(RECIPES, cfg.scale)
     prepare_out(layout.out)
     start = time.perf_counter()
     try:

@@ -48,7 +48,7 @@ def run(cfg: Config) -> int:
     from ..engine import session
     from ..engine.loop import seed_everything
     from ..errors import UserError
-    from ..rdm.model import RDMFamily
+    from ..core.rdm import RDMFamily
 
     def prepare(env, run_dir):
         train, val = cls_run.open_splits(cfg)
@@ -94,7 +94,7 @@ def run(cfg: Config) -> int:
 def _recipe_of(spec: str, kind: str):
     """The teacher's own resolution when its checkpoint records one (e.g. a 224-px teacher of a 160-px student)."""
     from ..classify.data import recipe_for
-    from ..files import read_torch_file
+    from ..file_io import read_torch_file
 
     if spec.endswith((".pt", ".pth")) and "@" not in spec:
         cfg = read_torch_file(spec, "checkpoint file").get("model_cfg", {})

@@ -38,17 +38,17 @@ def run(cfg: Config) -> int:
 
     import torch
 
-    from ..files import write_text_atomic
+    from ..file_io import write_text_atomic
 
     from ..classify.cache import SHARD_SIZE, dataset_identity, sample_views, shard_name
     from ..classify.data import open_set, recipe_for, view_tensor
     from ..classify.models import load_classifier
-    from ..embed import cache as cache_lib
-    from ..embed.augment import AugmentSettings
+    from ..data import embedding_cache as cache_lib
+    from ..data.augment import AugmentSettings
     from ..engine.distributed import resolve_device
     from ..engine.precision import autocast, resolve_precision
-    from ..outputs import check_folder_target, hold_run_lock, refuse_to_replace
-    from ..towers import weights_fingerprint
+    from ..output_checks import check_folder_target, hold_run_lock, refuse_to_replace
+    from ..clip_models import weights_fingerprint
 
     out = check_folder_target(cfg.out, "--out")
     refuse_to_replace([out / cache_lib.META_FILE], "--out", cfg.overwrite, "an embedding cache")

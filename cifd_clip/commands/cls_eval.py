@@ -25,8 +25,8 @@ def run(cfg: Config) -> int:
     from ..classify.loader import Views
     from ..classify.models import load_classifier
     from ..errors import UserError
-    from ..files import write_text_atomic
-    from ..outputs import check_file_target
+    from ..file_io import write_text_atomic
+    from ..output_checks import check_file_target
 
     if cfg.output:
         check_file_target(cfg.output, "--output")

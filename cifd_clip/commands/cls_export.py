@@ -20,8 +20,8 @@ def run(cfg: Config) -> int:
     from ..classify.models import export_state_dict, load_classifier
     from ..classify.zoo import ExternalNet
     from ..errors import UserError
-    from ..files import read_torch_file, write_atomic, write_text_atomic
-    from ..outputs import check_folder_target
+    from ..file_io import read_torch_file, write_atomic, write_text_atomic
+    from ..output_checks import check_folder_target
 
     out = check_folder_target(cfg.out, "--out")
     if out.is_dir() and any(out.iterdir()) and not cfg.overwrite:

@@ -30,7 +30,7 @@ class Config:
 
 def run(cfg: Config) -> int:
     from ..classify.shapes import write_shapes_cifar
-    from ..outputs import check_folder_target
+    from ..output_checks import check_folder_target
 
     check_folder_target(cfg.out, "--out")
     from ..classify.shapes import classnames

@@ -29,10 +29,10 @@ def run(cfg: Config) -> int:
     from pathlib import Path
 
     from ..demo.execute import StepFailed, prepare_out, run_steps
-    from ..demo.plan import Layout, build_plan, resolve_recipes
+    from ..demo.steps import Layout, build_steps, resolve_recipes
 
     recipes = resolve_recipes(cfg.recipes)
-    steps = build_plan(recipes, cfg.scale)
+    steps = build_steps(recipes, cfg.scale)
     layout = Layout(Path(cfg.out))
     prepare_out(layout.out)
     start = time.perf_counter()

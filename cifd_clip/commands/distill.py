@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..config import option
-from ..distill.settings import LossSettings, method_reads
+from ..distill.settings import METHODS, LossSettings, method_reads
 from ..engine.options import TrainingOptions
 from ..errors import ConfigError
 
@@ -47,7 +47,7 @@ class Config(TrainingOptions, LossSettings):
             raise ConfigError("give --cache DIR (cached teacher embeddings) or --teacher SPEC --teacher-online")
         if self.teacher_online and self.cache_view != "auto":
             raise ConfigError("--cache-view chooses among cached views; an online teacher sees the plain image")
-        if self.rdm and not self.loss.startswith("cifd"):
+        if self.rdm and not METHODS[self.loss].uses_rdms:
             raise ConfigError(f"--rdm is only used by the CIFD losses, not --loss {self.loss}")
 
 
@@ -58,14 +58,15 @@ def _dims_of(rdm) -> tuple[int, int]:
 def run(cfg: Config) -> int:
     import logging
 
-    from ..embed.cache import check_cache_compatible, read_cache_meta
-    from ..distill.distiller import Distiller
+    from ..data.embedding_cache import check_cache_compatible, read_cache_meta
+    from ..distill.distiller import DEFAULT_TEACHER_LOGIT_SCALE, Distiller
     from ..distill.inputs import build_distill_loader
     from ..engine import session
+    from ..evaluation import during_training
     from ..engine.loop import seed_everything
     from ..errors import UserError
-    from ..rdm.model import RDMFamily
-    from ..towers import load_model, load_teacher, weights_fingerprint
+    from ..core.rdm import RDMFamily
+    from ..clip_models import load_model, load_teacher, weights_fingerprint
 
     log = logging.getLogger(__name__)
 
@@ -98,10 +99,10 @@ def run(cfg: Config) -> int:
             if teacher_logit_scale is None:
                 teacher_logit_scale = meta.get("teacher_logit_scale")
                 if teacher_logit_scale is None and method_reads(cfg.loss, "teacher_logit_scale"):
-                    teacher_logit_scale = 100.0
+                    teacher_logit_scale = DEFAULT_TEACHER_LOGIT_SCALE
                     log.warning("cache %s does not record the teacher's logit scale (made by an older cifd-clip): "
                                 "using 100; pass --teacher-logit-scale or re-run embed", cfg.cache)
-        if cfg.rdm is None and cfg.loss.startswith("cifd") and env.is_main:
+        if cfg.rdm is None and METHODS[cfg.loss].uses_rdms and env.is_main:
             log.info("no --rdm: CIFD runs with the teacher's feature term only")
 
         seed_everything(cfg.seed)  # same initial weights on every rank
@@ -112,6 +113,6 @@ def run(cfg: Config) -> int:
             tower.model, cfg.loss_settings(), student_dim=tower.embed_dim, teacher_dims=teacher_dims, teacher=teacher,
             rdm=rdm, teacher_logit_scale=teacher_logit_scale, seed=cfg.seed, local_loss=cfg.local_loss,
             gather_with_grad=cfg.gather_with_grad, rank=env.rank, world_size=env.world_size)
-        return session.TrainingPlan(module, data, session.describe(tower, cfg), session.make_evaluator(cfg, tower, env))
+        return session.TrainingSetup(module, data, session.describe(tower, cfg), during_training.make_evaluator(cfg, tower, env))
 
-    return session.run_training(cfg, prepare)
+    return session.run_training(cfg, prepare, checks=[during_training.check_eval_sets])

@@ -16,9 +16,9 @@ from typing import Optional
 from ..config import option, required
 from ..errors import ConfigError
 from ..evaluation.options import EvalRunOptions
+from ..evaluation.tasks import TASKS, webdataset_task
 
-TASK_CHOICES = ["auto", "zeroshot_classification", "zeroshot_retrieval", "cross_model_retrieval",
-                "cross_model_classification"]
+TASK_CHOICES = ["auto", *TASKS]
 
 
 @dataclass
@@ -103,12 +103,7 @@ def _expected_task(cfg, name: str, root: Path) -> str:
 
     if cfg.task != "auto":
         return cfg.task
-    known = default_task(name)
-    if known:
-        return known
-    type_file = root / "dataset_type.txt"
-    kind = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
-    return "zeroshot_retrieval" if kind == "retrieval" else "zeroshot_classification"
+    return default_task(name) or webdataset_task(root)
 
 
 def summary_line(result: dict) -> str:
@@ -128,9 +123,9 @@ def run(cfg: Config):
     from ..evaluation.datasets import DatasetMissing, canonical_name, default_task
     from ..evaluation.runner import evaluate_model_on_dataset, weights_label
     from ..evaluation.suite import slug
-    from ..files import write_text_atomic
-    from ..outputs import check_file_target
-    from ..towers import load_model
+    from ..file_io import write_text_atomic
+    from ..output_checks import check_file_target
+    from ..clip_models import load_model
 
     device, precision = cfg.resolved_device_and_precision()
     task = None if cfg.task == "auto" else cfg.task

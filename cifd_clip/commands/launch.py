@@ -90,7 +90,7 @@ def smoke_vars(data: Path) -> dict[str, str]:
     (cls-make-demo-data, read as cifar100:DIR)."""
     info = data / "demo_info.json"
     if info.is_file():
-        from ..demo.plan import DEMO_SUITE
+        from ..demo.steps import DEMO_SUITE
         return {"smoke_data": str(data), "smoke_suite": str(DEMO_SUITE),
                 "smoke_train_data": str(data / json.loads(info.read_text())["train_data"])}
     if (data / "cifar-100-python").is_dir():

@@ -20,8 +20,9 @@ def run(cfg: Config) -> int:
     from ..distill.distiller import Distiller
     from ..distill.settings import LossSettings
     from ..engine import session
+    from ..evaluation import during_training
     from ..engine.loop import seed_everything
-    from ..towers import load_model
+    from ..clip_models import load_model
 
     def prepare(env, run_dir):
         session.preflight(cfg, env)
@@ -30,7 +31,7 @@ def run(cfg: Config) -> int:
         module = Distiller.build(tower.model, LossSettings(loss="contrastive"), student_dim=tower.embed_dim,
                                  seed=cfg.seed, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
                                  rank=env.rank, world_size=env.world_size)
-        return session.TrainingPlan(module, session.build_loader(cfg, tower, env), session.describe(tower, cfg),
-                                    session.make_evaluator(cfg, tower, env))
+        return session.TrainingSetup(module, session.build_loader(cfg, tower, env), session.describe(tower, cfg),
+                                    during_training.make_evaluator(cfg, tower, env))
 
-    return session.run_training(cfg, prepare)
+    return session.run_training(cfg, prepare, checks=[during_training.check_eval_sets])

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import ConfigError, DataError, UserError
-from ..files import write_text_atomic
+from ..file_io import write_text_atomic
 from .shards import MISSING_CAPTION, MISSING_IMAGE, STATS_SUFFIX, UNDECODABLE_IMAGE, sizes_from_stats, write_shard
 
 logger = logging.getLogger(__name__)
@@ -409,7 +409,7 @@ def make_shards(input_path: str | os.PathLike, out: str | os.PathLike, *, sample
                 progress=None) -> Summary:
     """Write the shards of `input_path` (a CSV/TSV or a folder) into `out`; see the module docstring.
     `workers` processes write shards side by side; `progress(shard_name, stats)` is called after each shard."""
-    from ..outputs import check_folder_target, hold_run_lock, release_run_lock
+    from ..output_checks import check_folder_target, hold_run_lock, release_run_lock
 
     if samples_per_shard < 1:
         raise ConfigError(f"--samples-per-shard must be at least 1, got {samples_per_shard}")

@@ -22,7 +22,7 @@ from typing import Iterable, Iterator, Optional
 import braceexpand
 
 from ..errors import DataError
-from ..files import write_atomic
+from ..file_io import write_atomic
 
 DEFAULT_IMAGE_KEY = "jpg;jpeg;png;webp"
 DEFAULT_TEXT_KEY = "txt"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
-from .cls_plan import STUDENTS, ClsLayout
+from .cls_steps import STUDENTS, ClsLayout
 from .report import PARTS_ADD, TIE, stage_table
 
 

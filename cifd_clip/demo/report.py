@@ -5,7 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .plan import MODELS, TEACHER_SPACE, Layout
+from .steps import MODELS, TEACHER_SPACE, Layout
 
 CLASSIFICATION_ROWS = [("acc1", "zero-shot top-1"), ("acc5", "zero-shot top-5"),
                        ("mean_per_class_recall", "zero-shot mean per-class recall")]
@@ -16,7 +16,7 @@ TIE = 0.5  # points; closer than this is reported as a tie, not a win
 
 
 def describe_checkpoint(checkpoint: Path) -> dict:
-    from ..towers import read_checkpoint
+    from ..clip_models import read_checkpoint
 
     ckpt = read_checkpoint(checkpoint)
     weights = ckpt["state_dict"]

@@ -16,10 +16,10 @@ log = logging.getLogger(__name__)
 
 def build_distill_loader(cfg, tower, env, *, teacher=None, cache_view: Optional[str] = None):
     """`cfg`: the distill Config (train_data, cache, seed, ...); `cache_view`: None (auto), "first" or "random"."""
-    from ..embed.cache import CacheJoin
+    from ..data.embedding_cache import CacheJoin
     from ..engine import session
 
-    from ..towers import same_inputs
+    from ..clip_models import same_inputs
 
     stages = [] if teacher is not None else [CacheJoin(cfg.cache, view=cache_view, seed=cfg.seed)]
     if teacher is not None and same_inputs(tower, teacher.tower):

@@ -3,7 +3,7 @@
 A method reads the student's outputs (and, except for `contrastive`, the teacher's targets) and returns a
 dict of named, already weighted loss terms. Trainable parts a method needs (the IBMs' densities and
 decoders, CLIP-KD's projections) live in the method module, hence inside the `Distiller` that DDP wraps
-and the loop checkpoints. `REGISTRY` maps every `--loss` name of `settings.METHODS` to its class.
+and the loop checkpoints. Each `--loss` is one row of `settings.METHODS`, which names its class here.
 """
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from . import losses as L
-from .ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder, run_bottlenecks
-from .rdm_teaching import curriculum_scale
+from ..core import losses as L
+from ..core.ibm import InformationBottleneck, IsometricDecoder, SharedDecoder, make_decoder, run_bottlenecks
+from ..core.rdm_teaching import curriculum_scale
 from .settings import METHODS, LossSettings
 
 
@@ -49,6 +49,7 @@ class Targets:
 
 
 class Method(nn.Module):
+    """`needs_teacher` and `uses_rdms` are the method's row of `settings.METHODS` (set by `build_method`)."""
     needs_teacher = True
     uses_rdms = False
     find_unused_parameters = False  # DDP: set when some parameters may get no gradient in a step
@@ -60,8 +61,6 @@ class Method(nn.Module):
 
 
 class Contrastive(Method):
-    needs_teacher = False
-
     def __init__(self, settings: LossSettings, *, gather: dict, **_):
         super().__init__()
         self.contrastive = L.ContrastiveLoss(settings.resolved_contrastive_weight(), **gather)
@@ -77,8 +76,6 @@ class CIFD(Method):
     both modalities (so that Û-space alignment between image and text carries over to the student's own
     space W, which is what is exported); "separate" gives each modality its own.
     """
-
-    uses_rdms = True
 
     def __init__(self, settings: LossSettings, *, student_dim: int, teacher_dims: tuple[int, int], num_rdms: int,
                  gather: dict, **_):
@@ -240,17 +237,20 @@ class CLIPKD(Method):
                            targets.logit_scale)}
 
 
-REGISTRY = {"cifd": CIFD, "cifd_affinity": CIFDAffinity, "distill_clip": DistillClip, "clipkd": CLIPKD,
-            "tinyclip": TinyCLIP, "contrastive": Contrastive}
-assert set(REGISTRY) == set(METHODS), "every --loss name needs a method class"
+def method_class(loss: str) -> type:
+    """The class `settings.METHODS` names for a --loss."""
+    return globals()[METHODS[loss].class_name]
 
 
 def build_method(settings: LossSettings, *, student_dim: int, teacher_dims: Optional[tuple[int, int]] = None,
                  num_rdms: int = 0, local_loss: bool = False, gather_with_grad: bool = False, rank: int = 0,
                  world_size: int = 1) -> Method:
     settings.validate()
-    cls = REGISTRY[settings.loss]
-    if cls.needs_teacher and teacher_dims is None:
+    row = METHODS[settings.loss]
+    if row.needs_teacher and teacher_dims is None:
         raise UserError(f"--loss {settings.loss} needs teacher targets: an embedding cache or an online teacher")
     gather = dict(local_loss=local_loss, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
-    return cls(settings, student_dim=student_dim, teacher_dims=teacher_dims, num_rdms=num_rdms, gather=gather)
+    method = method_class(settings.loss)(settings, student_dim=student_dim, teacher_dims=teacher_dims,
+                                         num_rdms=num_rdms, gather=gather)
+    method.needs_teacher, method.uses_rdms = row.needs_teacher, row.uses_rdms
+    return method

@@ -13,51 +13,65 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..config import option
 from ..errors import ConfigError
-from .rdm_teaching import rdm_teaching_option
+from ..core.method_settings import refuse_unread_settings
+from ..core.rdm_teaching import rdm_teaching_option
 
-# λ_CL of the CIFD methods (the baselines weigh their contrastive term 1.0, as open_clip and CLIP-KD do).
-CIFD_CONTRASTIVE_WEIGHT = 1.0
-BASELINE_CONTRASTIVE_WEIGHT = 1.0
+# λ_CL when --contrastive-weight is not given, for CIFD and the baselines alike (open_clip and CLIP-KD weigh
+# their contrastive term 1.0).
+CONTRASTIVE_WEIGHT = 1.0
 
 _CIFD = ("contrastive_weight", "teacher_weight", "rdm_weights", "normalize_targets", "ibm", "ibm_weight",
          "ibm_hidden_dim", "ibm_decoder", "ibm_orthogonal_map", "ibm_input", "kd_dropout", "distortion",
          "rdm_teaching")
 
-# loss name -> (one-line description, fields it reads, whether it needs teacher targets)
+class MethodRow(NamedTuple):
+    """One --loss: what it is, the settings it reads, whether it needs teacher targets and reads the RDMs, and
+    its class in distill/methods.py. Adding a method is its class plus one row here."""
+    description: str
+    reads: tuple
+    needs_teacher: bool
+    uses_rdms: bool
+    class_name: str
+
+
 METHODS = {
-    "cifd": ("CIFD: contrastive + feature terms against the teacher and the RDMs through the IBM", _CIFD, True),
-    "cifd_affinity": ("CIFD plus the teacher's and each RDM's batch affinities (open_clip's distill term) as "
-                      "weak teachers", _CIFD + ("distill_weight", "teacher_logit_scale"), True),
-    "distill_clip": ("open_clip's DistillClipLoss: contrastive + the teacher's batch affinities",
-                     ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True),
-    "clipkd": ("CLIP-KD: contrastive + FD + ICL + CRD",
-               ("contrastive_weight", "fd_weight", "icl_weight", "crd_weight", "teacher_logit_scale"), True),
-    "tinyclip": ("TinyCLIP: contrastive + affinity mimicking",
-                 ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True),
-    "contrastive": ("no teacher: open_clip's ClipLoss only (what `cifd-clip train` runs)", ("contrastive_weight",),
-                    False),
+    "cifd": MethodRow("CIFD: contrastive + feature terms against the teacher and the RDMs through the IBM", _CIFD,
+                      True, True, "CIFD"),
+    "cifd_affinity": MethodRow("CIFD plus the teacher's and each RDM's batch affinities (open_clip's distill term) "
+                               "as weak teachers", _CIFD + ("distill_weight", "teacher_logit_scale"), True, True,
+                               "CIFDAffinity"),
+    "distill_clip": MethodRow("open_clip's DistillClipLoss: contrastive + the teacher's batch affinities",
+                              ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True, False,
+                              "DistillClip"),
+    "clipkd": MethodRow("CLIP-KD: contrastive + FD + ICL + CRD",
+                        ("contrastive_weight", "fd_weight", "icl_weight", "crd_weight", "teacher_logit_scale"), True,
+                        False, "CLIPKD"),
+    "tinyclip": MethodRow("TinyCLIP: contrastive + affinity mimicking",
+                          ("contrastive_weight", "distill_weight", "teacher_logit_scale"), True, False, "TinyCLIP"),
+    "contrastive": MethodRow("no teacher: open_clip's ClipLoss only (what `cifd-clip train` runs)",
+                             ("contrastive_weight",), False, False, "Contrastive"),
 }
 
 
 def method_reads(loss: str, field_name: str) -> bool:
-    return field_name in METHODS[loss][1]
+    return field_name in METHODS[loss].reads
 
 
-DISTILL_LOSSES = [name for name, (_, _, needs_teacher) in METHODS.items() if needs_teacher]
+DISTILL_LOSSES = [name for name, row in METHODS.items() if row.needs_teacher]
 
 
 @dataclass
 class LossSettings:
-    loss: str = option("cifd", "distillation method: " + "; ".join(f"{k}: {v[0]}" for k, v in METHODS.items()
-                                                                   if v[2]), choices=DISTILL_LOSSES)
+    loss: str = option("cifd", "distillation method: " + "; ".join(f"{k}: {v.description}" for k, v in METHODS.items()
+                                                                   if v.needs_teacher), choices=DISTILL_LOSSES)
     contrastive_weight: Optional[float] = option(
-        None, f"weight of the student's contrastive term, λ_CL for CIFD (default: {CIFD_CONTRASTIVE_WEIGHT:g} for "
-              f"cifd/cifd_affinity, {BASELINE_CONTRASTIVE_WEIGHT:g} for the baselines; the paper's 0.005 leaves a "
-              f"short run's towers unaligned, see docs/method.md)", aliases=["lambda_cl"])
+        None, f"weight of the student's contrastive term, λ_CL for CIFD (default: {CONTRASTIVE_WEIGHT:g} for every "
+              f"loss; the paper's 0.005 leaves a short run's towers unaligned, see docs/method.md)",
+        aliases=["lambda_cl"])
     teacher_weight: float = option(1.0, "CIFD: weight of the feature term against the teacher")
     rdm_weights: list[float] = option([], "CIFD: λ_n per RDM in rate order (default 1.0 each)")
     normalize_targets: bool = option(True, "CIFD: L2-normalise the teacher and RDM targets before the feature "
@@ -95,19 +109,12 @@ class LossSettings:
     def resolved_contrastive_weight(self) -> float:
         if self.contrastive_weight is not None:
             return float(self.contrastive_weight)
-        return CIFD_CONTRASTIVE_WEIGHT if self.loss.startswith("cifd") else BASELINE_CONTRASTIVE_WEIGHT
+        return CONTRASTIVE_WEIGHT
 
     def validate(self) -> None:
         if self.loss not in METHODS:
             raise ConfigError(f"--loss must be one of {', '.join(METHODS)}, got {self.loss!r}")
-        used = set(METHODS[self.loss][1])
-        for f in dataclasses.fields(LossSettings):
-            if f.name == "loss" or f.name in used:
-                continue
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            if getattr(self, f.name) != default:
-                raise ConfigError(f"--{_flag(f.name)} is not used by --loss {self.loss}; remove it or pick a loss "
-                                  f"that uses it")
+        refuse_unread_settings(self, LossSettings, METHODS[self.loss].reads)
         if not self.ibm and self.ibm_weight != LossSettings.ibm_weight:
             raise ConfigError("--ibm-weight sets the IBM's rate term, which --no-ibm removes; give one of the two")
         for name in ("teacher_weight", "ibm_weight", "distill_weight", "fd_weight", "icl_weight", "crd_weight"):

@@ -1,5 +1,4 @@
 """Stage `embed`: the frozen teacher runs once over the shards and its embeddings are cached beside them.
 
-teacher_run.py (the stage's work), cache.py (the cache's format, writers and readers), augment.py (replayable
-crops + flips: the views the teacher saw and the student replays).
+teacher_run.py (the stage's work). The cache's format is data/embedding_cache.py and the views data/augment.py.
 """

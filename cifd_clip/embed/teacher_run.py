@@ -3,7 +3,7 @@
 Each rank embeds its own shards (dealt by position, so a restart gives each rank the same ones); loader
 workers decode and preprocess whole shards, the main process batches samples through the teacher and hands
 each result to its shard's writer, and a shard is committed only after its last sample. Rank 0 then writes
-cache.json and, when asked, the zero-shot eval file (see `cifd_clip.rdm.zeroshot`).
+cache.json and, when asked, the zero-shot eval file (see `cifd_clip.evaluation.cached_zeroshot`).
 """
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ from ..data.shards import BadSampleStats, count_samples, expand_urls, iter_sampl
 from ..engine.distributed import barrier, cleanup, init_distributed
 from ..engine.precision import autocast, resolve_precision
 from ..errors import DataError, UserError
-from ..outputs import check_folder_target, check_free_space, hold_run_lock
-from . import cache as cache_lib
-from .augment import AugmentSettings, apply_params, sample_views
+from ..output_checks import check_folder_target, check_free_space, hold_run_lock
+from ..data import embedding_cache as cache_lib
+from ..data.augment import AugmentSettings, apply_params, sample_views
 
 # ---------------------------------------------------------------- data side (runs in loader workers)
 
@@ -173,7 +173,7 @@ class _AsyncWriter:
 
 
 def _teacher_settings(cfg, teacher, augment) -> dict:
-    from ..towers import weights_fingerprint
+    from ..clip_models import weights_fingerprint
 
     tower = teacher.tower
     return cache_lib.make_settings(
@@ -221,10 +221,10 @@ def _refuse_other_shards(out: Path, names: list[str]) -> None:
 def _remove_cache_files(out: Path) -> None:
     if not out.is_dir():
         return
-    from ..rdm import zeroshot as rdm_zeroshot
+    from ..evaluation import cached_zeroshot
 
     for path in [*out.glob("*.tar"), *out.glob(f"*.tar{cache_lib.DONE_SUFFIX}"), out / cache_lib.META_FILE,
-                 out / rdm_zeroshot.FILE_NAME]:
+                 out / cached_zeroshot.FILE_NAME]:
         path.unlink(missing_ok=True)
 
 
@@ -298,14 +298,8 @@ def embed_workers(workers: Optional[int], device: torch.device) -> int:
     return GPU_WORKERS if device.type == "cuda" else 0
 
 
-def embed_shards(cfg) -> Optional[str]:
-    """Embed this rank's unfinished shards; rank 0 then writes cache.json. Returns rank 0's summary line."""
-    from tqdm import tqdm
-
-    from .. import config as config_lib
-    from ..rdm import zeroshot as rdm_zeroshot
-    from ..towers import load_teacher
-
+def _source_urls(cfg) -> tuple[list, list]:
+    """The source shards (after a CSV source is sharded) and the cache shard names they give; refuses clashes."""
     from ..data.csv_source import resolve_csv_train_data, world_size_from_env
 
     resolve_csv_train_data(cfg, world_size_from_env())
@@ -315,41 +309,12 @@ def embed_shards(cfg) -> Optional[str]:
         dup = next(n for n in names if names.count(n) > 1)
         raise UserError(f"two source shards are both named {dup}; cache shards are named after their source, "
                         f"so embed sources with clashing names into separate --out folders")
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    out = check_folder_target(cfg.out, "--out")
-    env = init_distributed(cfg.device)
-    if env.is_main:
-        hold_run_lock(out, "cache folder")
-        if cfg.overwrite:
-            _remove_cache_files(out)
-    barrier(env)
-    out.mkdir(parents=True, exist_ok=True)
-    precision = resolve_precision(cfg.precision, env.device)
-    torch.manual_seed(0)  # a teacher without weights (tests, demo) is then the same on every rank and restart
-    teacher = load_teacher(cfg.teacher, cfg.teacher_pretrained, device=env.device, normalize=cfg.normalize,
-                           cache_dir=getattr(cfg, "cache_dir", None))
-    augment = AugmentSettings(views=cfg.augmentations, scale=tuple(cfg.aug_scale), seed=cfg.aug_seed)
-    settings = _teacher_settings(cfg, teacher, augment)
-    _refuse_other_settings(out, settings)
-    zeroshot_path = out / rdm_zeroshot.FILE_NAME
-    zeroshot_set = None
-    if cfg.zeroshot_root and not rdm_zeroshot.is_done(zeroshot_path, settings, cfg.zeroshot_dataset,
-                                                      cfg.zeroshot_root):
-        # built on every rank before any embedding, so that a bad set stops all ranks at once
-        zeroshot_set = rdm_zeroshot.build_zeroshot_dataset(cfg.zeroshot_dataset, cfg.zeroshot_root, teacher.preprocess)
+    return urls, names
 
-    if env.is_main:
-        _refuse_other_shards(out, names)
-    # Shards are dealt to ranks by position in the full list, so a restart gives each rank the same ones.
-    mine = [u for i, u in enumerate(urls) if i % env.world_size == env.rank]
-    todo = [u for u in mine if not _is_done(out, u)]
-    if env.is_main:
-        _check_space(out, urls, todo, settings)
-        config_lib.save(cfg, out / "embed_config.yaml")
-    for u in todo:  # leftovers of a killed run
-        for stale in out.glob(f"{cache_lib.sibling_name(u)}{cache_lib.TMP_MARK}*"):
-            stale.unlink()
+
+def _embed_todo(cfg, out: Path, todo: list, teacher, augment, settings, env, precision) -> list:
+    """Embed the shards in `todo`, each committed once its last sample is written; returns their done markers."""
+    from tqdm import tqdm
 
     workers = min(embed_workers(cfg.workers, env.device), len(todo))
     loader = torch.utils.data.DataLoader(
@@ -361,7 +326,6 @@ def embed_shards(cfg) -> Optional[str]:
     expected = count_samples(todo) if todo else 0
     bar = tqdm(total=expected, unit="sample", disable=not env.is_main or not todo, dynamic_ncols=True,
                desc=f"embed rank {env.rank}" if env.distributed else "embed")
-    start = time.time()
 
     def write(results):  # in the writer thread
         for item, img, txt in results:
@@ -400,6 +364,88 @@ def embed_shards(cfg) -> Optional[str]:
         bar.close()
     if writers:  # a shard without its end marker means the loader lost it: never commit it
         raise DataError(f"data loading stopped before the end of {next(iter(writers))}")
+    return done_here
+
+
+def _finish_cache(cfg, out: Path, urls: list, settings, done_here: list, teacher, zeroshot_set, env,
+                  precision) -> str:
+    """Rank 0, after every rank is done: cache.json from all shards' markers, then the zero-shot set."""
+    from ..evaluation import cached_zeroshot
+
+    markers = []
+    for u in urls:
+        marker = cache_lib.read_done_marker(out, cache_lib.sibling_name(u))
+        if marker is None:
+            raise DataError(f"cache shard for {u} is missing after all ranks finished; re-run the same command")
+        markers.append(marker)
+    meta = cache_lib.write_cache_meta(out, settings, markers)
+    bad = BadSampleStats()
+    for m in markers:
+        bad.merge(m.get("stats", {}))
+    summary = (f"cache {out}: {meta['num_samples']} samples in {len(markers)} shards, "
+               f"{meta['bytes'] / 1e6:.1f} MB ({meta['bytes'] / max(meta['num_samples'], 1):.0f} bytes/sample); "
+               f"{bad.summary()}; this run embedded {len(done_here)} shards")
+    if not meta["num_samples"]:
+        raise DataError(f"no usable sample in {cfg.train_data}: {bad.summary()}")
+    zeroshot_path = out / cached_zeroshot.FILE_NAME
+    if zeroshot_set is not None:
+        payload = cached_zeroshot.embed_zeroshot_set(
+            teacher, cfg.zeroshot_dataset, cfg.zeroshot_root, settings=settings, batch_size=cfg.batch_size,
+            workers=embed_workers(cfg.workers, env.device), device=env.device,
+            autocast=lambda: autocast(precision, env.device), built=zeroshot_set)
+        cached_zeroshot.write_zeroshot_eval(zeroshot_path, payload)
+        summary += (f"; zero-shot set {cfg.zeroshot_root}: {len(payload['labels'])} images, "
+                    f"{len(payload['classnames'])} classes x {len(payload['templates'])} templates "
+                    f"in {zeroshot_path.name}")
+    elif cfg.zeroshot_root:
+        summary += f"; {zeroshot_path.name} was already complete"
+    return summary
+
+
+def embed_shards(cfg) -> Optional[str]:
+    """Embed this rank's unfinished shards; rank 0 then writes cache.json. Returns rank 0's summary line."""
+    from .. import config as config_lib
+    from ..evaluation import cached_zeroshot
+    from ..clip_models import load_teacher
+
+    urls, names = _source_urls(cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = check_folder_target(cfg.out, "--out")
+    env = init_distributed(cfg.device)
+    if env.is_main:
+        hold_run_lock(out, "cache folder")
+        if cfg.overwrite:
+            _remove_cache_files(out)
+    barrier(env)
+    out.mkdir(parents=True, exist_ok=True)
+    precision = resolve_precision(cfg.precision, env.device)
+    torch.manual_seed(0)  # a teacher without weights (tests, demo) is then the same on every rank and restart
+    teacher = load_teacher(cfg.teacher, cfg.teacher_pretrained, device=env.device, normalize=cfg.normalize,
+                           cache_dir=getattr(cfg, "cache_dir", None))
+    augment = AugmentSettings(views=cfg.augmentations, scale=tuple(cfg.aug_scale), seed=cfg.aug_seed)
+    settings = _teacher_settings(cfg, teacher, augment)
+    _refuse_other_settings(out, settings)
+    zeroshot_set = None
+    if cfg.zeroshot_root and not cached_zeroshot.is_done(out / cached_zeroshot.FILE_NAME, settings, cfg.zeroshot_dataset,
+                                                      cfg.zeroshot_root):
+        # built on every rank before any embedding, so that a bad set stops all ranks at once
+        zeroshot_set = cached_zeroshot.build_zeroshot_dataset(cfg.zeroshot_dataset, cfg.zeroshot_root, teacher.preprocess)
+
+    if env.is_main:
+        _refuse_other_shards(out, names)
+    # Shards are dealt to ranks by position in the full list, so a restart gives each rank the same ones.
+    mine = [u for i, u in enumerate(urls) if i % env.world_size == env.rank]
+    todo = [u for u in mine if not _is_done(out, u)]
+    if env.is_main:
+        _check_space(out, urls, todo, settings)
+        config_lib.save(cfg, out / "embed_config.yaml")
+    for u in todo:  # leftovers of a killed run
+        for stale in out.glob(f"{cache_lib.sibling_name(u)}{cache_lib.TMP_MARK}*"):
+            stale.unlink()
+
+    start = time.time()
+    done_here = _embed_todo(cfg, out, todo, teacher, augment, settings, env, precision)
     elapsed = time.time() - start
     n_here = sum(d["count"] for d in done_here)
     print(f"rank {env.rank}: embedded {n_here} samples from {len(done_here)} shards in {elapsed:.1f}s "
@@ -409,32 +455,7 @@ def embed_shards(cfg) -> Optional[str]:
     barrier(env)
     summary = None
     if env.is_main:
-        markers = []
-        for u in urls:
-            marker = cache_lib.read_done_marker(out, cache_lib.sibling_name(u))
-            if marker is None:
-                raise DataError(f"cache shard for {u} is missing after all ranks finished; re-run the same command")
-            markers.append(marker)
-        meta = cache_lib.write_cache_meta(out, settings, markers)
-        bad = BadSampleStats()
-        for m in markers:
-            bad.merge(m.get("stats", {}))
-        summary = (f"cache {out}: {meta['num_samples']} samples in {len(markers)} shards, "
-                   f"{meta['bytes'] / 1e6:.1f} MB ({meta['bytes'] / max(meta['num_samples'], 1):.0f} bytes/sample); "
-                   f"{bad.summary()}; this run embedded {len(done_here)} shards")
-        if not meta["num_samples"]:
-            raise DataError(f"no usable sample in {cfg.train_data}: {bad.summary()}")
-        if zeroshot_set is not None:
-            payload = rdm_zeroshot.embed_zeroshot_set(
-                teacher, cfg.zeroshot_dataset, cfg.zeroshot_root, settings=settings, batch_size=cfg.batch_size,
-                workers=embed_workers(cfg.workers, env.device), device=env.device, autocast=lambda: autocast(precision, env.device),
-                built=zeroshot_set)
-            rdm_zeroshot.write_zeroshot_eval(zeroshot_path, payload)
-            summary += (f"; zero-shot set {cfg.zeroshot_root}: {len(payload['labels'])} images, "
-                        f"{len(payload['classnames'])} classes x {len(payload['templates'])} templates "
-                        f"in {zeroshot_path.name}")
-        elif cfg.zeroshot_root:
-            summary += f"; {zeroshot_path.name} was already complete"
+        summary = _finish_cache(cfg, out, urls, settings, done_here, teacher, zeroshot_set, env, precision)
     barrier(env)
     cleanup(env)
     return summary

@@ -21,9 +21,9 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
-from ..files import write_atomic
+from ..file_io import write_atomic
 from ..errors import UserError
-from ..towers import read_checkpoint, strip_prefixes
+from ..clip_models import read_checkpoint, strip_prefixes
 from .retention import LATEST, Retention, checkpoint_step, to_delete
 
 log = logging.getLogger(__name__)

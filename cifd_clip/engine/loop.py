@@ -43,7 +43,7 @@ from torch import nn
 
 from .. import config as config_lib
 from ..errors import DataError, UserError
-from ..outputs import check_free_space
+from ..output_checks import check_free_space
 from . import checkpoint as ckpt_lib
 from .distributed import DistEnv, all_reduce_max, barrier
 from .precision import SpeedSettings, autocast, lower_weights, resolve_speed_settings, set_tf32
@@ -82,7 +82,7 @@ def to_device(batch: dict, device: torch.device, channels_last: bool = False, no
 
 def apply_speed_settings(module: nn.Module, speed: SpeedSettings, device: torch.device) -> list[str]:
     """Set up the module (already on `device`) for the run's speed settings; returns the compiled modules' names."""
-    from ..towers import compile_towers, set_grad_checkpointing
+    from ..clip_models import compile_towers, set_grad_checkpointing
 
     student = getattr(module, "student", module)
     if speed.tf32:
@@ -180,7 +180,7 @@ class Trainer:
         self.module, self.data, self.cfg, self.env = module, data, cfg, env
         self.run_dir, self.describe, self.evaluate = Path(run_dir), describe, evaluate
         self.device = env.device
-        from ..towers import has_grad_checkpointing, is_convolutional
+        from ..clip_models import has_grad_checkpointing, is_convolutional
         student = getattr(module, "student", module)
         self.speed = resolve_speed_settings(cfg, self.device, convolutional=is_convolutional(student),
                                             grad_checkpointing_ok=has_grad_checkpointing(student))

@@ -23,33 +23,17 @@ from typing import Optional, Sequence
 import torch
 
 from ..errors import DataError, UserError
-from .datasets import CLASSIFICATION, RETRIEVAL, build_dataset, make_loader
+from .datasets import build_dataset, make_loader
+from .tasks import CROSS_TASKS, RETRIEVAL, TASKS
 
-CROSS_RETRIEVAL = "cross_model_retrieval"
-CROSS_CLASSIFICATION = "cross_model_classification"
-BASE_TASK = {CROSS_RETRIEVAL: RETRIEVAL, CROSS_CLASSIFICATION: CLASSIFICATION}
-CROSS_TASKS = tuple(BASE_TASK)
+BASE_TASK = {name: TASKS[name].base for name in CROSS_TASKS}
 GALLERY_FORMAT = "cifd_clip.gallery"
 GALLERY_VERSION = 1
-CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
-
-
-def cross_task_for(base_task: str) -> str:
-    return {base: cross for cross, base in BASE_TASK.items()}[base_task]
-
-
-def metric_rows(task: str, recall_k: Sequence[int]) -> list[str]:
-    """The rows a results table shows for a cross-model task: cross, teacher, student, retained."""
-    if task == CROSS_RETRIEVAL:
-        rows = [f"{d}_retrieval_recall@{k}" for k in recall_k for d in ("image", "text")]
-        return rows + [f"{who}_{r}" for who in ("teacher", "student") for r in rows] + ["recall_retained"]
-    rows = list(CLASSIFICATION_METRICS)
-    return rows + [f"{who}_{r}" for who in ("teacher", "student") for r in rows] + ["acc1_retained"]
 
 
 @dataclass
 class GallerySource:
-    """Where the teacher's side comes from: `tower` (the teacher, a cifd_clip Tower) embeds the set, `path` is
+    """Where the teacher's side comes from: `tower` (the teacher, a cifd_clip LoadedCLIP) embeds the set, `path` is
     a gallery file to read, or to write once the tower has embedded the set. At least one of the two.
     `fingerprint_hint`: the tower's weights fingerprint when the caller has it (one hash of a large teacher per suite)."""
     tower: object = None
@@ -69,7 +53,7 @@ class GallerySource:
         if self.tower is None:
             return None
         if self._fingerprint is None:
-            from ..towers import weights_fingerprint
+            from ..clip_models import weights_fingerprint
             self._fingerprint = weights_fingerprint(self.tower.model)
         return self._fingerprint
 
@@ -101,7 +85,7 @@ def _identity(name: str, root, base_task: str, options: dict) -> dict:
 
 
 def read_gallery(path: Path) -> dict:
-    from ..files import check_format, read_torch_file
+    from ..file_io import check_format, read_torch_file
 
     gallery = read_torch_file(path, "gallery embeddings")
     return check_format(gallery, path, "a gallery embeddings file (written by eval --gallery-model)", GALLERY_FORMAT,
@@ -131,7 +115,7 @@ def gallery_for(source: GallerySource, name: str, root, base_task: str, options:
                "teacher": source.tower.spec, "teacher_fingerprint": source.fingerprint,
                "embeddings": embed_set(source.tower, name, root, base_task, options, **embed_options)}
     if path is not None:
-        from ..files import write_atomic
+        from ..file_io import write_atomic
 
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, lambda p: torch.save(gallery, p))

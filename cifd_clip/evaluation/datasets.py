@@ -28,10 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 from ..errors import ConfigError, DataError, UserError
+from .tasks import CLASSIFICATION, PLAIN_TASKS, RETRIEVAL, webdataset_task
 
-CLASSIFICATION = "zeroshot_classification"
-RETRIEVAL = "zeroshot_retrieval"
-TASKS = (CLASSIFICATION, RETRIEVAL)
 NAMES = ("wds/NAME", "imagenet1k", "imagenetv2", "imagenet-r", "imagenet-a", "objectnet", "flickr30k", "mscoco",
          "folder[:NAME]")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".ppm", ".pgm", ".tif", ".tiff")
@@ -200,16 +198,13 @@ def build_wds(name: str, root: Path, transform, split: str = "test", classnames_
     if nshards < 1 or absent:
         raise DataError(f"{nshards_file} announces {nshards} shards but "
                         + (f"{absent[0]} is missing" if absent else "a dataset needs at least one"))
-    type_file = root / "dataset_type.txt"
-    dataset_type = type_file.read_text().strip().lower() if type_file.is_file() else "classification"
-    if dataset_type not in ("classification", "retrieval"):
-        raise DataError(f"{type_file} says {dataset_type!r}; only classification and retrieval sets are supported")
+    task = webdataset_task(root)
 
     pipeline = wds.WebDataset([str(s) for s in shards], shardshuffle=False, nodesplitter=_all_shards,
                               empty_check=False).decode(wds.autodecode.ImageHandler("pil"))
-    info = DatasetInfo(name, CLASSIFICATION if dataset_type == "classification" else RETRIEVAL, root,
+    info = DatasetInfo(name, task, root,
                        max_workers=nshards, extra={"nshards": nshards})
-    if dataset_type == "retrieval":
+    if task == RETRIEVAL:
         dataset = pipeline.compose(_with_file_position).to_tuple(WDS_IMAGE, "txt", "__order__") \
             .map_tuple(transform, _split_captions, tuple)
         info.collate_fn = collate_image_captions
@@ -427,8 +422,8 @@ def build_dataset(name: str, root, transform, task: Optional[str] = None, *, spl
     """
     name = canonical_name(name)
     builder = _builder_for(name)
-    if task is not None and task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; use {' or '.join(TASKS)}")
+    if task is not None and task not in PLAIN_TASKS:
+        raise ConfigError(f"unknown task {task!r}; use {' or '.join(PLAIN_TASKS)}")
     root = Path(os.path.expanduser(str(root)))
     if not root.is_dir():
         raise DatasetMissing(name, root, "no folder" if not root.exists() else "a file instead of a folder")

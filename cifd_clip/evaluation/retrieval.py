@@ -97,3 +97,8 @@ def _in_file_order(images, texts, owners, orders):
     new_index[torch.tensor(image_perm)] = torch.arange(len(images))
     text_perm = sorted(range(len(texts)), key=lambda t: (int(new_index[owners[t]]), t))
     return images[image_perm], texts[text_perm], new_index[owners[text_perm]]
+
+
+def score_task(model, loader, tokenizer, info, *, device, recall_k=(1, 5, 10), precision: str = "fp32") -> dict:
+    """The zeroshot_retrieval row of tasks.TASKS."""
+    return evaluate_retrieval(model, loader, tokenizer, device, recall_k, precision=precision)

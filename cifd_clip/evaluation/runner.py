@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import ConfigError, DataError, UserError
-from .datasets import RETRIEVAL, DatasetMissing, build_dataset, canonical_name, default_task, make_loader
+from .datasets import DatasetMissing, build_dataset, canonical_name, default_task, make_loader
+from .tasks import TASKS
 
 
 class ThroughputMeter:
@@ -65,24 +66,19 @@ def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[
                               workers: int = 4, recall_k: Sequence[int] = (1, 5, 10), device="cpu",
                               precision: str = "fp32", options: Optional[dict] = None, pretrained: Optional[str] = None,
                               show_progress: bool = True, gallery=None) -> dict:
-    """Zero-shot classification or retrieval of `tower` (a cifd_clip.towers.Tower) on one dataset.
+    """Zero-shot classification or retrieval of `tower` (a cifd_clip.clip_models.LoadedCLIP) on one dataset.
 
     `task` None means the dataset's own task. `options` go to build_dataset (classnames_file,
     templates_file, annotation_file, captions_per_image, border_crop, split). A dataset root that
     does not exist gives a "missing" result; other bad data raises a UserError. The cross-model tasks
     (`evaluation.cross_model`) need `gallery`, a `cross_model.GallerySource`.
     """
-    from .cross_model import CROSS_TASKS
-
     name = canonical_name(dataset)
     label = weights_label(tower) if pretrained is None else pretrained
-    if task in CROSS_TASKS:
+    if task in TASKS and TASKS[task].base:
         return _evaluate_cross_model(tower, name, dataset_root, task, label, gallery, batch_size=batch_size,
                                      workers=workers, recall_k=recall_k, device=device, precision=precision,
                                      options=options or {}, show_progress=show_progress)
-    from .retrieval import evaluate_retrieval
-    from .zeroshot import evaluate_zeroshot_classification
-
     try:
         data, info = build_dataset(name, dataset_root, tower.preprocess_val, task, **(options or {}))
     except DatasetMissing as e:
@@ -92,11 +88,8 @@ def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[
     meter = ThroughputMeter(make_loader(data, info, batch_size, workers), name, info.num_samples, show_progress)
     model = tower.model.to(device)
     try:
-        if info.task == RETRIEVAL:
-            metrics = evaluate_retrieval(model, meter, tower.tokenizer, device, recall_k, precision=precision)
-        else:
-            metrics = evaluate_zeroshot_classification(model, meter, tower.tokenizer, info.classnames, info.templates,
-                                                       device, class_mask=info.class_mask, precision=precision)
+        metrics = TASKS[info.task].score()(model, meter, tower.tokenizer, info, device=device, recall_k=recall_k,
+                                           precision=precision)
     except (UserError, OSError, ValueError, KeyError, tarfile.TarError) as e:
         error_type = type(e) if type(e) in (UserError, ConfigError, DataError) else DataError
         raise error_type(f"evaluating {name} at {dataset_root} failed: {one_line(e)}") from None
@@ -108,11 +101,11 @@ def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[
 def _evaluate_cross_model(tower, name: str, dataset_root, task: str, label: str, gallery, *, batch_size: int,
                           workers: int, recall_k, device, precision: str, options: dict, show_progress: bool) -> dict:
     """The student's side timed as `evaluate_model_on_dataset` times a plain task; the gallery read or embedded."""
-    from .cross_model import BASE_TASK, GallerySource, check_widths, cross_model_metrics, embed_set, gallery_for
+    from .cross_model import GallerySource, check_widths, embed_set, gallery_for
 
     if gallery is None:
         GallerySource()  # the sentence that says what a cross-model task needs
-    base_task = BASE_TASK[task]
+    base_task = TASKS[task].base
     meters = []
 
     def timed(loader, info):
@@ -124,7 +117,7 @@ def _evaluate_cross_model(tower, name: str, dataset_root, task: str, label: str,
         teacher = gallery_for(gallery, name, dataset_root, base_task, options, **common)
         check_widths(tower.embed_dim, teacher, name)
         student = embed_set(tower, name, dataset_root, base_task, options, wrap=timed, **common)
-        metrics = cross_model_metrics(student, teacher["embeddings"], base_task, recall_k, where=f"{name}")
+        metrics = TASKS[task].score()(student, teacher["embeddings"], base_task, recall_k, where=f"{name}")
     except DatasetMissing as e:
         return {**result_header(name, tower.spec, label, task), "status": "missing", "looked_in": str(e.path),
                 "message": str(e)}

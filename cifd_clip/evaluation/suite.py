@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, UserError
-from .cross_model import CROSS_TASKS, metric_rows as cross_model_rows
-from .datasets import RETRIEVAL, TASKS, canonical_name, default_task
+from .datasets import canonical_name, default_task
+from .tasks import CLASSIFICATION, CROSS_TASKS, TASKS, metric_rows
 
 log = logging.getLogger(__name__)
 ENTRY_KEYS = {"name", "task", "root", "label", "recall_k", "options"}
-CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
 
 
 def slug(text: str) -> str:
@@ -63,9 +62,9 @@ def load_suite(suite: Union[dict, str, Path]) -> dict:
         name = canonical_name(entry["name"])
         default_task(name)  # unknown names fail now, not halfway through the suite
         task = entry.get("task")
-        if task is not None and task not in TASKS + CROSS_TASKS:
+        if task is not None and task not in TASKS:
             raise ConfigError(f"dataset entry {name} of {where} has unknown task {task!r}; use one of "
-                              f"{', '.join(TASKS + CROSS_TASKS)}")
+                              f"{', '.join(TASKS)}")
         recall_k = entry.get("recall_k", [1, 5, 10])
         if not isinstance(recall_k, list) or not all(isinstance(k, int) and k >= 1 for k in recall_k):
             raise ConfigError(f"dataset entry {name} of {where}: recall_k must be a list of positive integers")
@@ -96,11 +95,8 @@ def model_labels(specs: Sequence[str]) -> list[str]:
 
 
 def _metric_rows(entry: dict, task: str) -> list[str]:
-    if task in CROSS_TASKS:
-        return cross_model_rows(task, entry["recall_k"])
-    if task == RETRIEVAL:
-        return [f"{d}_retrieval_recall@{k}" for k in entry["recall_k"] for d in ("image", "text")]
-    return list(CLASSIFICATION_METRICS)
+    # a task not known yet (a missing set's) shows the classification rows
+    return metric_rows(task if task in TASKS else CLASSIFICATION, entry["recall_k"])
 
 
 def _cell(result: dict, metric: str) -> str:
@@ -147,9 +143,9 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
     The cross-model entries search each model's queries against `gallery_model`'s embeddings of the set, made once
     per set and kept in `gallery_dir` (default OUTPUT_DIR/gallery), where a later run finds them again.
     Returns {"suite", "models", "datasets", "results": [[result per dataset] per model], "markdown",
-    "missing": n, "errors": n}. Model specs are anything cifd_clip.towers.load_model accepts.
+    "missing": n, "errors": n}. Model specs are anything cifd_clip.clip_models.load_model accepts.
     """
-    from ..towers import load_model
+    from ..clip_models import load_model
     from .runner import evaluate_model_on_dataset, result_header, weights_label
 
     suite = load_suite(suite)
@@ -199,7 +195,7 @@ def run_suite(suite: Union[dict, str, Path], model_specs: Sequence[str], output_
 def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_pretrained: Optional[str],
                      gallery_dir: Path, device, cache_dir: Optional[str] = None) -> list:
     """Per entry: None, or the cross-model entry's GallerySource (the teacher loaded once, one file per set)."""
-    from ..towers import load_model
+    from ..clip_models import load_model
     from .cross_model import GallerySource
 
     if not any(e["task"] in CROSS_TASKS for e in entries):
@@ -209,7 +205,7 @@ def _gallery_sources(entries: list[dict], gallery_model: Optional[str], gallery_
         return [None] * len(entries)
     teacher, fingerprint = None, None
     if gallery_model:
-        from ..towers import weights_fingerprint
+        from ..clip_models import weights_fingerprint
 
         teacher = load_model(gallery_model, gallery_pretrained, device=device, cache_dir=cache_dir)
         fingerprint = weights_fingerprint(teacher.model)

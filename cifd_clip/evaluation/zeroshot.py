@@ -96,3 +96,9 @@ def classification_metrics_from_embeddings(features: torch.Tensor, targets: torc
         raise ValueError(f"labels run from {targets.min().item()} to {targets.max().item()} "
                          f"but there are {num_classes} classes")
     return classification_metrics(100.0 * features @ classifier.float().cpu(), targets)
+
+
+def score_task(model, loader, tokenizer, info, *, device, recall_k=(), precision: str = "fp32") -> dict:
+    """The zeroshot_classification row of tasks.TASKS: the set's class names and templates from its info."""
+    return evaluate_zeroshot_classification(model, loader, tokenizer, info.classnames, info.templates, device,
+                                            class_mask=info.class_mask, precision=precision)

@@ -9,11 +9,10 @@ from typing import Optional
 
 import yaml
 
+from ..evaluation.tasks import TASKS
+
 TAGS = ["clip", "open_clip", "cifd_clip", "knowledge-distillation", "zero-shot-image-classification"]
-HF_TASKS = {"zeroshot_classification": "zero-shot-image-classification",
-            "zeroshot_retrieval": "zero-shot-image-retrieval",
-            "cross_model_classification": "zero-shot-image-classification",
-            "cross_model_retrieval": "zero-shot-image-retrieval"}
+HF_TASKS = {name: task.hf_task for name, task in TASKS.items()}
 
 
 def _absolute_paths(value) -> list[str]:

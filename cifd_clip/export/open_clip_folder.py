@@ -19,10 +19,10 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from ..files import write_atomic, write_text_atomic
-from ..outputs import check_folder_target
+from ..file_io import write_atomic, write_text_atomic
+from ..output_checks import check_folder_target
 from ..errors import UserError
-from ..towers import read_checkpoint, strip_prefixes
+from ..clip_models import read_checkpoint, strip_prefixes
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 CONFIG_FILE = "open_clip_config.json"
@@ -122,7 +122,7 @@ def export_student(checkpoint: str | os.PathLike, out_dir: str | os.PathLike,
 
 def read_teacher_space_map(out_dir: str | os.PathLike) -> Optional[dict]:
     """The map a `--space teacher` export folded in ({"matrix", "kind", "teacher", "fit"}), None for another export."""
-    from ..files import check_format, read_torch_file
+    from ..file_io import check_format, read_torch_file
 
     path = Path(out_dir) / MAP_FILE
     if not path.is_file():
@@ -222,7 +222,7 @@ def verify_export(out_dir: str | os.PathLike, checkpoint: str | os.PathLike, ato
     `matrix` [D, d] for a teacher-space export); the largest difference, relative to the embeddings' size."""
     import open_clip
 
-    from ..towers import load_model
+    from ..clip_models import load_model
 
     exported, _, _ = open_clip.create_model_and_transforms(f"local-dir:{out_dir}")
     reference = load_model(str(checkpoint)).model

@@ -72,7 +72,7 @@ def learned_map(ckpt: dict) -> tuple[torch.Tensor, str]:
 
 
 def _isometric_q(states: dict, student_dim: int, orthogonal_map: str) -> torch.Tensor:
-    from ..distill.ibm import IsometricDecoder
+    from ..core.ibm import IsometricDecoder
 
     from ..distill.distiller import _migrate
 
@@ -123,7 +123,7 @@ def cached_pairs(tower, train_data: str, cache: str, samples: int, batch_size: i
     cached ones, image pairs first."""
     from ..data.loader import make_train_loader
     from ..data.shards import count_samples, expand_urls
-    from ..embed.cache import CacheJoin
+    from ..data.embedding_cache import CacheJoin
 
     available = count_samples(expand_urls(train_data))
     samples = min(int(samples), available) if available else int(samples)
@@ -189,7 +189,7 @@ def fold_into_projections(state_dict: dict, model_cfg: dict, matrix: torch.Tenso
 def teacher_identity(ckpt: dict, cache: Optional[str]) -> dict:
     """{"spec", "model_name", "fingerprint"} of the teacher whose space this is: from the embedding cache's
     cache.json (the run's own, or `cache`), else from the run's online teacher."""
-    from ..embed.cache import read_cache_meta
+    from ..data.embedding_cache import read_cache_meta
 
     config = ckpt.get("config") or {}
     cache = cache or config.get("cache")
@@ -199,7 +199,7 @@ def teacher_identity(ckpt: dict, cache: Optional[str]) -> dict:
         return {"spec": teacher.get("spec"), "model_name": teacher.get("model_name"),
                 "fingerprint": meta.get("teacher_fingerprint"), "cache": str(cache)}
     if config.get("teacher"):
-        from ..towers import load_model, weights_fingerprint
+        from ..clip_models import load_model, weights_fingerprint
 
         tower = load_model(config["teacher"], config.get("teacher_pretrained"))
         return {"spec": config["teacher"], "model_name": tower.model_name,
@@ -222,7 +222,7 @@ def build_map(ckpt: dict, checkpoint: str, kind: str, *, cache: Optional[str] = 
     if not cache or not train_data:
         raise UserError(f"--teacher-map {kind} fits the map on the teacher's cached embeddings of training samples: "
                         f"pass --teacher-cache CACHE and --fit-data SHARDS (the shards that cache was made from)")
-    from ..towers import load_model
+    from ..clip_models import load_model
 
     tower = load_model(str(checkpoint))
     student, target = cached_pairs(tower, train_data, cache, samples, batch_size)

@@ -93,7 +93,7 @@ def architecture_name(spec: str) -> str:
     import open_clip
 
     from ..errors import UserError
-    from ..towers import _register_cfg, register_model_configs
+    from ..clip_models import _register_cfg, register_model_configs
     register_model_configs()
     spec = str(spec).strip()
     if spec.startswith("local-dir:"):

@@ -102,8 +102,8 @@ def embed_dim(spec: str) -> int:
 
 
 def _rdm_family(options: dict, dim: int):
-    from ..rdm.config import RDMArchitecture
-    from ..rdm.model import RDMFamily
+    from ..core.rdm_config import RDMArchitecture
+    from ..core.rdm import RDMFamily
     arch = {k: options[k] for k in RDMArchitecture.__dataclass_fields__ if k in options}
     return RDMFamily.build({"image": dim, "text": dim}, list(options.get("rates", [100.0, 300.0, 1000.0])), **arch)
 
@@ -111,7 +111,7 @@ def _rdm_family(options: dict, dim: int):
 def cache_bytes_per_sample(image_dim: int, text_dim: int, views: int, dtype: str) -> float:
     """Written with the real cache writer (tar members, npy headers, padding): the growth per sample of two
     shards of different lengths, so that a shard's fixed end-of-archive bytes are left out."""
-    from ..embed.cache import SiblingShardWriter
+    from ..data.embedding_cache import SiblingShardWriter
 
     def shard_bytes(folder: str, n: int) -> int:
         writer = SiblingShardWriter(folder, f"size{n}.tar", dtype)
@@ -265,7 +265,7 @@ class Planner:
                                       note="not counted: minutes"))
         plan = Plan(str(self.recipe.path), self.gpu, self.peak, self.mfu, self.gpus, costs, self.comparison(costs))
         if self.recipe.vars.get("out"):
-            from ..outputs import free_bytes
+            from ..output_checks import free_bytes
             plan.out = str(self.recipe.vars["out"])
             plan.free_gib = free_bytes(plan.out)[1] / GIB
         return plan

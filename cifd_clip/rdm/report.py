@@ -10,10 +10,6 @@ import os
 from pathlib import Path
 
 
-def _fmt(value, digits=4):
-    return f"{value:.{digits}g}" if isinstance(value, float) else str(value)
-
-
 def markdown_table(report: dict) -> str:
     rows = report["rdms"]
     recall_keys = sorted({k for r in rows for k in r if "recall@" in k})

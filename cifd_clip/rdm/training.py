@@ -6,7 +6,7 @@ backward pass gives each RDM exactly its own gradient. Under torchrun each rank
 reads its own part of the data and gradients are averaged with one all-reduce per step (the RDMs are
 tiny, so a flat all-reduce is simpler than DDP and just as fast).
 
-Batches are dicts with `t_image_emb` / `t_text_emb` (what `cifd_clip.embed.cache.iter_cached_embeddings`
+Batches are dicts with `t_image_emb` / `t_text_emb` (what `cifd_clip.data.embedding_cache.iter_cached_embeddings`
 yields); any iterable of such dicts works, which is how the tests train on in-memory tensors.
 """
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ..engine.schedule import density_parameter_ids
 from ..errors import DataError
-from .model import RateDistortionModule, RDMFamily
-from .zeroshot import zeroshot_metrics
+from ..core.rdm import RateDistortionModule, RDMFamily
+from ..evaluation.cached_zeroshot import zeroshot_metrics
 
 log = logging.getLogger(__name__)
 
@@ -314,7 +314,7 @@ def evaluate_family(family: RDMFamily, data: dict, *, retrieval: bool = False, k
     Retrieval pairs the RDM's reconstruction of one modality with the teacher's embeddings of the other:
     an image RDM gives text retrieval (image → text, CLIP_benchmark's `text_retrieval_recall@K`), a text
     RDM gives image retrieval (`image_retrieval_recall@K`). One caption per image. `zeroshot` (a
-    `cifd_clip.rdm.zeroshot` eval file) adds `zeroshot_acc1`/`zeroshot_acc5`: an image RDM's reconstructed
+    `cifd_clip.evaluation.cached_zeroshot` eval file) adds `zeroshot_acc1`/`zeroshot_acc5`: an image RDM's reconstructed
     images against the teacher's text classifier, or the teacher's images against a classifier built from
     a text RDM's reconstructed prompts. Both are skipped when the two modalities have different widths
     (not a shared embedding space).

@@ -1,7 +1,7 @@
 """Attention transfer (Zagoruyko & Komodakis 2017)."""
 from __future__ import annotations
 
-from ...distill import losses as L
+from ...core import losses as L
 from .. import losses as CL
 from .base import ClassifyMethod
 

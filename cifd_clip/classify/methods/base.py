@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...distill import losses as L
+from ...core import losses as L
 from ..settings import ClassifySettings
 
 
@@ -46,6 +46,7 @@ class RunContext:
 
 
 class ClassifyMethod(nn.Module):
+    # the method's row of settings.METHODS, set by build_classify_method
     needs_teacher = True
     uses_rdms = False
     uses_feature_maps = False

@@ -4,9 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...distill import losses as L
-from ...distill.ibm import InformationBottleneck, make_decoder
-from ...distill.rdm_teaching import curriculum_scale
+from ...core import losses as L
+from ...core.ibm import InformationBottleneck, make_decoder
+from ...core.rdm_teaching import curriculum_scale
 from ...errors import UserError
 from .base import ClassifyMethod
 
@@ -15,7 +15,6 @@ class CIFD(ClassifyMethod):
     """The paper's classification loss, with the IBM on the student's pooled features (its decoder maps them
     to the teacher's width). Terms: ce, kd_teacher, kd_rdm{n}, emb_teacher, emb_rdm{n}, rate."""
 
-    uses_rdms = True
 
     def __init__(self, settings, *, student_dim: int, teacher_dim: int, num_rdms: int, **_):
         super().__init__(settings)

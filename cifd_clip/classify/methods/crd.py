@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from ...distill import losses as L
+from ...core import losses as L
 from ...errors import UserError
 from .. import losses as CL
 from ..settings import CRD_MEMORY_AUTO_MIB

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...distill import losses as L
-from ...distill.distiller import DistillerBase
+from ...core import losses as L
+from ...core.distiller_base import DistillerBase
 from .base import ClassifyMethod, RunContext
 
 log = logging.getLogger(__name__)

@@ -1,12 +1,11 @@
 """The methods on logits alone: cross-entropy, Hinton's KD (TAKD, DGKD), DIST and NormKD."""
 from __future__ import annotations
 
-from ...distill import losses as L
+from ...core import losses as L
 from .base import ClassifyMethod
 
 
 class CrossEntropy(ClassifyMethod):
-    needs_teacher = False
 
     def forward(self, student, targets, generator=None):
         return self.ce(student, targets)

@@ -8,7 +8,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from cifd_clip.errors import UserError
-from cifd_clip.towers import Teacher, load_model, read_state_dict
+from cifd_clip.clip_models import Teacher, load_model, read_state_dict
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .errors import UserError
-from .files import read_json_file, read_torch_file
+from .file_io import read_json_file, read_torch_file
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors", ".ckpt")
@@ -49,7 +49,7 @@ def register_model_configs() -> None:
 
 
 @dataclass
-class Tower:
+class LoadedCLIP:
     """An open_clip model with everything needed to feed it raw images and strings."""
 
     model: nn.Module
@@ -67,10 +67,10 @@ class Tower:
         return int(self.model_cfg["embed_dim"])
 
 
-def same_inputs(a: Tower, b: Tower) -> bool:
+def same_inputs(a: LoadedCLIP, b: LoadedCLIP) -> bool:
     """Whether two towers turn a raw sample into the same tensors: the same eval preprocessing (open_clip builds
     it from `preprocess_cfg` alone) and the same tokenizer (built from the text config's tokenizer fields)."""
-    def tokenizer_key(tower: Tower) -> tuple:
+    def tokenizer_key(tower: LoadedCLIP) -> tuple:
         text = tower.model_cfg.get("text_cfg", {})
         return (type(tower.tokenizer), getattr(tower.tokenizer, "context_length", None), text.get("hf_tokenizer_name"),
                 json.dumps(text.get("tokenizer_kwargs") or {}, sort_keys=True))
@@ -175,89 +175,26 @@ def _create(name: str, device, precision: str, aug_cfg, **kwargs):
 
 
 def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.device = "cpu",
-               precision: str = "fp32", aug_cfg: Optional[dict] = None, cache_dir: Optional[str] = None) -> Tower:
+               precision: str = "fp32", aug_cfg: Optional[dict] = None, cache_dir: Optional[str] = None) -> LoadedCLIP:
     """Build an open_clip model from any spec (see module doc) and its transforms and tokenizer. `cache_dir`:
     where downloaded weights go and are looked for (open_clip's --cache-dir; default the Hugging Face cache)."""
     register_model_configs()
     spec = str(spec).strip()
     if not spec:
         raise UserError("empty model spec")
-    extra: dict[str, Any] = {}
-
     if spec.startswith(HF_HUB):
-        from .hub import create_from_hub
-
-        if pretrained:
-            raise UserError(f"{spec} brings its own weights; drop --pretrained {pretrained}")
-        model, pp_train, pp_val, tokenizer, model_cfg = create_from_hub(spec, device=device, precision=precision,
-                                                                        aug_cfg=aug_cfg, cache_dir=cache_dir)
-        return Tower(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec,
-                     {"hf_hub": spec})
-
+        return _load_from_hub(spec, pretrained, device, precision, aug_cfg, cache_dir)
     if spec.startswith("local-dir:"):
-        folder = Path(spec[len("local-dir:"):])
-        if not (folder / "open_clip_config.json").is_file():
-            raise UserError(f"{folder} is not an open_clip model folder (no open_clip_config.json in it)")
-        model, pp_train, pp_val = _create(spec, device, precision, aug_cfg)
-        model_cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
-        tokenizer = open_clip.get_tokenizer(spec)
-        name = spec
-        if pretrained:
-            _load_weights_into(model, pretrained, spec)
-        return Tower(model, pp_train, pp_val, tokenizer, name, model_cfg, dict(model.visual.preprocess_cfg), spec)
+        return _load_local_dir(spec, pretrained, device, precision, aug_cfg)
 
     name, tag = spec, pretrained
     if "@" in spec:
         name, tag = spec.split("@", 1)
         if pretrained:
             raise UserError(f"model spec {spec} names its weights already; drop --pretrained {pretrained}")
-
-    path = Path(name)
-    if path.is_dir():
-        raise UserError(f"{name} is a directory; to load an open_clip model folder write local-dir:{name}")
-    if path.suffix == ".json":
-        if not path.is_file():
-            raise UserError(f"model config file {name} does not exist")
-        cfg = read_json_file(path, "model config file")
-        if not isinstance(cfg, dict):
-            raise UserError(f"model config file {name} holds a JSON {type(cfg).__name__}, not an object with "
-                            f"embed_dim, vision_cfg and text_cfg")
-        cfg = cfg.get("model_cfg", cfg)
-        if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
-            raise UserError(f"model config file {name} needs the keys embed_dim, vision_cfg and text_cfg")
-        name = _register_cfg(cfg, path.stem)
-    elif path.suffix in WEIGHT_SUFFIXES:
-        ckpt = read_checkpoint(path)
-        if "model_cfg" not in ckpt:
-            raise UserError(f"checkpoint {path} does not record its model config; name the model too: NAME@{path}")
-        name = ckpt.get("model_name") if open_clip.get_model_config(ckpt.get("model_name") or "") == ckpt["model_cfg"] \
-            else _register_cfg(ckpt["model_cfg"], "ckpt")
-        tag = str(path)
-    elif open_clip.get_model_config(name) is None:
-        if path.is_file():
-            raise UserError(f"{name} is a {path.suffix or 'plain'} file, not a model: give an open_clip model name, "
-                            f"NAME@WEIGHTS, a checkpoint (.pt/.pth/.bin/.safetensors), local-dir:FOLDER or a "
-                            f"model config .json")
-        if os.sep in name or name.startswith("."):
-            raise UserError(f"model {name} does not exist (no such file)")
-        raise UserError(f"unknown model name {name}{_known_names_hint(name)}")
-
-    weights_file = None
-    if tag:
-        if Path(tag).is_dir():
-            raise UserError(f"weights {tag} is a folder; give a checkpoint file (or local-dir:{tag} as the model "
-                            f"if it is an open_clip export)")
-        if Path(tag).is_file():
-            weights_file = tag
-        elif tag in open_clip.list_pretrained_tags_by_model(name):
-            extra["pretrained_tag"] = tag
-        elif os.sep in tag or Path(tag).suffix in WEIGHT_SUFFIXES:
-            raise UserError(f"checkpoint file {tag} does not exist")
-        else:
-            tags = open_clip.list_pretrained_tags_by_model(name)
-            raise UserError(f"{tag} is neither a file nor a pretrained tag of {name}"
-                            + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags)"))
-
+    name, tag = _resolve_model_name(name, tag)
+    extra: dict[str, Any] = {}
+    weights_file = _resolve_weights(name, tag, extra)
     if "pretrained_tag" in extra:
         from .hub import create_pretrained
 
@@ -275,8 +212,84 @@ def load_model(spec: str, pretrained: Optional[str] = None, device: str | torch.
     else:
         model, pp_train, pp_val = _create(name, device, precision, aug_cfg)
     tokenizer = open_clip.get_tokenizer(name)
-    return Tower(model, pp_train, pp_val, tokenizer, name, open_clip.get_model_config(name),
+    return LoadedCLIP(model, pp_train, pp_val, tokenizer, name, open_clip.get_model_config(name),
                  dict(model.visual.preprocess_cfg), spec, extra)
+
+
+def _load_from_hub(spec, pretrained, device, precision, aug_cfg, cache_dir) -> LoadedCLIP:
+    from .hub import create_from_hub
+
+    if pretrained:
+        raise UserError(f"{spec} brings its own weights; drop --pretrained {pretrained}")
+    model, pp_train, pp_val, tokenizer, model_cfg = create_from_hub(spec, device=device, precision=precision,
+                                                                    aug_cfg=aug_cfg, cache_dir=cache_dir)
+    return LoadedCLIP(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec,
+                 {"hf_hub": spec})
+
+
+def _load_local_dir(spec, pretrained, device, precision, aug_cfg) -> LoadedCLIP:
+    folder = Path(spec[len("local-dir:"):])
+    if not (folder / "open_clip_config.json").is_file():
+        raise UserError(f"{folder} is not an open_clip model folder (no open_clip_config.json in it)")
+    model, pp_train, pp_val = _create(spec, device, precision, aug_cfg)
+    model_cfg = json.loads((folder / "open_clip_config.json").read_text())["model_cfg"]
+    tokenizer = open_clip.get_tokenizer(spec)
+    if pretrained:
+        _load_weights_into(model, pretrained, spec)
+    return LoadedCLIP(model, pp_train, pp_val, tokenizer, spec, model_cfg, dict(model.visual.preprocess_cfg), spec)
+
+
+def _resolve_model_name(name: str, tag: Optional[str]) -> tuple[str, Optional[str]]:
+    """(open_clip model name, weights tag or file) for a name, a model config .json or a checkpoint file."""
+    path = Path(name)
+    if path.is_dir():
+        raise UserError(f"{name} is a directory; to load an open_clip model folder write local-dir:{name}")
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise UserError(f"model config file {name} does not exist")
+        cfg = read_json_file(path, "model config file")
+        if not isinstance(cfg, dict):
+            raise UserError(f"model config file {name} holds a JSON {type(cfg).__name__}, not an object with "
+                            f"embed_dim, vision_cfg and text_cfg")
+        cfg = cfg.get("model_cfg", cfg)
+        if not isinstance(cfg, dict) or not all(k in cfg for k in ("embed_dim", "vision_cfg", "text_cfg")):
+            raise UserError(f"model config file {name} needs the keys embed_dim, vision_cfg and text_cfg")
+        return _register_cfg(cfg, path.stem), tag
+    if path.suffix in WEIGHT_SUFFIXES:
+        ckpt = read_checkpoint(path)
+        if "model_cfg" not in ckpt:
+            raise UserError(f"checkpoint {path} does not record its model config; name the model too: NAME@{path}")
+        name = ckpt.get("model_name") if open_clip.get_model_config(ckpt.get("model_name") or "") == ckpt["model_cfg"] \
+            else _register_cfg(ckpt["model_cfg"], "ckpt")
+        return name, str(path)
+    if open_clip.get_model_config(name) is None:
+        if path.is_file():
+            raise UserError(f"{name} is a {path.suffix or 'plain'} file, not a model: give an open_clip model name, "
+                            f"NAME@WEIGHTS, a checkpoint (.pt/.pth/.bin/.safetensors), local-dir:FOLDER or a "
+                            f"model config .json")
+        if os.sep in name or name.startswith("."):
+            raise UserError(f"model {name} does not exist (no such file)")
+        raise UserError(f"unknown model name {name}{_known_names_hint(name)}")
+    return name, tag
+
+
+def _resolve_weights(name: str, tag: Optional[str], extra: dict) -> Optional[str]:
+    """The weights file a tag names (None: none, or a pretrained tag, then recorded in `extra`)."""
+    if not tag:
+        return None
+    if Path(tag).is_dir():
+        raise UserError(f"weights {tag} is a folder; give a checkpoint file (or local-dir:{tag} as the model "
+                        f"if it is an open_clip export)")
+    if Path(tag).is_file():
+        return tag
+    if tag in open_clip.list_pretrained_tags_by_model(name):
+        extra["pretrained_tag"] = tag
+        return None
+    if os.sep in tag or Path(tag).suffix in WEIGHT_SUFFIXES:
+        raise UserError(f"checkpoint file {tag} does not exist")
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    raise UserError(f"{tag} is neither a file nor a pretrained tag of {name}"
+                    + (f" (tags: {', '.join(tags)})" if tags else " (it has no pretrained tags)"))
 
 
 def weights_fingerprint(model: nn.Module) -> str:
@@ -295,7 +308,7 @@ class Teacher(nn.Module):
     and batch-norm statistics of the teacher never change during distillation.
     """
 
-    def __init__(self, tower: Tower, normalize: bool = True):
+    def __init__(self, tower: LoadedCLIP, normalize: bool = True):
         super().__init__()
         self.tower = tower
         self.model = tower.model

@@ -23,7 +23,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn.functional as F
 
-from ..files import check_format, read_torch_file, write_atomic
+from ..file_io import check_format, read_torch_file, write_atomic
 from ..errors import UserError
 
 FILE_NAME = "zeroshot_eval.pt"
@@ -34,7 +34,7 @@ SAME_RUN_KEYS = ("format_version", "teacher_fingerprint", "normalized", "dtype",
 
 
 def _prompts(classnames, templates) -> list[str]:
-    from ..evaluation.zeroshot import as_template_functions
+    from .zeroshot import as_template_functions
 
     functions = as_template_functions(templates)
     return [f(c) for c in classnames for f in functions]
@@ -45,13 +45,13 @@ def embed_zeroshot_set(teacher, dataset: str, root, *, settings: dict, batch_siz
                        device="cpu", autocast=None, built=None) -> dict:
     """The teacher's embeddings of a zero-shot set's images and of every (class, template) prompt.
 
-    `teacher` is a `cifd_clip.towers.Teacher` (its `normalize` decides normalisation, like the cache);
+    `teacher` is a `cifd_clip.clip_models.Teacher` (its `normalize` decides normalisation, like the cache);
     `settings` are the cache's (fingerprint, dtype, ...); `built` an already built (dataset, info) pair.
     """
     import contextlib
 
-    from ..evaluation.datasets import make_loader
-    from ..evaluation.zeroshot import as_template_functions
+    from .datasets import make_loader
+    from .zeroshot import as_template_functions
 
     autocast = autocast or contextlib.nullcontext
     data, info = built or build_zeroshot_dataset(dataset, root, teacher.preprocess)
@@ -88,7 +88,7 @@ def embed_zeroshot_set(teacher, dataset: str, root, *, settings: dict, batch_siz
 
 def build_zeroshot_dataset(dataset: str, root, preprocess):
     """(dataset, info) of a classification set; one sentence if it is missing or a retrieval set."""
-    from ..evaluation.datasets import CLASSIFICATION, build_dataset
+    from .datasets import CLASSIFICATION, build_dataset
 
     return build_dataset(dataset, root, preprocess, CLASSIFICATION)
 
@@ -144,7 +144,7 @@ def classifier_from_prompts(text_emb: torch.Tensor) -> torch.Tensor:
 
 def accuracy(image_emb: torch.Tensor, classifier: torch.Tensor, labels: torch.Tensor) -> dict:
     """{"zeroshot_acc1", "zeroshot_acc5" (only with >= 5 classes)} of images [N, D] against classifier [D, C]."""
-    from ..evaluation.zeroshot import classification_metrics
+    from .zeroshot import classification_metrics
 
     logits = 100.0 * F.normalize(image_emb.float(), dim=-1) @ classifier.float()
     metrics = classification_metrics(logits, labels)

@@ -166,7 +166,7 @@ def resolve_recipes(recipes: str | None) -> Path:
     return folder
 
 
-def build_plan(recipes: Path, scale: str, steps: list[Step] = None) -> list[Step]:
+def build_steps(recipes: Path, scale: str, steps: list[Step] = None) -> list[Step]:
     """The steps with the scale's overrides (RECIPES/scale-SCALE.yaml, if present) applied."""
     steps = STEPS if steps is None else steps
     if scale not in SCALES:

@@ -29,7 +29,7 @@ from typing import Iterable, Iterator, Optional
 import numpy as np
 
 from ..errors import DataError, UserError
-from ..files import check_format, read_json_file, write_text_atomic
+from ..file_io import check_format, read_json_file, write_text_atomic
 from .augment import IDENTITY, apply_params, is_identity, key_rng
 
 FORMAT = "cifd-clip-embedding-cache"
@@ -140,7 +140,7 @@ class SiblingShardWriter:
         """Finish the shard atomically; `info` (source, skipped, settings...) goes into its done-marker."""
         self._tar.close()
         self._file.flush()
-        os.fsync(self._file.fileno())  # written incrementally, so not through files.write_atomic
+        os.fsync(self._file.fileno())  # written incrementally, so not through file_io.write_atomic
         self._file.close()
         os.replace(self.tmp_path, self.path)
         done = dict(info, name=self.name, count=self.count, bytes=self.path.stat().st_size)
@@ -348,18 +348,6 @@ def read_cached_shard(cache_dir: str | os.PathLike, name: str, *, expected_count
     shard.logits = logits_arr
     shard.labels = np.asarray(labels, dtype=np.int64) if len(labels) == len(keys) else None
     return shard
-
-
-def check_keys_line_up(shard: str, cached_keys: Iterable[str], source_keys: Iterable[str]) -> None:
-    """DataError at the first position where a cache shard's keys and its source shard's keys differ."""
-    cached_keys, source_keys = list(cached_keys), list(source_keys)
-    for i, (c, s) in enumerate(zip(cached_keys, source_keys)):
-        if c != s:
-            raise DataError(f"cache shard {shard} does not line up with its source: sample {i} is {c} in the cache "
-                            f"but {s} in the source shard")
-    if len(cached_keys) != len(source_keys):
-        raise DataError(f"cache shard {shard} holds {len(cached_keys)} samples but its source shard has "
-                        f"{len(source_keys)} readable ones")
 
 
 class CacheJoin:

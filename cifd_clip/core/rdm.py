@@ -29,9 +29,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..entropy import EntropyBottleneck
-from ..files import check_format, read_torch_file, write_atomic
+from ..file_io import check_format, read_torch_file, write_atomic
 from ..errors import UserError
-from .config import ACTIVATION_NAMES, DISTORTIONS, RateDistortionConfig
+from .rdm_config import ACTIVATION_NAMES, DISTORTIONS, RateDistortionConfig
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "silu": nn.SiLU}
 assert set(ACTIVATIONS) == set(ACTIVATION_NAMES)

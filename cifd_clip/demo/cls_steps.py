@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .plan import Layout, Step, build_plan as _build_plan
+from .steps import Layout, Step, build_steps as _build_steps
 
 RECIPES = Path(__file__).resolve().parent / "recipes_classification"
 STUDENTS = [("student-nokd", "no KD"), ("student-kd", "KD"), ("student-takd", "TAKD"), ("student-dgkd", "DGKD"),
@@ -65,5 +65,5 @@ STEPS = [
 ]
 
 
-def build_plan(recipes: Path, scale: str) -> list[Step]:
-    return _build_plan(recipes, scale, steps=STEPS)
+def build_steps(recipes: Path, scale: str) -> list[Step]:
+    return _build_steps(recipes, scale, steps=STEPS)

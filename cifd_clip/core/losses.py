@@ -25,7 +25,7 @@ from open_clip.loss import ClipLoss, DistillClipLoss
 from torch import nn
 
 from ..errors import UserError
-from ..rdm.model import distortion_per_sample
+from .rdm import distortion_per_sample
 
 Projection = Optional[Callable[[torch.Tensor], torch.Tensor]]
 
@@ -247,21 +247,6 @@ class AffinityMimickingLoss(_PairwiseLogits):
 
 
 # ---------------------------------------------------------------- classification
-
-class KDLoss(nn.Module):
-    """Hinton's KD: w·τ²·KL(softmax(v_T/τ) ‖ softmax(v_S/τ)), optionally with w_CE·CE(y, v_S)."""
-
-    def __init__(self, kd_weight: float = 1.0, temperature: float = 4.0, ce_weight: float = 1.0):
-        super().__init__()
-        if temperature <= 0:
-            raise UserError(f"KD temperature must be positive, got {temperature!r}")
-        self.temperature = temperature
-        self.weights = {"ce": float(ce_weight), "kd": float(kd_weight)}
-
-    def forward(self, logits, labels, teacher_logits) -> dict:
-        return {"ce": self.weights["ce"] * F.cross_entropy(logits, labels),
-                "kd": self.weights["kd"] * kl_divergence(teacher_logits.detach(), logits, self.temperature)}
-
 
 class CIFDClassificationLoss(nn.Module):
     """The paper's classification loss:
