@@ -253,7 +253,7 @@ def test_each_rdm_keeps_its_best_scored_epoch():
 
 def test_finalize_keeps_the_rounding_the_decoder_trained_with():
     """finalize() builds the coding tables without moving the medians training rounded at: re-estimated
-    medians shift a channel's rounding (docs/studies/rdm-ordering.md: one R = 300 RDM's MSE rose 2.7-fold)."""
+    medians shift a channel's rounding (docs/studies/rdm-stall.md: one R = 300 RDM's MSE rose 2.7-fold)."""
     torch.manual_seed(0)
     data = synthetic_embeddings(n=512)
     family = RDMFamily.build({"image": DIM}, [100.0], hidden_dim=64, bottleneck_dim=16)

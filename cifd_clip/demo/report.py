@@ -180,12 +180,12 @@ def plot_training_curves(layout: Layout, path: Path) -> Path:
     return path
 
 
-# Measured once, at full scale, by studies/demo_seeds.py (the demo's three student commands with seeds 1-4 beside
-# the demo's seed 0): five seeds per student do not fit the demo's ten minutes.
-SEED_SPREAD = ("Over seeds 0-4 at full scale the same students gave zero-shot top-1 22.8 ± 1.7 % (no KD), 22.0 ± 1.5 % "
-               "(KD) and 31.1 ± 4.0 % (CIFD), and mean retrieval recall 41.3 ± 9.4 %, 43.3 ± 8.1 % and 59.2 ± 1.3 %, "
+# Measured once, at full scale, by studies/demo_seeds.py (the demo's three student commands with seeds 1 and 2 beside
+# the demo's seed 0): several seeds per student do not fit the demo's ten minutes.
+SEED_SPREAD = ("Over seeds 0-2 at full scale the same students gave zero-shot top-1 22.7 ± 2.8 % (no KD), 22.0 ± 2.1 % "
+               "(KD) and 31.1 ± 4.7 % (CIFD), and mean retrieval recall 42.9 ± 12.6 %, 41.6 ± 9.9 % and 58.0 ± 2.2 %, "
                "mean ± std (docs/studies/clip-demo-seeds.md): CIFD beat both baselines on both metrics on every seed, "
-               "by more than the seed spread, while no KD and KD tie. A difference of a few points between two "
+               "by more than the seed spread on zero-shot top-1, while no KD and KD tie. A difference of a few points between two "
                "single runs is within seed noise.")
 
 
