@@ -8,6 +8,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ..core.losses import attention_map
+
 NCE_EPS = 1e-7  # RepDistiller's ContrastLoss
 
 
@@ -73,17 +75,13 @@ def nce_contrast_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
     return -(log_positive.sum() + log_negatives.sum()) / len(scores)
 
 
-def _attention(feature_map: torch.Tensor) -> torch.Tensor:
-    return F.normalize(feature_map.pow(2).mean(1).flatten(1), dim=-1)
-
-
 def attention_transfer_pair(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tensor:
     """RepDistiller's AT on one pair of maps (p = 2): the larger map is average-pooled to the smaller's size."""
     if student_map.shape[-1] > teacher_map.shape[-1]:
         student_map = F.adaptive_avg_pool2d(student_map, teacher_map.shape[-2:])
     elif student_map.shape[-1] < teacher_map.shape[-1]:
         teacher_map = F.adaptive_avg_pool2d(teacher_map, student_map.shape[-2:])
-    return (_attention(student_map) - _attention(teacher_map)).pow(2).mean()
+    return (attention_map(student_map) - attention_map(teacher_map)).pow(2).mean()
 
 
 def attention_transfer_stages(student_maps: Sequence[torch.Tensor],
