@@ -148,8 +148,21 @@ def checkpoint(out: Path, run: str) -> str:
     return str(out / "runs" / run / "checkpoints" / "epoch_latest.pt")
 
 
-def setup_steps(out: Path, scale: Scale, quick: bool) -> list[tuple[str, list[str]]]:
+def needed_setup(cfgs: list[Config]) -> dict:
+    """What the chosen runs read: each teacher, its cache and RDM families, and the assistant (so --only
+    trains no teacher, cache or family that none of its runs uses)."""
+    distilled = [c for c in cfgs if c.stage == "cls-distill"]
+    assistant = any(c.assistant for c in distilled)
+    teachers = {c.teacher for c in distilled} | ({"vgg8"} if assistant else set())
+    return {"teachers": [m for m in TEACHERS if m in teachers],
+            "caches": {c.teacher for c in distilled if not c.online},
+            "families": {(c.rdm, c.teacher) for c in distilled if c.rdm},
+            "assistant": assistant}
+
+
+def setup_steps(out: Path, scale: Scale, cfgs: list[Config]) -> list[tuple[str, list[str]]]:
     p = _paths(out)
+    need = needed_setup(cfgs)
     student_data = f"cifar100:{p['student_data']}"
     steps = [
         ("data-teacher", ["cls-make-demo-data", "--task", "gap", "--train-samples", str(scale.teacher_samples),
@@ -157,31 +170,33 @@ def setup_steps(out: Path, scale: Scale, quick: bool) -> list[tuple[str, list[st
         ("data-student", ["cls-make-demo-data", "--task", "gap", "--train-samples", str(scale.student_samples),
                           "--test-samples", str(scale.test_samples), "--out", str(p["student_data"])]),
     ]
-    teachers = ["vgg8"] if quick else list(TEACHERS)
-    for model in teachers:
+    for model in need["teachers"]:
         steps.append((f"teacher-{model}", [
             "cls-train", "--config", str(RECIPES / "teacher.yaml"), "--model", model, "--epochs",
             str(scale.teacher_epochs), "--eval-every-epochs", str(scale.teacher_epochs), "--train-data",
             f"cifar100:{p['teacher_data']}", "--logs", str(p["runs"]), "--name", f"teacher-{model}", *scale.extra]))
+        if model not in need["caches"]:
+            continue
         steps.append((f"embed-{model}", [
             "cls-embed", "--config", str(RECIPES / "embed.yaml"), "--augmentations", str(scale.augmentations),
             "--teacher", checkpoint(out, f"teacher-{model}"), "--train-data", student_data,
             "--out", str(out / f"cache-{model}")]))
         for family, rates in RDM_FAMILIES.items():
-            if (quick or model != "vgg8") and family != "rdm3":
-                continue
-            steps.append((f"{family}-{model}", [
-                "cls-train-rdm", "--config", str(RECIPES / "rdm.yaml"), "--rates", *rates, "--epochs",
-                str(scale.rdm_epochs), "--cache", str(out / f"cache-{model}"), "--out", str(p["runs"] / f"{family}-{model}")]))
-    steps.append(("assistant", [
-        "cls-distill", "--config", str(RECIPES / "assistant.yaml"), "--epochs", str(scale.student_epochs),
-        "--eval-every-epochs", str(scale.student_epochs), "--teacher", checkpoint(out, "teacher-vgg8"),
-        "--train-data", student_data, "--logs", str(p["runs"]), "--name", "assistant", *scale.extra]))
+            if (family, model) in need["families"]:
+                steps.append((f"{family}-{model}", [
+                    "cls-train-rdm", "--config", str(RECIPES / "rdm.yaml"), "--rates", *rates, "--epochs",
+                    str(scale.rdm_epochs), "--cache", str(out / f"cache-{model}"),
+                    "--out", str(p["runs"] / f"{family}-{model}")]))
+    if need["assistant"]:
+        steps.append(("assistant", [
+            "cls-distill", "--config", str(RECIPES / "assistant.yaml"), "--epochs", str(scale.student_epochs),
+            "--eval-every-epochs", str(scale.student_epochs), "--teacher", checkpoint(out, "teacher-vgg8"),
+            "--train-data", student_data, "--logs", str(p["runs"]), "--name", "assistant", *scale.extra]))
     return steps
 
 
-def run_setup(out: Path, scale: Scale, quick: bool) -> None:
-    keyed_runs.run_setup(out, setup_steps(out, scale, quick), overwrite=lambda name: name.startswith(("embed", "rdm")))
+def run_setup(out: Path, scale: Scale, cfgs: list[Config]) -> None:
+    keyed_runs.run_setup(out, setup_steps(out, scale, cfgs), overwrite=lambda name: name.startswith(("embed", "rdm")))
 
 
 # ---------------------------------------------------------------- one student run
@@ -222,21 +237,23 @@ def train_and_evaluate(cfg: Config, seed: int, out: Path, scale: Scale) -> dict:
 # ---------------------------------------------------------------- the test bed's own numbers
 
 
-def testbed_facts(out: Path, quick: bool) -> dict:
-    """Parameters and MACs of the teachers and the student, and the teachers' test top-1."""
+def testbed_facts(out: Path, cfgs: list[Config]) -> dict:
+    """Parameters and MACs of the teachers and the student, and the test top-1 of the teachers (and the
+    assistant) the chosen runs trained."""
     import torch
 
     from cifd_clip.classify.cost import forward_macs
     from cifd_clip.classify.zoo import build_classifier
 
+    need = needed_setup(cfgs)
+    trained = {m: f"teacher-{m}" for m in need["teachers"]} | ({"cnn4": "assistant"} if need["assistant"] else {})
     facts = {}
-    for model in [STUDENT, "cnn4", *(["vgg8"] if quick else TEACHERS)]:
+    for model in [STUDENT, *trained]:
         net = build_classifier(model, 72)
         facts[model] = {"params": sum(p.numel() for p in net.parameters()),
                         "macs": forward_macs(net, torch.zeros(3, 32, 32))}
-    for model in (["vgg8"] if quick else TEACHERS):
-        facts[model]["acc1"] = val_top1(out / "runs" / f"teacher-{model}")
-    facts["cnn4"]["acc1"] = val_top1(out / "runs" / "assistant")
+    for model, run in trained.items():
+        facts[model]["acc1"] = val_top1(out / "runs" / run)
     facts["setup_seconds"] = keyed_runs.setup_seconds(out)
     return facts
 
@@ -252,7 +269,7 @@ def summarise(cfgs: list[Config], results: list[dict]) -> dict:
 
 
 def write_page(page: Path, summary: dict, results: list[dict], facts: dict, out: Path, scale: Scale,
-               quick: bool) -> None:
+               cfgs: list[Config], quick: bool) -> None:
     def rel(command: str) -> str:
         return command.replace(str(out), "OUT").replace(str(REPO) + "/", "")
 
@@ -287,7 +304,7 @@ def write_page(page: Path, summary: dict, results: list[dict], facts: dict, out:
         acc = f"{100 * r['acc1']:.1f}" if "acc1" in r else "failed"
         lines.append(f"| {r['config']} | {r['seed']} | {acc} | {r['train_seconds']:.0f} | `{rel(r['command'])}` |")
     lines += ["", "Set-up commands (run once, shared by every student; seconds on 2 cores):", ""]
-    for name, argv in setup_steps(out, scale, quick):
+    for name, argv in setup_steps(out, scale, cfgs):
         seconds = facts.get("setup_seconds", {}).get(name)
         lines.append(f"- {name} ({seconds:.0f} s): `{rel(command_line(argv))}`" if seconds is not None
                      else f"- {name}: `{rel(command_line(argv))}`")
@@ -303,14 +320,14 @@ def main(argv=None) -> int:
     cfgs = [c for c in configs(args.quick) if args.only is None or c.name in args.only]
     jobs = [(cfg, seed, out, scale) for cfg in cfgs for seed in (cfg.seeds[:1] if args.quick else cfg.seeds)]
     results = keyed_runs.set_up_then_run(
-        lambda: run_setup(out, scale, args.quick), jobs, train_and_evaluate,
+        lambda: run_setup(out, scale, cfgs), jobs, train_and_evaluate,
         lambda r: f"top-1 {100 * r['acc1']:.1f}%" if "acc1" in r else "FAILED", args.jobs)
     summary = summarise(cfgs, results)
-    facts = testbed_facts(out, args.quick)
+    facts = testbed_facts(out, cfgs)
     (out / "results.json").write_text(json.dumps({"testbed": facts, "summary": summary, "runs": results}, indent=1))
     page = Path(args.page) if args.page else (out / "gap-cls.md" if args.quick else
                                               REPO / "docs" / "studies" / "gap-cls.md")
-    write_page(page, summary, results, facts, out, scale, args.quick)
+    write_page(page, summary, results, facts, out, scale, cfgs, args.quick)
     print(f"wrote {page} and {out / 'results.json'}")
     return 0 if all(r.get("exit_code") == 0 for r in results) else 1
 

@@ -42,6 +42,23 @@ def test_quick_study_runs_every_command_and_reports_each_run(tmp_path):
     assert "--space teacher --teacher-map learned" in page and str(tmp_path) not in page
 
 
+def test_the_classification_study_sets_up_only_what_the_chosen_runs_read(tmp_path):
+    """`--only` on a baseline that reads the cache trains the main teacher and embeds once: no second
+    teacher, RDM family or assistant (half an hour of set-up on 2 cores that none of its runs would read)."""
+    sys.path.insert(0, str(REPO / "studies"))
+    import gap_cls
+
+    def steps(*names):
+        cfgs = [c for c in gap_cls.configs(False) if c.name in names]
+        return [name for name, _ in gap_cls.setup_steps(tmp_path, gap_cls.Scale(), cfgs)]
+
+    assert steps("wsld") == ["data-teacher", "data-student", "teacher-vgg8", "embed-vgg8"]
+    assert steps("at", "no-kd") == ["data-teacher", "data-student", "teacher-vgg8"]  # online: no cache
+    assert steps("dgkd", "cifd-cnn8") == ["data-teacher", "data-student", "teacher-vgg8", "teacher-cnn8",
+                                          "embed-cnn8", "rdm3-cnn8", "assistant"]
+    assert len(steps(*[c.name for c in gap_cls.configs(False)])) == 12  # the whole study: every step
+
+
 @pytest.mark.slow
 @pytest.mark.study
 def test_the_classification_gap_test_bed_has_its_gap_and_reruns_cleanly(tmp_path):
