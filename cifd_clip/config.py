@@ -33,6 +33,13 @@ def option(default: Any, help: str, *, choices: Sequence[Any] | None = None, ali
     return dataclasses.field(default=default, metadata=meta)
 
 
+def redefault(cls, name: str, default: Any):
+    """`cls`'s option `name` (its help, choices and other names) with another default, for a stage whose default
+    differs from the one the option is declared with; the table that holds that default says why."""
+    declared = next(f for f in dataclasses.fields(cls) if f.name == name)
+    return option(default, **declared.metadata)
+
+
 def required(help: str, *, choices: Sequence[Any] | None = None):
     """A config field the user must give (on the command line or in --config)."""
     return dataclasses.field(default=REQUIRED, metadata={"help": help, "choices": choices, "required": True})

@@ -112,3 +112,44 @@ def test_the_entropy_models_import_without_a_warning_or_compressais_other_parts(
     proc = subprocess.run([sys.executable, "-W", "error::FutureWarning", "-c", code], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def _declared(cls) -> dict:
+    import dataclasses
+    return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory(), dict(f.metadata))
+            for f in dataclasses.fields(cls)}
+
+
+def test_the_options_both_paths_read_are_declared_once_with_their_paths_defaults():
+    """distill and cls-distill read CIFD's options (cifd_options.CIFDOptions), train-rdm and cls-train-rdm the RDM's
+    (RDMArchitecture): the same help and choices on both paths, and a default that differs only where a table
+    says why (PATH_DEFAULTS, CLASSIFIER_DEFAULTS)."""
+    from cifd_clip.commands import cls_distill, cls_train_rdm, distill, train_rdm
+    from cifd_clip.core.cifd_options import CIFDOptions, CLASSIFICATION, CLIP, PATH_DEFAULTS
+    from cifd_clip.core.rdm_config import CLASSIFIER_DEFAULTS, RDMArchitecture
+
+    cifd_defaults = {k: v[CLASSIFICATION] for k, v in PATH_DEFAULTS.items()}
+    rdm_defaults = {k: v[0] for k, v in CLASSIFIER_DEFAULTS.items()}
+    for base, clip_stage, cls_stage, cls_defaults in [
+            (CIFDOptions, distill.Config, cls_distill.Config, cifd_defaults),
+            (RDMArchitecture, train_rdm.Config, cls_train_rdm.Config, rdm_defaults)]:
+        one, clip, cls = _declared(base), _declared(clip_stage), _declared(cls_stage)
+        for name, (default, meta) in one.items():
+            assert clip[name] == (default, meta), name
+            assert cls[name] == (cls_defaults.get(name, default), meta), name
+    assert {k: v[CLIP] for k, v in PATH_DEFAULTS.items()} == {k: _declared(CIFDOptions)[k][0] for k in PATH_DEFAULTS}
+    assert _declared(cls_distill.Config)["ibm_weight"][0] == 0.005 and _declared(distill.Config)["ibm_weight"][0] == 1e-3
+
+
+def test_a_classification_config_saved_with_a_zero_ibm_hidden_dim_still_loads(tmp_path):
+    """0 was the classification path's 'one layer' before the option was shared (its config.yaml files hold it);
+    --no-ibm with --ibm-weight is refused there too now, instead of the weight being silently dropped."""
+    from cifd_clip.commands import cls_distill
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({"loss": "kd", "ibm_hidden_dim": 0, "model": "cnn2", "train_data": "cifar100:x",
+                                    "cache": "c"}))
+    cfg = config.parse(cls_distill.Config, ["--config", str(saved)])
+    assert cfg.ibm_hidden_dim is None
+    with pytest.raises(ConfigError, match="--no-ibm"):
+        config.parse(cls_distill.Config, ["--model", "cnn2", "--train-data", "cifar100:x", "--cache", "c", "--no-ibm",
+                                          "--ibm-weight", "0.1"])

@@ -8,7 +8,7 @@ from typing import NamedTuple
 
 from ..config import option
 from ..core.method_settings import refuse_unread_settings
-from ..core.rdm_teaching import rdm_teaching_option
+from ..core.cifd_options import CIFDOptions, classification_default
 from ..errors import ConfigError
 
 _KD = ("ce_weight", "kd_weight", "temperature", "kd_dropout")
@@ -72,23 +72,15 @@ METHODS = {
 
 
 @dataclass
-class ClassifySettings:
+class ClassifySettings(CIFDOptions):
     loss: str = option("cifd", "method: " + "; ".join(f"{k}: {v.description}" for k, v in METHODS.items()),
                        choices=list(METHODS))
     ce_weight: float = option(1.0, "weight of CE(y, student logits)")
     kd_weight: float = option(1.0, "λ_KL: weight of each KD term (teacher, assistants, RDMs)")
     temperature: float = option(2.0, "τ of the KD terms (the paper's 2; RepDistiller's KD uses 4)")
-    kd_dropout: float = option(0.0, "drop each teacher/assistant/RDM term with this probability per step "
-                                    "(DGKD and CIFD on CIFAR: 0.25)")
-    rdm_weights: list[float] = option([], "CIFD: λ_n per RDM in rate order (default 1.0 each)")
     embedding_weight: float = option(100.0, "CIFD: weight of the feature terms (per-element MSE; the paper's 100)")
-    ibm: bool = option(True, "CIFD: information bottleneck on the student's features (--no-ibm: its decoder alone)")
-    ibm_weight: float = option(0.005, "CIFD: λ_I of the IBM rate term in bits (CIFAR 0.005, ImageNet 0.001)")
-    ibm_hidden_dim: int = option(0, "CIFD: hidden width of a 2-layer IBM decoder (0: one linear layer)")
-    ibm_input: str = option("raw", "CIFD: noise on the student's pooled features as they are (raw) or at unit "
-                                   "RMS per dimension (normalized)", choices=["raw", "normalized"])
-    distortion: str = option("mse", "CIFD: feature distance (ImageNet: smooth_l1)", choices=["mse", "smooth_l1"])
-    rdm_teaching: str = rdm_teaching_option()
+    ibm_weight: float = classification_default("ibm_weight")
+    ibm_input: str = classification_default("ibm_input")
     dist_beta: float = option(1.0, "DIST: weight of the inter-class relation")
     dist_gamma: float = option(1.0, "DIST: weight of the intra-class relation")
     crd_weight: float = option(0.8, "CRD: weight of the contrastive term (RepDistiller's 0.8)")
@@ -122,24 +114,19 @@ class ClassifySettings:
                             choices=["map", "embedding"])
 
     def validate(self) -> None:
+        self.validate_cifd_options()
         refuse_unread_settings(self, ClassifySettings, METHODS[self.loss].reads)
         inf = float("inf")
-        for name in ("ce_weight", "kd_weight", "embedding_weight", "ibm_weight", "dist_beta", "dist_gamma",
+        for name in ("ce_weight", "kd_weight", "embedding_weight", "dist_beta", "dist_gamma",
                      "crd_weight", "at_weight", "ft_weight", "ifd_weight", "mgd_weight"):
             if not 0 <= getattr(self, name) < inf:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a non-negative number, got {getattr(self, name)}")
-        if any(not 0 <= w < inf for w in self.rdm_weights):
-            raise ConfigError(f"--rdm-weights must be non-negative numbers, got {self.rdm_weights}")
         for name in ("temperature", "crd_temperature"):
             if not 0 < getattr(self, name) < inf:
                 raise ConfigError(f"--{name.replace('_', '-')} must be a positive number, got {getattr(self, name)}")
-        if not 0 <= self.kd_dropout < 1:
-            raise ConfigError(f"--kd-dropout must be in [0, 1), got {self.kd_dropout}")
         if not 0 < self.ft_rate <= 4:
             raise ConfigError(f"--ft-rate must be in (0, 4], got {self.ft_rate}")
-        if self.crd_dim < 1 or self.ibm_hidden_dim < 0:
-            raise ConfigError("--crd-dim must be positive and --ibm-hidden-dim not negative")
-        for name in ("crd_nce_k", "ifd_projectors"):
+        for name in ("crd_dim", "crd_nce_k", "ifd_projectors"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.ft_paraphraser_epochs < 0:

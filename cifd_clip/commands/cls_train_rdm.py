@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from ..config import option, required
 from ..engine.options import report_to_option, validate_trackers, wandb_project_option
 from ..errors import ConfigError
-from ..core.rdm_config import RDMArchitecture, rate_continuation_option
+from ..core.rdm_config import RDMArchitecture, classifier_default, rate_continuation_option
 
 
 @dataclass
@@ -32,9 +32,9 @@ class Config(RDMArchitecture):
                                            "held-out loss)")
     seed: int = option(0, "random seed")
     overwrite: bool = option(False, "replace an RDM checkpoint already in --out")
-    hidden_dim: int = option(512, "width of the RDMs' hidden layers (the paper's ImageNet RDM: 512)")
-    bottleneck_dim: int = option(64, "channels of the entropy bottleneck")
-    normalize_input: bool = option(False, "L2-normalise the features first (the paper reconstructs them as they are)")
+    hidden_dim: int = classifier_default("hidden_dim")
+    bottleneck_dim: int = classifier_default("bottleneck_dim")
+    normalize_input: bool = classifier_default("normalize_input")
     report_to: str = report_to_option()
     wandb_project_name: str = wandb_project_option()
 

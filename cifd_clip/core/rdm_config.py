@@ -1,6 +1,7 @@
 """What an RDM is made of, as plain data (torch-free): `RateDistortionConfig` rebuilds one RDM and is stored
 as a dict in the RDM checkpoint; `RDMArchitecture` is the part every RDM of a family shares, and its fields
-are also `cifd-clip train-rdm`'s options (one home for each default and its choices)."""
+are also `cifd-clip train-rdm`'s and `cls-train-rdm`'s options (one home for each option; the three defaults
+that differ on the classification path are in CLASSIFIER_DEFAULTS, with why)."""
 from __future__ import annotations
 
 import dataclasses
@@ -8,7 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from ..config import option
+from ..config import option, redefault
 from ..errors import UserError
 
 ACTIVATION_NAMES = ("gelu", "relu", "silu")
@@ -43,6 +44,20 @@ class RDMArchitecture:
 
     def architecture(self) -> dict:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(RDMArchitecture)}
+
+
+# RDMArchitecture's options whose default differs on the classification path: (its default, why)
+CLASSIFIER_DEFAULTS = {
+    "hidden_dim": (512, "the paper's ImageNet RDM on a ResNet-34 teacher's 512 features"),
+    "bottleneck_dim": (64, "a classifier's pooled features are narrower than CLIP's cache holds (64 to 2048 "
+                           "dimensions on the paper's CIFAR and ImageNet teachers)"),
+    "normalize_input": (False, "the paper reconstructs a classifier's features as they are"),
+}
+
+
+def classifier_default(name: str):
+    """cls-train-rdm's declaration of RDMArchitecture's `name`: its help and choices, CLASSIFIER_DEFAULTS' value."""
+    return redefault(RDMArchitecture, name, CLASSIFIER_DEFAULTS[name][0])
 
 
 def rate_continuation_option(default: bool):

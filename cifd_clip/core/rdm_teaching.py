@@ -13,11 +13,9 @@ for the KD terms (a KL is linear in its target distribution). The other forms gi
 - `heads`: one light head per target (the same kind of map as the IBM decoder, dropped at export like it), so
   each target is matched by its own projection of the student's embedding instead of one shared output.
 
-Torch-free, so that the settings classes can declare the option.
+Torch-free, so that the settings (core/cifd_options.py) can declare the option.
 """
 from __future__ import annotations
-
-from ..config import option
 
 FORMS = {
     "mean": "the paper's: every target on one student output (in effect the targets' weighted mean)",
@@ -28,11 +26,6 @@ FORMS = {
              "export",
 }
 CURRICULUM_TEACHER_ONLY = 0.25  # the last fraction of the run where the teacher alone teaches
-
-
-def rdm_teaching_option():
-    return option("mean", "CIFD: how the RDMs teach (docs/method.md): " +
-                  "; ".join(f"{k}: {v}" for k, v in FORMS.items()), choices=list(FORMS))
 
 
 def curriculum_scale(num_rdms: int, progress: float) -> list[float]:

@@ -18,7 +18,7 @@ from typing import NamedTuple, Optional
 from ..config import option
 from ..errors import ConfigError
 from ..core.method_settings import refuse_unread_settings
-from ..core.rdm_teaching import rdm_teaching_option
+from ..core.cifd_options import CIFDOptions
 
 # λ_CL when --contrastive-weight is not given, for CIFD and the baselines alike (open_clip and CLIP-KD weigh
 # their contrastive term 1.0).
@@ -65,7 +65,7 @@ DISTILL_LOSSES = [name for name, row in METHODS.items() if row.needs_teacher]
 
 
 @dataclass
-class LossSettings:
+class LossSettings(CIFDOptions):
     loss: str = option("cifd", "distillation method: " + "; ".join(f"{k}: {v.description}" for k, v in METHODS.items()
                                                                    if v.needs_teacher), choices=DISTILL_LOSSES)
     contrastive_weight: Optional[float] = option(
@@ -73,16 +73,8 @@ class LossSettings:
               f"loss; the paper's 0.005 leaves a short run's towers unaligned, see docs/method.md)",
         aliases=["lambda_cl"])
     teacher_weight: float = option(1.0, "CIFD: weight of the feature term against the teacher")
-    rdm_weights: list[float] = option([], "CIFD: λ_n per RDM in rate order (default 1.0 each)")
     normalize_targets: bool = option(True, "CIFD: L2-normalise the teacher and RDM targets before the feature "
                                            "distance (--no-normalize-targets: use them as cached / reconstructed)")
-    ibm: bool = option(True, "CIFD: information bottleneck on the student embeddings (--no-ibm: its decoder "
-                             "alone, without noise and rate term). With the default isometric decoder and "
-                             "normalized input its noise adds only a constant to the expected feature loss, so "
-                             "the default loss is in effect cosine feature distillation through one orthogonal "
-                             "map (docs/method.md)")
-    ibm_weight: float = option(1e-3, "CIFD: λ_I, weight of the IBM rate term in bits, both modalities (0: no rate term)")
-    ibm_hidden_dim: Optional[int] = option(None, "CIFD: hidden width of a 2-layer IBM decoder (default: 1 layer)")
     ibm_decoder: str = option("isometric", "CIFD: the IBM decoder: one angle-preserving map s·Q for both "
                                            "modalities (isometric), one linear/MLP map for both plus a per-modality "
                                            "offset (shared), or one per modality (separate, the paper's literal "
@@ -91,13 +83,6 @@ class LossSettings:
                                                "generator: the Cayley map, a linear solve, or torch's matrix "
                                                "exponential, several times dearer per step (earlier rounds' "
                                                "checkpoints)", choices=["cayley", "matrix_exp"])
-    ibm_input: str = option("normalized", "CIFD: what the IBM adds its ±0.5 noise to: the student embedding "
-                                          "scaled to unit RMS per dimension (√d·W/‖W‖, normalized) or as the "
-                                          "tower outputs it (raw)", choices=["normalized", "raw"])
-    kd_dropout: float = option(0.0, "CIFD: probability of dropping each teacher/RDM term per step (DGKD; CIFAR 0.25)")
-    distortion: str = option("mse", "CIFD: feature distance, squared error summed over dims or smooth-L1",
-                             choices=["mse", "smooth_l1"])
-    rdm_teaching: str = rdm_teaching_option()
     distill_weight: float = option(1.0, "distill_clip / tinyclip / cifd_affinity: weight of the affinity term")
     fd_weight: float = option(2000.0, "clipkd: FD weight (CLIP-KD's best: 2000)")
     icl_weight: float = option(1.0, "clipkd: ICL weight")
@@ -114,22 +99,15 @@ class LossSettings:
     def validate(self) -> None:
         if self.loss not in METHODS:
             raise ConfigError(f"--loss must be one of {', '.join(METHODS)}, got {self.loss!r}")
+        self.validate_cifd_options()
         refuse_unread_settings(self, LossSettings, METHODS[self.loss].reads)
-        if not self.ibm and self.ibm_weight != LossSettings.ibm_weight:
-            raise ConfigError("--ibm-weight sets the IBM's rate term, which --no-ibm removes; give one of the two")
-        for name in ("teacher_weight", "ibm_weight", "distill_weight", "fd_weight", "icl_weight", "crd_weight"):
+        for name in ("teacher_weight", "distill_weight", "fd_weight", "icl_weight", "crd_weight"):
             _check_weight(name, getattr(self, name))
         if self.contrastive_weight is not None:
             _check_weight("contrastive_weight", self.contrastive_weight)
-        for w in self.rdm_weights:
-            _check_weight("rdm_weights", w)
-        if not 0.0 <= self.kd_dropout < 1.0:
-            raise ConfigError(f"--kd-dropout must be in [0, 1), got {self.kd_dropout}")
         if self.ibm_decoder != "isometric" and self.ibm_orthogonal_map != LossSettings.ibm_orthogonal_map:
             raise ConfigError("--ibm-orthogonal-map sets the isometric decoder's map; --ibm-decoder "
                               f"{self.ibm_decoder} has none")
-        if self.ibm_hidden_dim is not None and self.ibm_hidden_dim < 1:
-            raise ConfigError(f"--ibm-hidden-dim must be a positive integer, got {self.ibm_hidden_dim}")
         if self.teacher_logit_scale is not None and not 0 < self.teacher_logit_scale < float("inf"):
             raise ConfigError(f"--teacher-logit-scale must be a positive number, got {self.teacher_logit_scale}")
 

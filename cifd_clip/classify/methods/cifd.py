@@ -23,10 +23,10 @@ class CIFD(ClassifyMethod):
         if len(weights) != num_rdms:
             raise UserError(f"--rdm-weights gives {len(weights)} weights but the RDM checkpoint holds {num_rdms} RDMs")
         self.ibm = InformationBottleneck(student_dim, input_kind=s.ibm_input, noise=s.ibm, rate=s.ibm)
-        self.decoder = make_decoder(student_dim, teacher_dim, s.ibm_hidden_dim or None)
+        self.decoder = make_decoder(student_dim, teacher_dim, s.ibm_hidden_dim)
         self.teaching = s.rdm_teaching
         if self.teaching == "heads":  # the teacher's term keeps `decoder`; each RDM gets a head of the same kind
-            self.rdm_heads = nn.ModuleList(make_decoder(student_dim, teacher_dim, s.ibm_hidden_dim or None)
+            self.rdm_heads = nn.ModuleList(make_decoder(student_dim, teacher_dim, s.ibm_hidden_dim)
                                            for _ in range(num_rdms))
         self.num_rdms = num_rdms
         self.loss = L.CIFDClassificationLoss(weights, ce_weight=s.ce_weight, kl_weight=s.kd_weight,
