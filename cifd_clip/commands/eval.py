@@ -16,7 +16,7 @@ from typing import Optional
 from ..config import option, required
 from ..errors import ConfigError
 from ..evaluation.options import EvalRunOptions
-from ..evaluation.tasks import TASKS, webdataset_task
+from ..evaluation.tasks import DEFAULT_RECALL_K, TASKS, webdataset_task
 
 TASK_CHOICES = ["auto", *TASKS]
 
@@ -34,7 +34,7 @@ class Config(EvalRunOptions):
                                          "ones are English, another needs --classnames and --templates files in it")
     pretrained: Optional[str] = option(None, "weights file or open_clip pretrained tag for --model")
     task: str = option("auto", "task; auto = the dataset's own", choices=TASK_CHOICES)
-    recall_k: list[int] = option([1, 5, 10], "K values of recall@K for retrieval")
+    recall_k: list[int] = option(list(DEFAULT_RECALL_K), "K values of recall@K for retrieval")
     output: Optional[str] = option(None, "result JSON; {dataset}, {model}, {pretrained}, {task}, {language} are "
                                          "filled in (default: {dataset}_{model}_{task}.json in the current folder)")
     split: str = option("test", "split folder of a webdataset set (ROOT/SPLIT/) or Karpathy split")

@@ -24,7 +24,7 @@ import torch
 
 from ..errors import DataError, UserError
 from .datasets import build_dataset, make_loader
-from .tasks import CROSS_TASKS, RETRIEVAL, TASKS
+from .tasks import CROSS_TASKS, DEFAULT_RECALL_K, RETRIEVAL, TASKS
 
 BASE_TASK = {name: TASKS[name].base for name in CROSS_TASKS}
 GALLERY_FORMAT = "cifd_clip.gallery"
@@ -143,7 +143,7 @@ def _check_compatible(student: dict, teacher: dict, base_task: str, where: str) 
                             f"changed since the gallery was made")
 
 
-def cross_model_metrics(student: dict, teacher: dict, base_task: str, recall_k: Sequence[int] = (1, 5, 10),
+def cross_model_metrics(student: dict, teacher: dict, base_task: str, recall_k: Sequence[int] = DEFAULT_RECALL_K,
                         where: str = "the set") -> dict:
     """The task's metrics (module docstring) from the student's and the teacher's embeddings of one set."""
     from .retrieval import retrieval_metrics

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.precision import autocast
+from .tasks import DEFAULT_RECALL_K
 
 # rows of the similarity matrix handled at once, so COCO's 25k x 5k matrix never needs topk in one piece
 CHUNK = 4096
@@ -33,7 +34,7 @@ def _hits_at_k(scores: torch.Tensor, is_positive, k: int) -> torch.Tensor:
 
 
 def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_image: torch.Tensor,
-                      recall_k: Sequence[int] = (1, 5, 10)) -> dict:
+                      recall_k: Sequence[int] = DEFAULT_RECALL_K) -> dict:
     """Recall@K both ways from normalised embeddings; text i describes image text_to_image[i]."""
     scores = text_emb @ image_emb.T  # [texts, images]
     metrics = {}
@@ -45,7 +46,7 @@ def retrieval_metrics(image_emb: torch.Tensor, text_emb: torch.Tensor, text_to_i
     return metrics
 
 
-def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[int] = (1, 5, 10),
+def evaluate_retrieval(model, dataloader, tokenizer, device, recall_k: Sequence[int] = DEFAULT_RECALL_K,
                        *, precision: str = "fp32") -> dict:
     """Image->text and text->image recall@K of a CLIP model.
 
@@ -99,6 +100,6 @@ def _in_file_order(images, texts, owners, orders):
     return images[image_perm], texts[text_perm], new_index[owners[text_perm]]
 
 
-def score_task(model, loader, tokenizer, info, *, device, recall_k=(1, 5, 10), precision: str = "fp32") -> dict:
+def score_task(model, loader, tokenizer, info, *, device, recall_k=DEFAULT_RECALL_K, precision: str = "fp32") -> dict:
     """The zeroshot_retrieval row of tasks.TASKS."""
     return evaluate_retrieval(model, loader, tokenizer, device, recall_k, precision=precision)

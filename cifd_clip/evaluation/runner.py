@@ -14,7 +14,7 @@ from typing import Optional, Sequence
 
 from ..errors import ConfigError, DataError, UserError
 from .datasets import DatasetMissing, build_dataset, canonical_name, default_task, make_loader
-from .tasks import TASKS
+from .tasks import DEFAULT_RECALL_K, TASKS
 
 
 class ThroughputMeter:
@@ -63,7 +63,7 @@ def result_header(dataset: str, model: str, pretrained: str, task: str) -> dict:
 
 
 def evaluate_model_on_dataset(tower, dataset: str, dataset_root, task: Optional[str] = None, *, batch_size: int = 64,
-                              workers: int = 4, recall_k: Sequence[int] = (1, 5, 10), device="cpu",
+                              workers: int = 4, recall_k: Sequence[int] = DEFAULT_RECALL_K, device="cpu",
                               precision: str = "fp32", options: Optional[dict] = None, pretrained: Optional[str] = None,
                               show_progress: bool = True, gallery=None) -> dict:
     """Zero-shot classification or retrieval of `tower` (a cifd_clip.clip_models.LoadedCLIP) on one dataset.

@@ -23,7 +23,7 @@ from typing import Optional, Sequence, Union
 
 from ..errors import ConfigError, UserError
 from .datasets import canonical_name, default_task
-from .tasks import CLASSIFICATION, CROSS_TASKS, TASKS, metric_rows
+from .tasks import CLASSIFICATION, CROSS_TASKS, DEFAULT_RECALL_K, TASKS, metric_rows
 
 log = logging.getLogger(__name__)
 ENTRY_KEYS = {"name", "task", "root", "label", "recall_k", "options"}
@@ -65,7 +65,7 @@ def load_suite(suite: Union[dict, str, Path]) -> dict:
         if task is not None and task not in TASKS:
             raise ConfigError(f"dataset entry {name} of {where} has unknown task {task!r}; use one of "
                               f"{', '.join(TASKS)}")
-        recall_k = entry.get("recall_k", [1, 5, 10])
+        recall_k = entry.get("recall_k", list(DEFAULT_RECALL_K))
         if not isinstance(recall_k, list) or not all(isinstance(k, int) and k >= 1 for k in recall_k):
             raise ConfigError(f"dataset entry {name} of {where}: recall_k must be a list of positive integers")
         options = entry.get("options") or {}

@@ -22,6 +22,7 @@ RETRIEVAL = "zeroshot_retrieval"
 CROSS_RETRIEVAL = "cross_model_retrieval"
 CROSS_CLASSIFICATION = "cross_model_classification"
 CLASSIFICATION_METRICS = ("acc1", "acc5", "mean_per_class_recall")
+DEFAULT_RECALL_K = (1, 5, 10)  # CLIP_benchmark's recall@K for retrieval, when a run or suite entry sets none
 
 
 def retrieval_rows(recall_k: Sequence[int]) -> list[str]:
