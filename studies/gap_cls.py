@@ -269,13 +269,14 @@ def summarise(cfgs: list[Config], results: list[dict]) -> dict:
 
 
 def write_page(page: Path, summary: dict, results: list[dict], facts: dict, out: Path, scale: Scale,
-               cfgs: list[Config], quick: bool) -> None:
+               cfgs: list[Config], quick: bool, only: list[str] | None = None) -> None:
     def rel(command: str) -> str:
         return command.replace(str(out), "OUT").replace(str(REPO) + "/", "")
 
     minutes = (sum(facts.get("setup_seconds", {}).values()) + sum(r["train_seconds"] for r in results)) / 60
     lines = ["# Study: the classification gap test bed", "",
-             "Written by `python studies/gap_cls.py" + (" --quick" if quick else "") + f"`: {minutes:.0f} minutes of "
+             "Written by `python studies/gap_cls.py" + (" --quick" if quick else "") +
+             (" --only " + " ".join(only) if only else "") + f"`: {minutes:.0f} minutes of "
              "set-up and training summed over every step on a 2-core machine. Every number is a run of a command "
              "listed at the end; none was left out. Test top-1 on the test bed's 72-class test set (1000 images, "
              "chance 1.4%); mean ± std over seeds (student initialisation and data order).", "",
@@ -327,7 +328,7 @@ def main(argv=None) -> int:
     (out / "results.json").write_text(json.dumps({"testbed": facts, "summary": summary, "runs": results}, indent=1))
     page = Path(args.page) if args.page else (out / "gap-cls.md" if args.quick else
                                               REPO / "docs" / "studies" / "gap-cls.md")
-    write_page(page, summary, results, facts, out, scale, cfgs, args.quick)
+    write_page(page, summary, results, facts, out, scale, cfgs, args.quick, args.only)
     print(f"wrote {page} and {out / 'results.json'}")
     return 0 if all(r.get("exit_code") == 0 for r in results) else 1
 
