@@ -25,6 +25,8 @@ PATH_DEFAULTS = {
 
 @dataclass
 class CIFDOptions:
+    """Declared with the CLIP path's defaults; `classification_default` gives the other path its own."""
+
     rdm_weights: list[float] = option([], "CIFD: λ_n per RDM in rate order (default 1.0 each)")
     ibm: bool = option(True, "CIFD: the information bottleneck on the student's embedding (CLIP) or pooled features "
                              "(classification): ±½ noise and a rate term in bits (--no-ibm: its decoder alone). "
@@ -35,8 +37,8 @@ class CIFDOptions:
                                "(0: no rate term; the paper's ImageNet 0.001, CIFAR-100 0.005)")
     ibm_hidden_dim: Optional[int] = option(None, "CIFD: hidden width of a 2-layer IBM decoder (default: 1 layer)")
     ibm_input: str = option(PATH_DEFAULTS["ibm_input"][CLIP], "CIFD: what the IBM adds its noise to: the "
-                            "student's features scaled to unit RMS per dimension (√d·W/‖W‖, normalized) or as they are (raw)",
-                            choices=["normalized", "raw"])
+                            "student's features scaled to unit RMS per dimension (√d·W/‖W‖, normalized) or as they "
+                            "are (raw)", choices=["normalized", "raw"])
     kd_dropout: float = option(0.0, "drop each teacher, assistant or RDM term with this probability per step "
                                     "(DGKD; CIFD on CIFAR-100: 0.25)")
     distortion: str = option("mse", "CIFD: the feature distance, squared error or smooth-L1 (the paper's ImageNet "
@@ -46,7 +48,7 @@ class CIFDOptions:
                                "; ".join(f"{k}: {v}" for k, v in FORMS.items()), choices=list(FORMS))
 
     def validate_cifd_options(self) -> None:
-        if self.ibm_hidden_dim == 0:  # classification configs saved before 0.1.0's last round wrote 0 for 1 layer
+        if self.ibm_hidden_dim == 0:  # cls-distill's config.yaml said 0 for 1 layer before
             self.ibm_hidden_dim = None
         declared = next(f.default for f in dataclasses.fields(self) if f.name == "ibm_weight")  # this path's
         if not self.ibm and self.ibm_weight != declared:
