@@ -100,3 +100,27 @@ def test_the_clip_gap_test_bed_reruns_cleanly(tmp_path):
     assert all("--model tiny-vit-student-s" in r["command"] for r in runs)
     page = (tmp_path / "gap-clip.md").read_text()
     assert "--rdm-teaching heads" in page and "22.7× the student's parameters" in page
+
+
+def test_same_numbers_finds_a_moved_number_a_changed_tensor_and_a_missing_file(tmp_path, capsys):
+    """studies/same_numbers.py, the check that a refactor moved no number: timings may differ, nothing else."""
+    import torch
+    sys.path.insert(0, str(REPO / "studies"))
+    import same_numbers
+
+    for side, acc, weight in (("a", 0.5, 1.0), ("b", 0.5, 1.0)):
+        run = tmp_path / side / "runs" / "x"
+        run.mkdir(parents=True)
+        (run / "summary.json").write_text(json.dumps({"eval": {"acc1": acc}, "wall_time_s": 10 if side == "a" else 12}))
+        torch.save({"state_dict": {"w": torch.full((2,), weight)}}, run / "epoch_latest.pt")
+    assert same_numbers.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0  # only the wall time differs
+    (tmp_path / "b" / "runs" / "x" / "summary.json").write_text(json.dumps({"eval": {"acc1": 0.5000001}}))
+    assert same_numbers.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    assert "/eval/acc1" in capsys.readouterr().out
+    torch.save({"state_dict": {"w": torch.tensor([1.0, 1.0 + 1e-7])}}, tmp_path / "b" / "runs" / "x" / "epoch_latest.pt")
+    (tmp_path / "b" / "runs" / "x" / "summary.json").write_text(json.dumps({"eval": {"acc1": 0.5}}))
+    assert same_numbers.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    assert "/state_dict/w" in capsys.readouterr().out
+    (tmp_path / "b" / "runs" / "x" / "epoch_latest.pt").unlink()
+    assert same_numbers.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
+    assert "missing" in capsys.readouterr().out
