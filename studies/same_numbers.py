@@ -16,16 +16,20 @@ import json
 import sys
 from pathlib import Path
 
-# keys whose values differ between two runs of the same command (times, speeds, where the run lay)
-UNSTABLE = ("seconds", "wall", "time", "_s", "throughput", "samples_per", "command", "checkpoint", "path", "dir",
-            "date")
+# keys whose values differ between two runs of the same command (times, speeds, where the run lay); a key that
+# ends in "_s" is in seconds
+UNSTABLE = ("second", "wall", "time", "throughput", "samples_per", "command", "checkpoint", "path", "date")
+
+
+def unstable(key) -> bool:
+    return str(key).endswith("_s") or any(word in str(key) for word in UNSTABLE)
 
 
 def numbers(obj, prefix: str = ""):
     """(key path, value) of every number in a JSON document, keys naming timings or paths left out."""
     if isinstance(obj, dict):
         for key, value in obj.items():
-            if not any(word in str(key) for word in UNSTABLE):
+            if not unstable(key):
                 yield from numbers(value, f"{prefix}/{key}")
     elif isinstance(obj, list):
         for i, value in enumerate(obj):

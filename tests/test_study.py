@@ -111,9 +111,14 @@ def test_same_numbers_finds_a_moved_number_a_changed_tensor_and_a_missing_file(t
     for side, acc, weight in (("a", 0.5, 1.0), ("b", 0.5, 1.0)):
         run = tmp_path / side / "runs" / "x"
         run.mkdir(parents=True)
-        (run / "summary.json").write_text(json.dumps({"eval": {"acc1": acc}, "wall_time_s": 10 if side == "a" else 12}))
+        (run / "summary.json").write_text(json.dumps({"eval": {"acc1": acc}, "wall_time_s": 10 if side == "a" else 12,
+                                                      "total_steps": 4}))
         torch.save({"state_dict": {"w": torch.full((2,), weight)}}, run / "epoch_latest.pt")
     assert same_numbers.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 0  # only the wall time differs
+    b_summary = tmp_path / "b" / "runs" / "x" / "summary.json"
+    b_summary.write_text(json.dumps({"eval": {"acc1": 0.5}, "wall_time_s": 12, "total_steps": 5}))
+    assert same_numbers.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1  # a count is no timing
+    assert "/total_steps" in capsys.readouterr().out
     (tmp_path / "b" / "runs" / "x" / "summary.json").write_text(json.dumps({"eval": {"acc1": 0.5000001}}))
     assert same_numbers.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 1
     assert "/eval/acc1" in capsys.readouterr().out
